@@ -1,0 +1,13 @@
+"""pvbuild: a plugin-based, Make-style build system for LLM fine-tuning data artifacts.
+
+Plugin authors need only what this module exports: ``hookimpl`` to mark hook
+implementations, ``CssSite`` to describe a source site, ``Annotator`` to write
+an annotator and ``BaseModel`` to describe a base model.
+"""
+
+from pvbuild.hookspecs import hookimpl
+from pvbuild.plugin_types import Annotation, Annotator, Article, BaseModel, CssSite, Message
+
+__version__ = "0.1.0"
+
+__all__ = ["Annotation", "Annotator", "Article", "BaseModel", "CssSite", "Message", "__version__", "hookimpl"]

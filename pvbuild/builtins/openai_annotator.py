@@ -1,0 +1,160 @@
+"""The ``openai`` annotator: one chat completion per article from any OpenAI-compatible API.
+
+The key comes only from ``OPENAI_API_KEY``; ``base_url`` points at any compatible server.
+Structured output uses a strict ``json_schema`` and falls back to ``json_object`` when the
+server rejects it. 429 (rate limit), 5xx and timeouts are retried with exponential backoff
+(honouring ``Retry-After``); ``insufficient_quota`` and authentication errors stop the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from collections.abc import Callable, Mapping
+from importlib import resources
+from typing import Any
+
+from pvbuild import Annotation, Annotator, Article, Message, hookimpl
+from pvbuild.plugin_types import AnnotationError, AnnotatorRun, FatalAnnotationError
+
+BAD_OUTPUT_RETRIES = 1
+CONVERSATION_SCHEMA = {
+    "type": "object", "additionalProperties": False, "required": ["conversations"],
+    "properties": {"conversations": {"type": "array", "items": {
+        "type": "object", "additionalProperties": False, "required": ["role", "content"],
+        "properties": {"role": {"type": "string", "enum": ["user", "assistant"]}, "content": {"type": "string"}},
+    }}},
+}
+JSON_SCHEMA_FORMAT = {"type": "json_schema",
+                      "json_schema": {"name": "conversations", "strict": True, "schema": CONVERSATION_SCHEMA}}
+
+
+def default_prompt() -> str:
+    return resources.files("pvbuild").joinpath("prompts/annotate_zh.txt").read_text(encoding="utf-8")
+
+
+def article_message(article: Article) -> str:
+    """The article goes last, after the fixed instructions, so prompts share a cacheable prefix."""
+    return f"标题：{article.title}\n发布日期：{article.date}\n原文链接：{article.link}\n\n正文：\n{article.markdown}"
+
+
+def parse_conversation(content: str | None) -> list[Message]:
+    try:
+        data = json.loads(content or "")
+    except json.JSONDecodeError as error:
+        raise AnnotationError(f"the model did not return valid JSON ({error})") from error
+    turns = data.get("conversations") if isinstance(data, dict) else None
+    if not isinstance(turns, list):
+        raise AnnotationError("the JSON has no 'conversations' list")
+    if not all(isinstance(turn, dict) for turn in turns):
+        raise AnnotationError("every conversation turn must be an object with 'role' and 'content'")
+    return [Message(str(turn.get("role", "")), str(turn.get("content") or "")) for turn in turns]
+
+
+class _OpenAIRun(AnnotatorRun):
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        import openai
+
+        self.openai = openai
+        self.api_key = os.environ.get("OPENAI_API_KEY", "")
+        self.options = options
+        self.prompt = str(options["prompt"]) or default_prompt()
+        self.response_format: dict[str, Any] = (
+            JSON_SCHEMA_FORMAT if options["response_format"] == "json_schema" else {"type": "json_object"})
+        self.client = openai.AsyncOpenAI(
+            api_key=self.api_key or "unset", base_url=str(options["base_url"]) or None,
+            max_retries=0, timeout=float(options["timeout"]))
+
+    def _redact(self, text: str) -> str:
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    async def annotate(self, article: Article) -> Annotation:
+        if not self.api_key:
+            raise FatalAnnotationError("OPENAI_API_KEY is not set; export it (it is never stored)")
+        usage: dict[str, int] = {}
+        bad_output_left = BAD_OUTPUT_RETRIES
+        attempt = 0
+        while True:
+            try:
+                response = await self._complete(article)
+            except AnnotationError:
+                raise
+            except Exception as error:  # noqa: BLE001 - classified below
+                attempt += 1
+                await self._backoff_or_raise(error, attempt)
+                continue
+            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                usage[key] = usage.get(key, 0) + int(getattr(response.usage, key, 0) or 0)
+            try:
+                messages = parse_conversation(response.choices[0].message.content)
+                if not messages:
+                    raise AnnotationError("the model returned an empty conversation list")
+                return Annotation(messages, usage)
+            except AnnotationError:
+                if bad_output_left <= 0:
+                    raise
+                bad_output_left -= 1
+
+    async def _complete(self, article: Article) -> Any:
+        request = {"model": self.options["model"], "temperature": self.options["temperature"],
+                   "max_tokens": self.options["max_tokens"],
+                   "messages": [{"role": "system", "content": self.prompt},
+                                {"role": "user", "content": article_message(article)}]}
+        try:
+            return await self.client.chat.completions.create(response_format=self.response_format, **request)
+        except self.openai.BadRequestError as error:
+            text = str(error).lower()
+            if self.response_format["type"] == "json_schema" and ("response_format" in text or "json_schema" in text):
+                self.response_format = {"type": "json_object"}  # the server has no strict schemas
+                return await self.client.chat.completions.create(response_format=self.response_format, **request)
+            raise AnnotationError(f"the API rejected the request: {self._redact(str(error))}") from error
+
+    async def _backoff_or_raise(self, error: Exception, attempt: int) -> None:
+        openai = self.openai
+        message = self._redact(f"{type(error).__name__}: {error}")
+        if isinstance(error, openai.RateLimitError) and "insufficient_quota" in f"{error.code} {error}":
+            raise FatalAnnotationError(f"no quota left on this API key ({message}); add credit and rerun")
+        if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
+            raise FatalAnnotationError(f"authentication failed ({message}); check OPENAI_API_KEY")
+        retryable = isinstance(error, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError)
+        if not retryable:
+            raise AnnotationError(message) from error
+        if attempt > int(self.options["max_retries"]):
+            raise AnnotationError(f"gave up after {attempt} attempts: {message}") from error
+        delay = float(self.options["retry_base_delay"]) * 2 ** (attempt - 1) * (1 + random.random() / 4)
+        retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after")
+        if retry_after:
+            try:
+                delay = max(delay, float(retry_after))
+            except ValueError:
+                pass
+        await asyncio.sleep(min(delay, 60.0))
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class OpenAIAnnotator(Annotator):
+    """Annotates through the chat completions API of OpenAI or any compatible server."""
+
+    name = "openai"
+    description = "One chat completion per article through any OpenAI-compatible API (OPENAI_API_KEY)"
+    options = {"model": "gpt-4o", "base_url": "", "prompt": "", "prompt_file": "", "temperature": 0.3,
+               "max_tokens": 4096, "response_format": "json_schema", "timeout": 120.0, "max_retries": 5,
+               "retry_base_delay": 1.0}
+    runtime_options = frozenset({"concurrency", "timeout", "max_retries", "retry_base_delay", "prompt_file"})
+
+    def identity(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        # The prompt text itself decides the output, whether it is inline, from a file or built in.
+        resolved = dict(options, prompt=str(options["prompt"]) or default_prompt())
+        return super().identity(resolved)
+
+    def start(self, options: Mapping[str, Any]) -> AnnotatorRun:
+        return _OpenAIRun(options)
+
+
+@hookimpl
+def register_annotators(register: Callable[[Annotator], None]) -> None:
+    register(OpenAIAnnotator())

@@ -1,0 +1,263 @@
+"""Configuration: the embedded profiles, the project's ``pvbuild.toml``, validation.
+
+A profile is chosen by ``--profile``, ``doit profile=NAME`` or ``PVBUILD_PROFILE`` and
+defaults to ``default``. Every error names the file and the dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from pvbuild.errors import ConfigError
+from pvbuild.plugins import Registry, load_plugins
+
+EMBEDDED = "pvbuild/profiles.toml (embedded)"
+PROFILE_KEYS = {"inherits", "artifacts", "sources", "annotator", "dataset"}
+SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token", "credential")
+
+# Options every source accepts; the ones in RUNTIME_CRAWL_OPTIONS change speed, not output.
+CRAWL_OPTIONS: dict[str, Any] = {
+    "plugin": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 4,
+    "delay": 0.0, "timeout": 30.0, "retries": 2,
+}
+RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries"})
+STRATEGIES = ("http", "browser")
+ANNOTATOR_OPTIONS: dict[str, Any] = {"plugin": "", "concurrency": 4}
+DATASET_OPTIONS: dict[str, Any] = {
+    "format": "instruction",
+    "template": {"prompt": "关于光伏政策<{context}>, 提问: {question}", "completion": "{answer}"},
+    "chat_user_prefix": "关于光伏政策<{title}>, 用户提问: ",
+    "system_prompt": "",
+    "validation_ratio": 0.0,
+    "seed": 42,
+}
+DATASET_FORMATS = ("instruction", "chat")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One configured source: its name (the ``source`` column), plugin and options."""
+
+    name: str
+    plugin: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    """The plugin and options of a single-plugin stage (the annotator)."""
+
+    plugin: str
+    options: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated profile: paths, sources, annotator and dataset options."""
+
+    profile: str
+    project_dir: Path
+    config_file: str
+    artifacts: Path
+    sources: tuple[SourceConfig, ...]
+    annotator: StageConfig
+    dataset: Mapping[str, Any]
+    registry: Registry
+
+    @property
+    def state_dir(self) -> Path:
+        """Committed build records: deterministic, no timestamps, no absolute paths."""
+        return self.artifacts / ".state"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Machine-local cache (file stat cache): never committed."""
+        return self.project_dir / ".pvbuild" / self.profile
+
+
+def _deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if key == "sources":  # a profile's source list replaces the inherited one
+            merged[key] = copy.deepcopy(value)
+        elif isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _read_toml(path: Path, label: str) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{label}: invalid TOML: {error}") from error
+
+
+def _project_profiles(project_dir: Path) -> tuple[str, dict[str, Any]]:
+    toml_file = project_dir / "pvbuild.toml"
+    if toml_file.is_file():
+        return "pvbuild.toml", _read_toml(toml_file, "pvbuild.toml").get("profile", {})
+    pyproject = project_dir / "pyproject.toml"
+    if pyproject.is_file():
+        tool = _read_toml(pyproject, "pyproject.toml").get("tool", {}).get("pvbuild", {})
+        if tool:
+            return "pyproject.toml [tool.pvbuild]", tool.get("profile", {})
+    return EMBEDDED, {}
+
+
+def _embedded_profiles() -> dict[str, Any]:
+    text = resources.files("pvbuild").joinpath("profiles.toml").read_text(encoding="utf-8")
+    profiles: dict[str, Any] = tomllib.loads(text)["profile"]
+    return profiles
+
+
+def _resolve(name: str, embedded: Mapping[str, Any], project: Mapping[str, Any], label: str,
+             seen: tuple[str, ...] = ()) -> dict[str, Any]:
+    if name in seen:
+        raise ConfigError(f"{label}: profile.{name}.inherits: inheritance cycle {' -> '.join((*seen, name))}")
+    if name not in embedded and name not in project:
+        known = sorted(set(embedded) | set(project))
+        raise ConfigError(f"unknown profile {name!r}; profiles: {', '.join(known)} (defined in {label})")
+    own = _deep_merge(embedded.get(name, {}), project.get(name, {}))
+    parent = own.pop("inherits", None if name in embedded or name == "default" else "default")
+    if parent is None:
+        return own
+    return _deep_merge(_resolve(parent, embedded, project, label, (*seen, name)), own)
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class _Validator:
+    """Checks option tables against their defaults, naming ``file: key`` in every error."""
+
+    def __init__(self, label: str, profile: str) -> None:
+        self.label = label
+        self.prefix = f"profile.{profile}"
+
+    def fail(self, key: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.label}: {self.prefix}.{key}: {message}")
+
+    def options(self, key: str, given: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+        if not isinstance(given, Mapping):
+            raise self.fail(key, f"expected a table, got {type(given).__name__}")
+        resolved = dict(defaults)
+        for option, value in given.items():
+            if any(word in option.lower() for word in SECRET_WORDS):
+                raise self.fail(f"{key}.{option}", "secrets do not belong in configuration; set them in the "
+                                "environment (for example OPENAI_API_KEY) so they never reach an artifact")
+            if option not in defaults:
+                known = sorted(defaults)
+                raise self.fail(f"{key}.{option}", f"unknown option{_suggest(option, known)}; "
+                                f"known options: {', '.join(known)}")
+            resolved[option] = self.value(f"{key}.{option}", value, defaults[option])
+        return resolved
+
+    def value(self, key: str, value: Any, default: Any) -> Any:
+        if default is None or isinstance(default, dict) and isinstance(value, Mapping):
+            return value
+        if isinstance(default, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(default, float):
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+            value = float(value) if ok else value
+        else:
+            ok = isinstance(value, type(default)) and not (isinstance(value, bool) and not isinstance(default, bool))
+        if not ok:
+            raise self.fail(key, f"expected {type(default).__name__}, got {value!r}")
+        return value
+
+    def plugin(self, key: str, name: str, available: Mapping[str, Any], kind: str) -> None:
+        if name not in available:
+            names = sorted(available)
+            raise self.fail(key, f"unknown {kind} {name!r}{_suggest(name, names)}; available: {', '.join(names)}")
+
+
+def _sources(check: _Validator, tables: Any, registry: Registry) -> tuple[SourceConfig, ...]:
+    if not isinstance(tables, Mapping) or not tables:
+        raise check.fail("sources", "needs at least one [sources.NAME] table")
+    sources = []
+    for name, table in sorted(tables.items()):
+        plugin = table.get("plugin") or name if isinstance(table, Mapping) else name
+        check.plugin(f"sources.{name}.plugin", plugin, registry.crawlers, "crawler")
+        site = registry.crawlers[plugin].item
+        options = check.options(f"sources.{name}", table, {**CRAWL_OPTIONS, **site.options})
+        options["plugin"] = plugin
+        if options["strategy"] not in STRATEGIES:
+            raise check.fail(f"sources.{name}.strategy", f"must be one of {', '.join(STRATEGIES)}")
+        for positive in ("concurrency", "per_host_concurrency"):
+            if options[positive] < 1:
+                raise check.fail(f"sources.{name}.{positive}", "must be at least 1")
+        sources.append(SourceConfig(name=name, plugin=plugin, options=options))
+    return tuple(sources)
+
+
+def _annotator(check: _Validator, table: Any, registry: Registry, project_dir: Path) -> StageConfig:
+    if not isinstance(table, Mapping) or "plugin" not in table:
+        raise check.fail("annotator.plugin", "is required")
+    plugin = table["plugin"]
+    check.plugin("annotator.plugin", plugin, registry.annotators, "annotator")
+    annotator = registry.annotators[plugin].item
+    options = check.options("annotator", table, {**ANNOTATOR_OPTIONS, **annotator.options})
+    if options["concurrency"] < 1:
+        raise check.fail("annotator.concurrency", "must be at least 1")
+    if options.get("prompt_file"):
+        prompt_path = project_dir / str(options["prompt_file"])
+        if not prompt_path.is_file():
+            raise check.fail("annotator.prompt_file", f"file not found: {options['prompt_file']}")
+        options["prompt"] = prompt_path.read_text(encoding="utf-8")
+    del options["plugin"]
+    return StageConfig(plugin=plugin, options=options)
+
+
+def _dataset(check: _Validator, table: Any) -> dict[str, Any]:
+    options = check.options("dataset", table or {}, DATASET_OPTIONS)
+    if options["format"] not in DATASET_FORMATS:
+        raise check.fail("dataset.format", f"must be one of {', '.join(DATASET_FORMATS)}")
+    if not 0.0 <= options["validation_ratio"] < 1.0:
+        raise check.fail("dataset.validation_ratio", "must be at least 0 and below 1")
+    template = options["template"]
+    if set(template) != {"prompt", "completion"} or not all(isinstance(v, str) for v in template.values()):
+        raise check.fail("dataset.template", "needs exactly the string keys 'prompt' and 'completion'")
+    return options
+
+
+def selected_profile(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("PVBUILD_PROFILE") or "default"
+
+
+def load_config(project_dir: Path | str = ".", profile: str | None = None) -> Config:
+    """Resolve, validate and return one profile of the project in ``project_dir``."""
+    project = Path(project_dir).resolve()
+    name = selected_profile(profile)
+    label, project_profiles = _project_profiles(project)
+    if not isinstance(project_profiles, Mapping):
+        raise ConfigError(f"{label}: 'profile' must be a table of profiles")
+    raw = _resolve(name, _embedded_profiles(), project_profiles, label)
+    check = _Validator(label, name)
+    for key in raw:
+        if key not in PROFILE_KEYS:
+            raise check.fail(key, f"unknown section{_suggest(key, sorted(PROFILE_KEYS))}; "
+                             f"known: {', '.join(sorted(PROFILE_KEYS))}")
+    registry = load_plugins(project)
+    artifacts = raw.get("artifacts", f"artifacts/{name}")
+    if not isinstance(artifacts, str) or Path(artifacts).is_absolute() or ".." in Path(artifacts).parts:
+        raise check.fail("artifacts", "must be a relative path inside the project")
+    return Config(
+        profile=name, project_dir=project, config_file=label, artifacts=project / artifacts,
+        sources=_sources(check, raw.get("sources"), registry),
+        annotator=_annotator(check, raw.get("annotator"), registry, project),
+        dataset=_dataset(check, raw.get("dataset")), registry=registry,
+    )

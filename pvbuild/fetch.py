@@ -1,0 +1,133 @@
+"""Fetching pages with crawl4ai: one crawler per strategy for the whole run, many pages at once.
+
+Concurrency is bounded globally and per host, with a minimum delay between request starts
+to the same host (politeness). The HTTP strategy needs no browser; the browser strategy
+drives the Debian Chromium over CDP, because Playwright's own browser download does not
+work everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from pvbuild.browser import Chromium
+
+_STATUS_IN_ERROR = re.compile(r"HTTP (\d{3})")
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one fetch gave: the HTTP status (None when no response), markdown, extraction, error."""
+
+    url: str
+    status: int | None
+    markdown: str
+    extracted: str | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300
+
+
+class _HostLimiter:
+    def __init__(self, concurrency: int, delay: float) -> None:
+        self.slots = asyncio.Semaphore(concurrency)
+        self.delay = delay
+        self.lock = asyncio.Lock()
+        self.next_start = 0.0
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> Any:
+        async with self.slots:
+            async with self.lock:
+                loop = asyncio.get_running_loop()
+                wait = self.next_start - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self.next_start = loop.time() + self.delay
+            yield
+
+
+class PageFetcher:
+    """Fetches pages through crawl4ai; use as ``async with PageFetcher(concurrency) as fetcher``."""
+
+    def __init__(self, concurrency: int, base_directory: str | None = None) -> None:
+        self.global_slots = asyncio.Semaphore(concurrency)
+        self.base_directory = base_directory
+        self.crawlers: dict[str, Any] = {}
+        self.hosts: dict[str, _HostLimiter] = {}
+        self.stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> PageFetcher:
+        await self.stack.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stack.__aexit__(*exc)  # type: ignore[arg-type]
+
+    async def _crawler(self, strategy: str) -> Any:
+        if strategy not in self.crawlers:
+            from crawl4ai import AsyncWebCrawler, BrowserConfig
+            from crawl4ai.async_configs import HTTPCrawlerConfig
+            from crawl4ai.async_crawler_strategy import AsyncHTTPCrawlerStrategy
+
+            extra = {"base_directory": self.base_directory} if self.base_directory else {}
+            if strategy == "http":
+                http = AsyncHTTPCrawlerStrategy(browser_config=HTTPCrawlerConfig())
+                crawler = AsyncWebCrawler(crawler_strategy=http, verbose=False, **extra)
+            else:
+                chromium = await self.stack.enter_async_context(Chromium())
+                config = BrowserConfig(browser_mode="cdp", cdp_url=chromium.cdp_url, verbose=False)
+                crawler = AsyncWebCrawler(config=config, verbose=False, **extra)
+            self.crawlers[strategy] = await self.stack.enter_async_context(crawler)
+        return self.crawlers[strategy]
+
+    def _host(self, url: str, options: Mapping[str, Any]) -> _HostLimiter:
+        host = urlsplit(url).netloc
+        if host not in self.hosts:
+            self.hosts[host] = _HostLimiter(int(options["per_host_concurrency"]), float(options["delay"]))
+        return self.hosts[host]
+
+    async def fetch(self, url: str, options: Mapping[str, Any], *, css_selector: str | None = None,
+                    schema: Mapping[str, Any] | None = None) -> Fetched:
+        """Fetch ``url`` with retries on timeouts, connection errors, 429 and 5xx."""
+        attempts = int(options["retries"]) + 1
+        result = Fetched(url, None, "", None, "not fetched")
+        for attempt in range(attempts):
+            async with self.global_slots, self._host(url, options).slot():
+                result = await self._fetch_once(url, options, css_selector, schema)
+            retryable = result.status is None or result.status in RETRYABLE_STATUS
+            if result.ok or not retryable or attempt == attempts - 1:
+                return result
+            await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
+        return result
+
+    async def _fetch_once(self, url: str, options: Mapping[str, Any], css_selector: str | None,
+                          schema: Mapping[str, Any] | None) -> Fetched:
+        from crawl4ai import CacheMode, CrawlerRunConfig, JsonCssExtractionStrategy
+
+        run = CrawlerRunConfig(
+            cache_mode=CacheMode.BYPASS, verbose=False, css_selector=css_selector,
+            page_timeout=int(float(options["timeout"]) * 1000),
+            extraction_strategy=JsonCssExtractionStrategy(dict(schema)) if schema else None,
+        )
+        crawler = await self._crawler(str(options["strategy"]))
+        try:
+            raw = await crawler.arun(url, config=run)
+        except Exception as error:  # noqa: BLE001 - crawl4ai raises many kinds; all are a failed fetch
+            return Fetched(url, None, "", None, f"{type(error).__name__}: {error}")
+        status = raw.status_code
+        if status is None:
+            match = _STATUS_IN_ERROR.search(raw.error_message or "")
+            status = int(match.group(1)) if match else None
+        error = None if raw.success else (raw.error_message or "crawl failed").splitlines()[0]
+        markdown = str(raw.markdown or "") if raw.markdown is not None else ""
+        return Fetched(url, status, markdown, raw.extracted_content, error)

@@ -1,0 +1,130 @@
+"""The types a plugin builds: source sites, annotators and base models.
+
+They live in one small module so that a plugin file needs ``import pvbuild``
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class CssSite:
+    """A source site whose list pages and articles are static HTML described by CSS selectors.
+
+    ``list_url`` is a template with a ``{page}`` placeholder; the pages crawled run from the
+    ``first_page`` to the ``last_page`` option. Each item of a list page is matched by
+    ``item_selector``; inside it ``title_selector`` gives the title text, ``link_selector``'s
+    ``href`` the article link (relative links are resolved against the list page) and
+    ``date_selector`` the date text. The article body is the markdown of ``article_selector``.
+    """
+
+    name: str
+    list_url: str
+    item_selector: str
+    article_selector: str
+    title_selector: str = "a"
+    link_selector: str = "a"
+    date_selector: str = "span"
+    description: str = ""
+    options: Mapping[str, Any] = field(default_factory=lambda: {"first_page": 1, "last_page": 1})
+
+    def list_urls(self, options: Mapping[str, Any]) -> list[str]:
+        """The list pages to crawl for these (already validated) options."""
+        first, last = int(options["first_page"]), int(options["last_page"])
+        return [self.list_url.format(page=page) for page in range(first, last + 1)]
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[Callable[[str], str]]:
+        """Yield a function mapping a canonical URL to the URL actually fetched.
+
+        Real sites fetch what they link to; the bundled sample site overrides this to
+        start a local server, so its canonical links stay stable across runs.
+        """
+        yield lambda url: url
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Article:
+    """An article handed to an annotator: its URL row and its markdown body."""
+
+    file_id: str
+    title: str
+    link: str
+    date: str
+    source: str
+    markdown: str
+
+
+@dataclass(frozen=True)
+class Annotation:
+    """What an annotator returns for one article: the conversation and the tokens it cost."""
+
+    messages: list[Message]
+    usage: Mapping[str, int] = field(default_factory=dict)
+
+
+class AnnotationError(Exception):
+    """This article could not be annotated; the others go on and it is retried next run."""
+
+
+class FatalAnnotationError(AnnotationError):
+    """No article can be annotated (bad credentials, no quota): stop the whole stage now."""
+
+
+class AnnotatorRun:
+    """One annotation run: created by ``Annotator.start`` and closed when the stage ends."""
+
+    async def annotate(self, article: Article) -> Annotation:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Release clients and connections."""
+
+
+class Annotator:
+    """Turns an article into a conversation. Subclass it and register an instance.
+
+    ``options`` holds the defaults of every option the annotator accepts (configuration may
+    override them, and unknown keys are rejected). ``runtime_options`` names the options that
+    do not change the output (concurrency, timeouts): editing them re-annotates nothing.
+    """
+
+    name: str = ""
+    description: str = ""
+    options: Mapping[str, Any] = {}
+    runtime_options: frozenset[str] = frozenset({"concurrency"})
+
+    def identity(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """What decides the output: every option except the runtime ones."""
+        return {key: value for key, value in sorted(options.items()) if key not in self.runtime_options}
+
+    def start(self, options: Mapping[str, Any]) -> AnnotatorRun:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A base model to fine-tune: where it comes from, what data it trains on, how it is served."""
+
+    name: str
+    jumpstart_model_id: str
+    jumpstart_model_version: str
+    dataset_format: str
+    hyperparameters: Mapping[str, Any]
+    training_instance_types: tuple[str, ...]
+    inference_instance_types: tuple[str, ...]
+    tokenizer: str
+    description: str = ""

@@ -1,0 +1,173 @@
+"""Build records: what every artifact was built from, kept so staleness is exact and portable.
+
+Records live under ``<artifacts>/.state/<stage>.json``: sorted, no timestamps, no absolute
+paths, so they can be committed and checked on a fresh clone. While a stage runs, each
+finished item is appended to ``<stage>.journal`` at once, so an interrupted run loses no
+finished work; the journal is folded into the JSON file when the stage ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvbuild.errors import StateError
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+
+
+def digest(value: Any) -> str:
+    """A short, stable digest of any JSON-able value (or of bytes)."""
+    data = value if isinstance(value, bytes) else canonical_json(value).encode("utf-8")
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside ``path`` and rename it: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise StateError(f"{path}: cannot read {what}: {error}; delete it to rebuild from scratch") from error
+
+
+class FileHasher:
+    """Digests files, trusting a machine-local (mtime, size) cache so unchanged files are not re-read."""
+
+    def __init__(self, cache_file: Path | None, root: Path) -> None:
+        self.cache_file = cache_file
+        self.root = root
+        self.entries: dict[str, list[Any]] = {}
+        self.dirty = False
+        if cache_file is not None and cache_file.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                self.entries = json.loads(cache_file.read_text(encoding="utf-8"))
+
+    def digest(self, path: Path) -> str | None:
+        """The file's digest, or None when it does not exist."""
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return None
+        key = os.path.relpath(path, self.root)
+        cached = self.entries.get(key)
+        if cached is not None and cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
+            return str(cached[2])
+        value = digest(path.read_bytes())
+        self.entries[key] = [info.st_mtime_ns, info.st_size, value]
+        self.dirty = True
+        return value
+
+    def save(self) -> None:
+        if self.cache_file is not None and self.dirty:
+            atomic_write_text(self.cache_file, json.dumps(self.entries, separators=(",", ":")))
+            self.dirty = False
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of a stage: a key (usually a file_id), the digests of its inputs, its output file."""
+
+    key: str
+    inputs: Mapping[str, str]
+    output: Path
+
+
+class StageRecords:
+    """The records of one stage, keyed by item key."""
+
+    def __init__(self, state_dir: Path, stage: str) -> None:
+        self.path = state_dir / f"{stage}.json"
+        self.journal = state_dir / f"{stage}.journal"
+        self.records: dict[str, dict[str, Any]] = {}
+        if self.path.is_file():
+            loaded = _read_json(self.path, "build records")
+            if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+                raise StateError(f"{self.path}: build records are not a table of records; "
+                                 "delete it to rebuild from scratch")
+            self.records = loaded
+        self._replay_journal()
+
+    def _replay_journal(self) -> None:
+        if not self.journal.is_file():
+            return
+        for line in self.journal.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a crash: that item is simply rebuilt
+            if entry.get("record") is None:
+                self.records.pop(entry["key"], None)
+            else:
+                self.records[entry["key"]] = entry["record"]
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.records.get(key)
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        self.records[key] = record
+        self._append({"key": key, "record": record})
+
+    def drop(self, key: str) -> None:
+        if self.records.pop(key, None) is not None:
+            self._append({"key": key, "record": None})
+
+    def _append(self, entry: Mapping[str, Any]) -> None:
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        with self.journal.open("a", encoding="utf-8") as stream:
+            stream.write(canonical_json(entry) + "\n")
+
+    def commit(self) -> None:
+        """Fold the journal into the records file (sorted, one record per line for clean diffs)."""
+        lines = [f"{json.dumps(key, ensure_ascii=False)}: {canonical_json(self.records[key])}"
+                 for key in sorted(self.records)]
+        atomic_write_text(self.path, "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n"))
+        with contextlib.suppress(FileNotFoundError):
+            self.journal.unlink()
+
+
+def stale_reason(item: Item, record: Mapping[str, Any] | None, output_digest: str | None) -> str | None:
+    """Why ``item`` must be rebuilt, or None when its output is up to date."""
+    if record is None:
+        return "never built"
+    changed = sorted(name for name in set(item.inputs) | set(record.get("inputs", {}))
+                     if item.inputs.get(name) != record.get("inputs", {}).get(name))
+    if changed:
+        return f"input changed: {', '.join(changed)}"
+    if output_digest is None:
+        return "output missing"
+    if output_digest != record.get("output"):
+        return "output edited since it was built"
+    return None
+
+
+def stale_items(items: list[Item], records: StageRecords, hasher: FileHasher) -> Iterator[tuple[Item, str]]:
+    for item in items:
+        reason = stale_reason(item, records.get(item.key), hasher.digest(item.output))
+        if reason is not None:
+            yield item, reason

@@ -1,0 +1,101 @@
+"""The URL table: one row per article, merged across crawls, with stable, safe file ids."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path, PurePosixPath
+from urllib.parse import unquote, urlsplit
+
+from pvbuild.errors import PvbuildError
+from pvbuild.records import atomic_write_text
+
+COLUMNS = ("title", "link", "date", "file_id", "source")
+_UNSAFE = re.compile(r"[^0-9A-Za-z_.-]+")
+_SAFE_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z_.-]{0,120}")
+_DATE = re.compile(r"(\d{4})\D{1,3}(\d{1,2})\D{1,3}(\d{1,2})")
+
+
+@dataclass(frozen=True)
+class UrlRow:
+    """One article of the URL table."""
+
+    title: str
+    link: str
+    date: str
+    file_id: str
+    source: str
+
+
+def normalize_date(text: str) -> str:
+    """``2025/8/1``, ``2025年8月1日`` and ``2025-08-01 10:00`` all become ``2025-08-01``."""
+    match = _DATE.search(text)
+    if not match:
+        return text.strip()
+    year, month, day = match.groups()
+    return f"{year}-{int(month):02d}-{int(day):02d}"
+
+
+def file_id_for(link: str) -> str:
+    """The stem of the link's path, made safe as a file name (no separators, no leading dots)."""
+    stem = PurePosixPath(unquote(urlsplit(link).path)).stem
+    safe = _UNSAFE.sub("_", stem).lstrip(".")[:100].strip("_")
+    return safe or "url-" + hashlib.sha256(link.encode("utf-8")).hexdigest()[:12]
+
+
+def read_urls(path: Path) -> list[UrlRow]:
+    """Read the URL table, naming the file and row of anything malformed."""
+    if not path.is_file():
+        return []
+    rows = []
+    with path.open(encoding="utf-8", newline="") as stream:
+        reader = csv.DictReader(stream)
+        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        if missing:
+            raise PvbuildError(f"{path}: missing columns {', '.join(sorted(missing))}; "
+                               f"the header must be {','.join(COLUMNS)}")
+        for number, raw in enumerate(reader, start=2):
+            row = UrlRow(**{column: (raw[column] or "").strip() for column in COLUMNS})
+            if not row.link or not row.file_id:
+                raise PvbuildError(f"{path}:{number}: empty link or file_id; fix or delete that row")
+            if not _SAFE_ID.fullmatch(row.file_id):
+                raise PvbuildError(f"{path}:{number}: file_id {row.file_id!r} is not a safe file name; "
+                                   "use letters, digits, '_', '-' and '.'")
+            rows.append(row)
+    return rows
+
+
+def format_urls(rows: Iterable[UrlRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(asdict(row))
+    return buffer.getvalue()
+
+
+def write_urls(path: Path, rows: Iterable[UrlRow]) -> None:
+    atomic_write_text(path, format_urls(rows))
+
+
+def merge_urls(existing: list[UrlRow], crawled: Iterable[UrlRow]) -> list[UrlRow]:
+    """Merge new rows into the table: one row per link (the newest crawl wins, keeping its
+    file_id), file ids unique, sorted by date, newest first (ties by link)."""
+    by_link = {row.link: row for row in existing}
+    taken = {row.file_id: row.link for row in existing}
+    for row in crawled:
+        old = by_link.get(row.link)
+        if old is not None:
+            by_link[row.link] = replace(row, file_id=old.file_id)
+            continue
+        file_id = row.file_id
+        if taken.get(file_id, row.link) != row.link:
+            file_id = f"{file_id}-{hashlib.sha256(row.link.encode('utf-8')).hexdigest()[:8]}"
+        taken[file_id] = row.link
+        by_link[row.link] = replace(row, file_id=file_id)
+    ordered = sorted(by_link.values(), key=lambda row: row.link)
+    return sorted(ordered, key=lambda row: normalize_date(row.date), reverse=True)
