@@ -44,6 +44,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     import pvbuild.tasks as tasks
 
+    tasks.reset()
     os.chdir(args.project)
     if args.profile:
         os.environ["PVBUILD_PROFILE"] = args.profile

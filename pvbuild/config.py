@@ -25,7 +25,7 @@ SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token", "credential"
 
 # Options every source accepts; the ones in RUNTIME_CRAWL_OPTIONS change speed, not output.
 CRAWL_OPTIONS: dict[str, Any] = {
-    "plugin": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 4,
+    "plugin": "", "list_url": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 4,
     "delay": 0.0, "timeout": 30.0, "retries": 2,
 }
 RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries"})

@@ -82,11 +82,11 @@ class PageFetcher:
             extra = {"base_directory": self.base_directory} if self.base_directory else {}
             if strategy == "http":
                 http = AsyncHTTPCrawlerStrategy(browser_config=HTTPCrawlerConfig())
-                crawler = AsyncWebCrawler(crawler_strategy=http, verbose=False, **extra)
+                crawler = AsyncWebCrawler(crawler_strategy=http, config=BrowserConfig(verbose=False), **extra)
             else:
                 chromium = await self.stack.enter_async_context(Chromium())
                 config = BrowserConfig(browser_mode="cdp", cdp_url=chromium.cdp_url, verbose=False)
-                crawler = AsyncWebCrawler(config=config, verbose=False, **extra)
+                crawler = AsyncWebCrawler(config=config, **extra)
             self.crawlers[strategy] = await self.stack.enter_async_context(crawler)
         return self.crawlers[strategy]
 
@@ -128,6 +128,9 @@ class PageFetcher:
         if status is None:
             match = _STATUS_IN_ERROR.search(raw.error_message or "")
             status = int(match.group(1)) if match else None
-        error = None if raw.success else (raw.error_message or "crawl failed").splitlines()[0]
+        if status is not None and not 200 <= status < 300:
+            error = f"HTTP {status}"  # crawl4ai's own message for this is a long traceback
+        else:
+            error = None if raw.success else (raw.error_message or "crawl failed").strip().splitlines()[0]
         markdown = str(raw.markdown or "") if raw.markdown is not None else ""
         return Fetched(url, status, markdown, raw.extracted_content, error)

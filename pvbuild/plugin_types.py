@@ -34,9 +34,11 @@ class CssSite:
     options: Mapping[str, Any] = field(default_factory=lambda: {"first_page": 1, "last_page": 1})
 
     def list_urls(self, options: Mapping[str, Any]) -> list[str]:
-        """The list pages to crawl for these (already validated) options."""
+        """The list pages to crawl; the ``list_url`` option, when set, replaces the site's template
+        (a mirror, or a local copy in tests)."""
         first, last = int(options["first_page"]), int(options["last_page"])
-        return [self.list_url.format(page=page) for page in range(first, last + 1)]
+        template = str(options.get("list_url") or self.list_url)
+        return [template.format(page=page) for page in range(first, last + 1)]
 
     @contextlib.asynccontextmanager
     async def serve(self) -> AsyncIterator[Callable[[str], str]]:

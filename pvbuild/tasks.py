@@ -52,6 +52,14 @@ def pipeline() -> Pipeline:
     return _pipelines[key]
 
 
+def reset() -> None:
+    """Forget loaded pipelines and plugins (a new build in the same process sees new files)."""
+    from pvbuild import plugins
+
+    _pipelines.clear()
+    plugins._cache.clear()
+
+
 def _uptodate(stage: str) -> Callable[[Any, Any], bool]:
     def check(task: Any, values: Any) -> bool:
         return not pipeline().stale(stage)
@@ -70,7 +78,7 @@ def _action(stage: str) -> Callable[[], Any]:
         save_failures(current.config.cache_dir, result)
         say(result.summary())
         for failure in result.failures:
-            say(f"  failed: {failure}")
+            say(f"  failed, will retry next run: {failure}")
         return True
     return run
 

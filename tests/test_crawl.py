@@ -1,0 +1,59 @@
+"""Crawling a fixture copy of the reference site on 127.0.0.1 through crawl4ai."""
+
+from __future__ import annotations
+
+import csv
+
+from tests.conftest import Project, site_and_llm_config
+from tests.standins import FakeOpenAI, FixtureSite
+
+
+def test_reference_site_gives_url_table_and_markdown(project: Project, site: FixtureSite, llm: FakeOpenAI) -> None:
+    project.config(site_and_llm_config(site, llm))
+    assert project.build() == 1  # the 404 article fails the run, after everything else is built
+
+    with open(project.artifacts() / "urls.csv", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [row["file_id"] for row in rows] == ["1455200", "1455093", "1455301", "1455400", "1455500"]
+    assert [row["date"] for row in rows] == sorted((row["date"] for row in rows), reverse=True)
+    assert {row["source"] for row in rows} == {"bjx"}
+    # relative and absolute links both end up absolute, and the duplicate link appears once
+    assert all(row["link"].startswith(site.url + "/zc/") for row in rows)
+    assert rows[2]["link"] == f"{site.url}/zc/20250728/1455301.shtml"
+
+    markdown = project.artifacts() / "markdown"
+    assert sorted(p.name for p in markdown.iterdir()) == ["1455093.md", "1455200.md", "1455301.md", "1455500.md"]
+    assert "光伏方阵用地不改变地表形态的" in (markdown / "1455301.md").read_text(encoding="utf-8")  # GBK decoded
+    text = (markdown / "1455093.md").read_text(encoding="utf-8")
+    assert "上半年全国光伏新增并网21200万千瓦" in text and "版权所有" not in text  # only the article body
+    assert not (markdown / "1455400.md").exists()  # the 404 is reported, not written
+    assert site.requests["/zc/20250720/1455400.shtml"] == 1
+    assert not (project.artifacts() / "conversations" / "1455400.csv").exists()
+
+
+def test_the_404_is_reported_and_retried(project: Project, site: FixtureSite, llm: FakeOpenAI,
+                                         capsys: object) -> None:
+    project.config(site_and_llm_config(site, llm))
+    project.build()
+    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    err = captured.err + captured.out
+    assert "1455400" in err and "404" in err and "HTTP 404" in err and "will retry next run" in err
+    site.pages[1][1].missing = False  # the page comes back
+    assert project.build() == 0
+    assert (project.artifacts() / "markdown" / "1455400.md").is_file()
+    assert site.requests["/zc/20250801/1455093.shtml"] == 1  # the others were not fetched again
+
+
+def test_url_table_merges_with_existing_rows(project: Project, site: FixtureSite, llm: FakeOpenAI) -> None:
+    project.config(site_and_llm_config(site, llm))
+    table = project.artifacts() / "urls.csv"
+    table.parent.mkdir(parents=True)
+    table.write_text("title,link,date,file_id,source\n"
+                     f"旧标题,{site.url}/zc/20250801/1455093.shtml,2025-08-01,1455093,bjx\n"
+                     "手工加入的文章,https://example.invalid/zc/1.shtml,2024-01-01,1,bjx\n", encoding="utf-8")
+    project.build("urls")
+    with open(table, encoding="utf-8") as stream:
+        rows = {row["file_id"]: row for row in csv.DictReader(stream)}
+    assert rows["1455093"]["title"] == "国家能源局发布上半年光伏发电建设情况"  # the latest crawl wins
+    assert rows["1"]["title"] == "手工加入的文章"  # existing rows are kept
+    assert list(rows)[-1] == "1"  # oldest last
