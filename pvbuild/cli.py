@@ -66,13 +66,16 @@ def parser() -> argparse.ArgumentParser:
     config.set_defaults(run=cmd_config)
     build = commands.add_parser("build", help="build stale artifacts (same as running doit)")
     build.add_argument("--profile", help="profile name (default: $PVBUILD_PROFILE or 'default')")
-    build.add_argument("tasks", nargs="*", help="doit tasks (default: everything)")
+    build.add_argument("tasks", nargs="*", help="doit options and tasks (default: everything)")
     build.set_defaults(run=cmd_build)
     return top
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args, extra = parser().parse_known_args(argv)
+    if extra and args.command != "build":
+        parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    args.tasks = [*extra, *getattr(args, "tasks", [])]  # doit's own options pass through to doit
     try:
         return int(args.run(args))
     except PvbuildError as error:

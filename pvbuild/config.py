@@ -26,9 +26,10 @@ SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token", "credential"
 # Options every source accepts; the ones in RUNTIME_CRAWL_OPTIONS change speed, not output.
 CRAWL_OPTIONS: dict[str, Any] = {
     "plugin": "", "list_url": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 4,
-    "delay": 0.0, "timeout": 30.0, "retries": 2,
+    "delay": 0.0, "timeout": 30.0, "retries": 2, "refresh_hours": 0.0,
 }
-RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries"})
+RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries",
+                                   "refresh_hours"})
 STRATEGIES = ("http", "browser")
 ANNOTATOR_OPTIONS: dict[str, Any] = {"plugin": "", "concurrency": 4}
 DATASET_OPTIONS: dict[str, Any] = {

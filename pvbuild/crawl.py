@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urljoin
@@ -81,6 +82,7 @@ def run_urls_stage(pipeline: Pipeline) -> StageResult:
     """Crawl every list page and merge the rows into the URL table."""
     result = StageResult("urls")
     crawled = asyncio.run(_crawl_lists(pipeline, result))
+    atomic_write_text(pipeline.last_list_crawl_file, str(time.time()))
     merged = merge_urls(read_urls(pipeline.urls_csv), crawled)
     write_urls(pipeline.urls_csv, merged)
     pipeline.forget_rows()

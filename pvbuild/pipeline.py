@@ -7,6 +7,7 @@ definition of staleness.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ from pvbuild.records import FileHasher, Item, StageRecords, digest, stale_items
 from pvbuild.urls import UrlRow, read_urls
 
 STAGES = ("urls", "markdown", "conversations", "dataset")
+EDITED = "output edited since it was built"
+# Like make, a hand-edited intermediate is kept and its dependents rebuild from it; the
+# dataset is wholly derived, so an edited dataset file is rebuilt.
+KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
 
 
 @dataclass(frozen=True)
@@ -128,11 +133,31 @@ class Pipeline:
         return {"urls": self.url_items, "markdown": self.markdown_items,
                 "conversations": self.conversation_items, "dataset": self.dataset_items}[stage]()
 
+    @property
+    def last_list_crawl_file(self) -> Path:
+        """When the lists were last crawled: machine-local, so committed state has no timestamps."""
+        return self.config.cache_dir / "last-list-crawl"
+
+    def _lists_due(self) -> list[StaleItem]:
+        hours = [float(s.options["refresh_hours"]) for s in self.config.sources if s.options["refresh_hours"]]
+        if not hours:
+            return []
+        try:
+            age = time.time() - float(self.last_list_crawl_file.read_text())
+        except (OSError, ValueError):
+            age = float("inf")
+        if age < min(hours) * 3600:
+            return []
+        return [StaleItem(self.url_items()[0], f"lists last crawled {age / 3600:.1f} h ago (refresh_hours)")]
+
     def stale(self, stage: str) -> list[StaleItem]:
         records = self.records(stage)
-        found = [StaleItem(item, reason) for item, reason in stale_items(self.items(stage), records, self.hasher)]
+        found = [StaleItem(item, reason) for item, reason in stale_items(self.items(stage), records, self.hasher)
+                 if not (reason == EDITED and stage in KEEPS_EDITS)]
         if stage == "dataset" and not found:
             found = self._dataset_files_edited()
+        if stage == "urls" and not found:
+            found = self._lists_due()
         self.hasher.save()
         return found
 

@@ -1,0 +1,108 @@
+"""The openai annotator through the real openai client against a local OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import Project, site_and_llm_config
+from tests.standins import FakeOpenAI, FixtureSite
+
+GBK_TITLE = "光伏治沙"  # a marker in one article's message
+OTHER_IDS = ["1455093", "1455200", "1455500"]
+
+
+def conversations(project: Project) -> dict[str, str]:
+    directory = project.artifacts() / "conversations"
+    return {p.stem: p.read_text(encoding="utf-8") for p in directory.glob("*.csv")} if directory.is_dir() else {}
+
+
+def no_empty_csv(project: Project) -> None:
+    for name, text in conversations(project).items():
+        assert text.count("\n") >= 3, f"{name}.csv has no conversation"
+
+
+def test_success_writes_alternating_csv_and_records_usage(project: Project, site: FixtureSite,
+                                                          llm: FakeOpenAI) -> None:
+    project.config(site_and_llm_config(site, llm))
+    project.build()
+    written = conversations(project)
+    assert sorted(written) == sorted([*OTHER_IDS, "1455301"])
+    lines = written["1455093"].splitlines()
+    assert lines[0] == "role,content" and lines[1].startswith("user,") and lines[2].startswith("assistant,")
+    records = json.loads((project.artifacts() / ".state" / "conversations.json").read_text(encoding="utf-8"))
+    assert records["1455093"]["usage"] == {"completion_tokens": 50, "prompt_tokens": 100, "total_tokens": 150}
+    request = llm.calls[0]
+    assert request["model"] == "gpt-4o" and request["response_format"]["type"] == "json_schema"
+    system, user = request["messages"]
+    assert system["role"] == "system" and "数据标注专家" in system["content"]  # fixed instructions first
+    assert user["content"].startswith("标题：") and "正文" in user["content"]  # the article last
+    assert len({call["messages"][0]["content"] for call in llm.calls}) == 1  # a shared, cacheable prefix
+
+
+def test_429_then_success_is_retried(project: Project, site: FixtureSite, llm: FakeOpenAI) -> None:
+    llm.script[GBK_TITLE] = ["429", "429"]
+    project.config(site_and_llm_config(site, llm))
+    project.build()
+    assert "1455301" in conversations(project)
+    assert sum(GBK_TITLE in call["messages"][-1]["content"] for call in llm.calls) == 3
+
+
+@pytest.mark.parametrize("fault", ["500", "invalid_json", "wrong_roles", "empty"])
+def test_a_failing_article_writes_nothing_and_is_retried_next_run(project: Project, site: FixtureSite,
+                                                                  llm: FakeOpenAI, fault: str) -> None:
+    llm.script[GBK_TITLE] = [fault] * 10
+    project.config(site_and_llm_config(site, llm))
+    assert project.build() == 1
+    written = conversations(project)
+    assert "1455301" not in written and sorted(written) == sorted(OTHER_IDS)  # the others proceed
+    no_empty_csv(project)
+    llm.script[GBK_TITLE] = []
+    calls_before = len(llm.calls)
+    site.pages[1][1].missing = False
+    assert project.build() == 0
+    assert "1455301" in conversations(project)
+    retried = [call["messages"][-1]["content"] for call in llm.calls[calls_before:]]
+    assert sum(GBK_TITLE in text for text in retried) == 1  # only the failed (and new) articles
+    assert not any("上半年全国光伏" in text for text in retried)
+
+
+def test_insufficient_quota_stops_the_stage(project: Project, site: FixtureSite, llm: FakeOpenAI,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    llm.script["标题"] = ["quota"]  # the first call of any article
+    project.config(site_and_llm_config(site, llm, extra="concurrency = 1"))
+    assert project.build() == 1
+    assert conversations(project) == {}
+    assert len(llm.calls) == 1  # fail fast: no retries, no other article attempted
+    err = capsys.readouterr().err
+    assert "no quota left" in err and "not attempted" in err
+    assert "sk-test-secret" not in err
+
+
+def test_server_without_json_schema_falls_back_to_json_object(project: Project, site: FixtureSite,
+                                                              llm: FakeOpenAI) -> None:
+    llm.reject_json_schema = True
+    project.config(site_and_llm_config(site, llm, extra="concurrency = 1"))
+    project.build()
+    assert len(conversations(project)) == 4
+    assert [c["response_format"]["type"] for c in llm.calls] == ["json_schema"] + ["json_object"] * 4
+
+
+def test_missing_api_key_is_a_clear_fatal_error(project: Project, site: FixtureSite, llm: FakeOpenAI,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY")
+    project.config(site_and_llm_config(site, llm))
+    assert project.build() == 1
+    assert "OPENAI_API_KEY is not set" in capsys.readouterr().err
+    assert llm.calls == []
+
+
+def test_the_api_key_never_reaches_artifacts_or_state(project: Project, site: FixtureSite, llm: FakeOpenAI) -> None:
+    project.config(site_and_llm_config(site, llm))
+    project.build()
+    assert {k.lower(): v for k, v in llm.headers[0].items()}["authorization"] == "Bearer sk-test-secret-key-0123456789"
+    for path in project.path.rglob("*"):
+        if path.is_file():
+            assert b"sk-test-secret" not in path.read_bytes(), path
