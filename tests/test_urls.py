@@ -1,0 +1,57 @@
+"""The URL table: safe, stable file ids and the merge rules."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pvbuild.errors import PvbuildError
+from pvbuild.urls import UrlRow, file_id_for, merge_urls, normalize_date, read_urls, write_urls
+
+
+@pytest.mark.parametrize(("link", "expected"), [
+    ("https://guangfu.bjx.com.cn/news/20250801/1455093.shtml", "1455093"),
+    ("https://x.cn/a/%E6%94%BF%E7%AD%96 v2.html", "v2"),
+    ("https://x.cn/../../etc/passwd", "passwd"),
+    ("https://x.cn/a/..", None),
+    ("https://x.cn/", None),
+])
+def test_file_id_is_the_safe_stem(link: str, expected: str | None) -> None:
+    file_id = file_id_for(link)
+    assert "/" not in file_id and not file_id.startswith(".")
+    if expected is None:
+        assert file_id.startswith("url-") and file_id == file_id_for(link)  # stable
+    else:
+        assert file_id == expected
+
+
+def test_dates_are_normalized() -> None:
+    assert normalize_date("2025/8/1") == normalize_date("2025年8月1日") == normalize_date("2025-08-01 10:00")
+
+
+def row(link: str, date: str, title: str = "t") -> UrlRow:
+    return UrlRow(title, link, date, file_id_for(link), "bjx")
+
+
+def test_merge_dedupes_latest_wins_and_sorts_newest_first() -> None:
+    existing = [row("https://a.cn/1/100.shtml", "2025-01-01", "old")]
+    merged = merge_urls(existing, [row("https://a.cn/1/100.shtml", "2025-01-01", "new"),
+                                   row("https://a.cn/2/200.shtml", "2025-03-01"),
+                                   row("https://b.cn/9/100.shtml", "2025-02-01")])
+    assert [r.title for r in merged if r.link.endswith("1/100.shtml")] == ["new"]
+    assert [r.date for r in merged] == ["2025-03-01", "2025-02-01", "2025-01-01"]
+    ids = [r.file_id for r in merged]
+    assert len(set(ids)) == 3 and "100" in ids and any(i.startswith("100-") for i in ids)  # collision renamed
+
+
+def test_read_urls_names_file_and_row(tmp_path: Path) -> None:
+    table = tmp_path / "urls.csv"
+    write_urls(table, [row("https://a.cn/1.shtml", "2025-01-01")])
+    assert read_urls(table)[0].file_id == "1"
+    table.write_text("title,link,date,file_id,source\nt,https://a.cn/x,2025-01-01,../../x,bjx\n")
+    with pytest.raises(PvbuildError, match=r"urls.csv:2: file_id '../../x' is not a safe file name"):
+        read_urls(table)
+    table.write_text("title,link\n")
+    with pytest.raises(PvbuildError, match="missing columns date, file_id, source"):
+        read_urls(table)
