@@ -128,9 +128,10 @@ class PageFetcher:
         if status is None:
             match = _STATUS_IN_ERROR.search(raw.error_message or "")
             status = int(match.group(1)) if match else None
+        reason: str | None = None
         if status is not None and not 200 <= status < 300:
-            error = f"HTTP {status}"  # crawl4ai's own message for this is a long traceback
-        else:
-            error = None if raw.success else (raw.error_message or "crawl failed").strip().splitlines()[0]
+            reason = f"HTTP {status}"  # crawl4ai's own message for this is a long traceback
+        elif not raw.success:
+            reason = (raw.error_message or "crawl failed").strip().splitlines()[0]
         markdown = str(raw.markdown or "") if raw.markdown is not None else ""
-        return Fetched(url, status, markdown, raw.extracted_content, error)
+        return Fetched(url, status, markdown, raw.extracted_content, reason)

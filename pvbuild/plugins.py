@@ -9,6 +9,7 @@ unrelated commands keep working; ``PVBUILD_STRICT_PLUGINS=1`` makes that fatal.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -141,7 +142,7 @@ class PluginLoader:
 
         for module_name in BUILTIN_PLUGINS:
             short = module_name.rsplit(".", 1)[1]
-            self._add(lambda m=module_name: importlib.import_module(m), short, pvbuild.__version__,
+            self._add(functools.partial(importlib.import_module, module_name), short, pvbuild.__version__,
                       "builtin", module_name)
         allowed = _allowed_names()
         for name, loader, version, path in self._entry_points():
@@ -164,7 +165,7 @@ class PluginLoader:
         for path in sorted(directory.glob("*.py")):
             if path.name.startswith("_"):
                 continue
-            yield path.stem, lambda p=path: _import_file(p), f"plugins/{path.name}"
+            yield path.stem, functools.partial(_import_file, path), f"plugins/{path.name}"
 
     def _add(self, loader: Callable[[], ModuleType], name: str, version: str | None,
              source: str, path: str) -> None:
@@ -207,13 +208,14 @@ class PluginLoader:
         def register(item: Any) -> None:
             if not isinstance(item, expected):
                 raise PluginError(f"{kind} must be {expected.__name__} instances, got {type(item).__name__}")
-            if not item.name:
+            name = str(getattr(item, "name", ""))
+            if not name:
                 raise PluginError(f"a {expected.__name__} registered without a name")
-            if item.name in table:
-                owner = table[item.name].plugin.name
-                raise PluginError(f"{kind[:-1]} {item.name!r} is already registered by plugin {owner!r}")
-            table[item.name] = Registered(item, info)
-            info.registered[kind].append(item.name)
+            if name in table:
+                owner = table[name].plugin.name
+                raise PluginError(f"{kind[:-1]} {name!r} is already registered by plugin {owner!r}")
+            table[name] = Registered(item, info)
+            info.registered[kind].append(name)
 
         return register
 

@@ -9,6 +9,7 @@ server rejects it. 429 (rate limit), 5xx and timeouts are retried with exponenti
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -63,7 +64,7 @@ class _OpenAIRun(AnnotatorRun):
         self.prompt = str(options["prompt"]) or default_prompt()
         self.response_format: dict[str, Any] = (
             JSON_SCHEMA_FORMAT if options["response_format"] == "json_schema" else {"type": "json_object"})
-        self.client = openai.AsyncOpenAI(
+        self.client: Any = openai.AsyncOpenAI(
             api_key=self.api_key or "unset", base_url=str(options["base_url"]) or None,
             max_retries=0, timeout=float(options["timeout"]))
 
@@ -126,10 +127,8 @@ class _OpenAIRun(AnnotatorRun):
         delay = float(self.options["retry_base_delay"]) * 2 ** (attempt - 1) * (1 + random.random() / 4)
         retry_after = getattr(getattr(error, "response", None), "headers", {}).get("retry-after")
         if retry_after:
-            try:
+            with contextlib.suppress(ValueError):
                 delay = max(delay, float(retry_after))
-            except ValueError:
-                pass
         await asyncio.sleep(min(delay, 60.0))
 
     async def aclose(self) -> None:
