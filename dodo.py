@@ -3,13 +3,6 @@
 Choose the profile with `doit profile=production` or PVBUILD_PROFILE=production.
 """
 
-from pathlib import Path
-
-from pvbuild.tasks import stage_tasks
-
-Path(".pvbuild").mkdir(exist_ok=True)
-
-DOIT_CONFIG = {"default_tasks": ["report"], "dep_file": ".pvbuild/doit.db", "backend": "json",
-               "verbosity": 2}
+from pvbuild.tasks import DOIT_CONFIG, stage_tasks  # noqa: F401 - doit reads DOIT_CONFIG from here
 
 globals().update(stage_tasks())

@@ -111,9 +111,6 @@ def run_conversations_stage(pipeline: Pipeline) -> StageResult:
     stale = pipeline.stale("conversations")
     result = StageResult("conversations", skipped=len(pipeline.items("conversations")) - len(stale))
     if stale:
-        try:
+        with pipeline.finishing("conversations"):
             asyncio.run(_annotate(pipeline, stale, result))
-        finally:
-            pipeline.records("conversations").commit()
-            pipeline.hasher.save()
     return result

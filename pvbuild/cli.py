@@ -48,9 +48,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     os.chdir(args.project)
     if args.profile:
         os.environ["PVBUILD_PROFILE"] = args.profile
-    Path(".pvbuild").mkdir(exist_ok=True)
-    namespace = {**tasks.stage_tasks(), "DOIT_CONFIG": {
-        "default_tasks": ["report"], "dep_file": ".pvbuild/doit.db", "backend": "json", "verbosity": 2}}
+    namespace = {**tasks.stage_tasks(), "DOIT_CONFIG": tasks.DOIT_CONFIG}
     return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
 
 

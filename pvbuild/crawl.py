@@ -16,7 +16,7 @@ from pvbuild.outcomes import Failure, StageResult
 from pvbuild.pipeline import Pipeline, StaleItem
 from pvbuild.plugin_types import CssSite
 from pvbuild.progress import Progress
-from pvbuild.records import atomic_write_text, digest
+from pvbuild.records import atomic_write_bytes, atomic_write_text, digest
 from pvbuild.urls import UrlRow, file_id_for, merge_urls, normalize_date, read_urls, write_urls
 
 UrlMap = Callable[[str], str]
@@ -49,27 +49,33 @@ def _crawl4ai_home(pipeline: Pipeline) -> str:
     return str(home)
 
 
-async def _crawl_lists(pipeline: Pipeline, result: StageResult) -> list[UrlRow]:
-    sources = pipeline.config.sources
-    pages = [(source, url) for source in sources
-             for url in pipeline.config.registry.crawlers[source.plugin].item.list_urls(source.options)]
-    progress = Progress("urls", len(pages))
+def _site(pipeline: Pipeline, source: SourceConfig) -> CssSite:
+    return pipeline.config.registry.crawlers[source.plugin].item
+
+
+async def _open(stack: contextlib.AsyncExitStack, pipeline: Pipeline,
+                sources: list[SourceConfig]) -> tuple[dict[str, UrlMap], PageFetcher]:
+    """Serve each source's site for the run and open the run's single fetcher."""
+    maps = {source.name: await stack.enter_async_context(_site(pipeline, source).serve()) for source in sources}
     concurrency = max(int(source.options["concurrency"]) for source in sources)
+    fetcher = await stack.enter_async_context(PageFetcher(concurrency, _crawl4ai_home(pipeline)))
+    return maps, fetcher
+
+
+async def _crawl_lists(pipeline: Pipeline, result: StageResult) -> list[UrlRow]:
+    sources = list(pipeline.config.sources)
+    pages = [(source, url) for source in sources for url in _site(pipeline, source).list_urls(source.options)]
+    progress = Progress("urls", len(pages))
     async with contextlib.AsyncExitStack() as stack:
-        maps: dict[str, UrlMap] = {}
-        for source in sources:
-            site = pipeline.config.registry.crawlers[source.plugin].item
-            maps[source.name] = await stack.enter_async_context(site.serve())
-        fetcher = await stack.enter_async_context(PageFetcher(concurrency, _crawl4ai_home(pipeline)))
+        maps, fetcher = await _open(stack, pipeline, sources)
 
         async def crawl_page(source: SourceConfig, url: str) -> list[UrlRow]:
-            site = pipeline.config.registry.crawlers[source.plugin].item
+            site = _site(pipeline, source)
             page = await fetcher.fetch(maps[source.name](url), source.options, schema=list_schema(site))
             rows = _rows_from_list_page(page, url, source) if page.ok else []
             if not rows:
-                why = page.error or f"HTTP {page.status}" if not page.ok else \
-                    f"no items matched {site.item_selector!r}"
-                result.failures.append(Failure(f"{source.name} list page", url, why))
+                why = page.error if not page.ok else f"no items matched {site.item_selector!r}"
+                result.failures.append(Failure(f"{source.name} list page", url, why or "fetch failed"))
             progress.advance(bool(rows))
             return rows
 
@@ -94,8 +100,7 @@ def run_urls_stage(pipeline: Pipeline) -> StageResult:
         records.put(item.key, {"inputs": dict(item.inputs), "output": pipeline.hasher.digest(item.output),
                                "rows": len(merged)})
         result.built = 1
-    records.commit()
-    pipeline.hasher.save()
+    pipeline.finish("urls")
     return result
 
 
@@ -103,19 +108,14 @@ async def _crawl_articles(pipeline: Pipeline, stale: list[StaleItem], result: St
     rows = {row.file_id: row for row in pipeline.rows()}
     records = pipeline.records("markdown")
     progress = Progress("markdown", len(stale))
-    sources = {rows[entry.item.key].source for entry in stale}
-    concurrency = max(int(pipeline.source(name).options["concurrency"]) for name in sources)
+    sources = [pipeline.source(name) for name in sorted({rows[entry.item.key].source for entry in stale})]
     async with contextlib.AsyncExitStack() as stack:
-        maps: dict[str, UrlMap] = {}
-        for name in sources:
-            site = pipeline.config.registry.crawlers[pipeline.source(name).plugin].item
-            maps[name] = await stack.enter_async_context(site.serve())
-        fetcher = await stack.enter_async_context(PageFetcher(concurrency, _crawl4ai_home(pipeline)))
+        maps, fetcher = await _open(stack, pipeline, sources)
 
         async def crawl_article(entry: StaleItem) -> None:
             row = rows[entry.item.key]
             source = pipeline.source(row.source)
-            site = pipeline.config.registry.crawlers[source.plugin].item
+            site = _site(pipeline, source)
             page = await fetcher.fetch(maps[row.source](row.link), source.options, css_selector=site.article_selector)
             markdown = page.markdown.strip()
             if not page.ok:
@@ -125,7 +125,7 @@ async def _crawl_articles(pipeline: Pipeline, stale: list[StaleItem], result: St
                                                f"the article selector {site.article_selector!r} matched nothing"))
             else:
                 data = (markdown + "\n").encode("utf-8")
-                atomic_write_text(entry.item.output, data.decode("utf-8"))
+                atomic_write_bytes(entry.item.output, data)
                 records.put(row.file_id, {"inputs": dict(entry.item.inputs), "output": digest(data),
                                           "url": row.link})
                 result.built += 1
@@ -140,9 +140,6 @@ def run_markdown_stage(pipeline: Pipeline) -> StageResult:
     stale = pipeline.stale("markdown")
     result = StageResult("markdown", skipped=len(pipeline.rows()) - len(stale))
     if stale:
-        try:
+        with pipeline.finishing("markdown"):
             asyncio.run(_crawl_articles(pipeline, stale, result))
-        finally:
-            pipeline.records("markdown").commit()
-            pipeline.hasher.save()
     return result

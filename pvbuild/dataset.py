@@ -181,7 +181,6 @@ def run_dataset_stage(pipeline: Pipeline) -> StageResult:
     records = pipeline.records("dataset")
     records.put(item.key, {"inputs": dict(item.inputs), "output": digest(text.encode("utf-8")),
                            "articles": manifest["articles"], "pairs": manifest["pairs"]})
-    records.commit()
-    pipeline.hasher.save()
+    pipeline.finish("dataset")
     result.built = 1
     return result

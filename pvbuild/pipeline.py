@@ -7,17 +7,19 @@ definition of staleness.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, Config, SourceConfig
-from pvbuild.records import FileHasher, Item, StageRecords, digest, stale_items
+from pvbuild.records import EDITED, FileHasher, Item, StageRecords, digest, stale_items
 from pvbuild.urls import UrlRow, read_urls
 
 STAGES = ("urls", "markdown", "conversations", "dataset")
-EDITED = "output edited since it was built"
 # Like make, a hand-edited intermediate is kept and its dependents rebuild from it; the
 # dataset is wholly derived, so an edited dataset file is rebuilt.
 KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
@@ -61,6 +63,19 @@ class Pipeline:
 
     def forget_rows(self) -> None:
         self._rows = None
+
+    def finish(self, stage: str) -> None:
+        """Fold the stage's journal into its records file and save the stat cache."""
+        self.records(stage).commit()
+        self.hasher.save()
+
+    @contextlib.contextmanager
+    def finishing(self, stage: str) -> Iterator[None]:
+        """Run a stage body and finish the stage even when it fails or is interrupted."""
+        try:
+            yield
+        finally:
+            self.finish(stage)
 
     def source(self, name: str) -> SourceConfig:
         return next(source for source in self.config.sources if source.name == name)
@@ -155,19 +170,16 @@ class Pipeline:
         found = [StaleItem(item, reason) for item, reason in stale_items(self.items(stage), records, self.hasher)
                  if not (reason == EDITED and stage in KEEPS_EDITS)]
         if stage == "dataset" and not found:
-            found = self._dataset_files_edited()
+            found = self._dataset_files_edited(self.items("dataset")[0])
         if stage == "urls" and not found:
             found = self._lists_due()
         self.hasher.save()
         return found
 
-    def _dataset_files_edited(self) -> list[StaleItem]:
+    def _dataset_files_edited(self, item: Item) -> list[StaleItem]:
         """The manifest lists every dataset file's digest; an edited or missing file is stale."""
-        import json
-
         manifest = json.loads(self.manifest.read_text(encoding="utf-8"))
         for name, expected in manifest.get("files", {}).items():
             if self.hasher.digest(self.dataset_dir / name) != expected:
-                item = self.dataset_items()[0]
                 return [StaleItem(item, f"dataset file {name} missing or edited since it was built")]
         return []

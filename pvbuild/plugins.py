@@ -238,6 +238,11 @@ def _import_file(path: Path) -> ModuleType:
 _cache: dict[Path, Registry] = {}
 
 
+def forget_plugins() -> None:
+    """Drop loaded registries, so the next load sees new or changed plugin files."""
+    _cache.clear()
+
+
 def load_plugins(project_dir: Path, *, fresh: bool = False) -> Registry:
     """Load every plugin once per process (``fresh=True`` reloads, for tests and long sessions)."""
     key = project_dir.resolve()

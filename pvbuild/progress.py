@@ -34,6 +34,7 @@ class Progress:
         self.started = time.monotonic()
         self.interval = interval
         self.last_report = 0.0
+        self.printed_done = -1  # how many were done at the last line printed (not redrawn)
         self.live = self.stream.isatty() and not quiet()
 
     def advance(self, ok: bool = True) -> None:
@@ -52,8 +53,11 @@ class Progress:
 
     def _report(self, end: str) -> None:
         print(self._line(), end=end, file=self.stream, flush=True)
+        if not self.live:
+            self.printed_done = self.done
 
     def close(self) -> None:
-        if self.total:
-            self.stream.write("\n" if self.live else "")
+        if self.live and self.done:
+            self.stream.write("\n")  # keep the redrawn line, which shows the final counts
+        elif self.total and self.printed_done != self.done:  # the final counts, unless just printed
             say(self._line(), self.stream)

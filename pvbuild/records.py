@@ -20,6 +20,8 @@ from typing import Any
 
 from pvbuild.errors import StateError
 
+EDITED = "output edited since it was built"
+
 
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
@@ -162,7 +164,7 @@ def stale_reason(item: Item, record: Mapping[str, Any] | None, output_digest: st
     if output_digest is None:
         return "output missing"
     if output_digest != record.get("output"):
-        return "output edited since it was built"
+        return EDITED
     return None
 
 

@@ -31,6 +31,8 @@ DOCS = {"urls": "crawl the list pages of every source into the URL table",
         "dataset": "build train.jsonl, template.json, chat.jsonl and the Arrow dataset",
         "report": "fail the run while any article failed, listing each failure and its reason"}
 
+DOIT_CONFIG = {"default_tasks": ["report"], "dep_file": ".pvbuild/doit.db", "backend": "json", "verbosity": 2}
+
 _pipelines: dict[tuple[str, str], Pipeline] = {}
 
 
@@ -54,10 +56,10 @@ def pipeline() -> Pipeline:
 
 def reset() -> None:
     """Forget loaded pipelines and plugins (a new build in the same process sees new files)."""
-    from pvbuild import plugins
+    from pvbuild.plugins import forget_plugins
 
     _pipelines.clear()
-    plugins._cache.clear()
+    forget_plugins()
 
 
 def _uptodate(stage: str) -> Callable[[Any, Any], bool]:
@@ -105,7 +107,8 @@ def _report() -> Any:
 
 
 def stage_tasks() -> dict[str, Callable[[], dict[str, Any]]]:
-    """``task_*`` creators for dodo.py."""
+    """``task_*`` creators for dodo.py (and ``pvbuild build``)."""
+    Path(".pvbuild").mkdir(exist_ok=True)  # doit's dep_file lives there
     creators: dict[str, Callable[[], dict[str, Any]]] = {}
     previous: str | None = None
     for stage in STAGES:
