@@ -1,5 +1,6 @@
 """The ``pvbuild`` command: ``plugins`` lists plugins as JSON, ``config`` shows a resolved
-profile, ``build`` runs the doit task graph (the same as ``doit`` in the project root)."""
+profile, ``build`` runs the doit task graph (the same as ``doit`` in the project root),
+``ask`` queries the deployed endpoint, ``teardown`` deletes it, ``serve`` runs a local endpoint."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pvbuild.errors import PvbuildError
 from pvbuild.plugins import load_plugins
@@ -31,7 +33,8 @@ def cmd_config(args: argparse.Namespace) -> int:
              "artifacts": str(config.artifacts.relative_to(config.project_dir)),
              "sources": {s.name: dict(s.options) for s in config.sources},
              "annotator": {"plugin": config.annotator.plugin, **config.annotator.options},
-             "dataset": dict(config.dataset)}
+             "dataset": dict(config.dataset), "storage": dict(config.storage), "aws": dict(config.aws),
+             "training": dict(config.training), "endpoint": dict(config.endpoint), "ask": dict(config.ask)}
     print(json.dumps(shown, indent=2, ensure_ascii=False))
     return 0
 
@@ -52,6 +55,43 @@ def cmd_build(args: argparse.Namespace) -> int:
     return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
 
 
+def _pipeline(args: argparse.Namespace) -> Any:
+    from pvbuild.config import load_config
+    from pvbuild.pipeline import Pipeline
+
+    return Pipeline(load_config(args.project, args.profile))
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from pvbuild.ask import Asker
+
+    overrides = {key: value for key, value in (("system_prompt", args.system), ("max_new_tokens", args.max_new_tokens),
+                                               ("temperature", args.temperature)) if value is not None}
+    print(Asker(_pipeline(args), overrides).ask(args.question))
+    return 0
+
+
+def cmd_teardown(args: argparse.Namespace) -> int:
+    from pvbuild.endpoint import teardown
+
+    print(teardown(_pipeline(args)))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from pvbuild.serve import serve
+
+    archive = Path(args.model)
+    if not archive.is_file():
+        raise PvbuildError(f"{archive}: no such model archive (a model.tar.gz)")
+    serve(archive, args.host, args.port, Path(args.work_dir), Path(args.ready_file) if args.ready_file else None)
+    return 0
+
+
+def _profile_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--profile", help="profile name (default: $PVBUILD_PROFILE or 'default')")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pvbuild", description=__doc__)
     top.add_argument("--project", default=".", help="project directory (default: current directory)")
@@ -60,12 +100,29 @@ def parser() -> argparse.ArgumentParser:
     plugins.add_argument("--all", action="store_true", help="include the built-in plugins")
     plugins.set_defaults(run=cmd_plugins)
     config = commands.add_parser("config", help="print the resolved profile as JSON")
-    config.add_argument("--profile", help="profile name (default: $PVBUILD_PROFILE or 'default')")
+    _profile_option(config)
     config.set_defaults(run=cmd_config)
     build = commands.add_parser("build", help="build stale artifacts (same as running doit)")
-    build.add_argument("--profile", help="profile name (default: $PVBUILD_PROFILE or 'default')")
+    _profile_option(build)
     build.add_argument("tasks", nargs="*", help="doit options and tasks (default: everything)")
     build.set_defaults(run=cmd_build)
+    ask = commands.add_parser("ask", help="ask the deployed endpoint a question")
+    _profile_option(ask)
+    ask.add_argument("question")
+    ask.add_argument("--system", help="system prompt (default: ask.system_prompt)")
+    ask.add_argument("--max-new-tokens", type=int, help="default: ask.max_new_tokens")
+    ask.add_argument("--temperature", type=float, help="default: ask.temperature")
+    ask.set_defaults(run=cmd_ask)
+    teardown = commands.add_parser("teardown", help="delete the deployed endpoint (endpoints bill while they run)")
+    _profile_option(teardown)
+    teardown.set_defaults(run=cmd_teardown)
+    serve = commands.add_parser("serve", help="serve a model.tar.gz over HTTP (SageMaker container contract)")
+    serve.add_argument("model", help="path to model.tar.gz")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080, help="0 picks a free port (default: 8080, as SageMaker)")
+    serve.add_argument("--work-dir", default=".pvbuild/serve", help="where the archive is unpacked")
+    serve.add_argument("--ready-file", help="write {url, pid, model_sha256} here once serving")
+    serve.set_defaults(run=cmd_serve)
     return top
 
 

@@ -20,8 +20,10 @@ from pvbuild.errors import ConfigError
 from pvbuild.plugins import Registry, load_plugins
 
 EMBEDDED = "pvbuild/profiles.toml (embedded)"
-PROFILE_KEYS = {"inherits", "artifacts", "sources", "annotator", "dataset"}
-SECRET_WORDS = ("api_key", "apikey", "secret", "password", "token", "credential")
+PROFILE_KEYS = {"inherits", "artifacts", "sources", "annotator", "dataset", "storage", "aws", "training", "endpoint",
+                "ask"}
+# An option is refused as a secret when one of its ``_``-separated words is one of these.
+SECRET_WORDS = frozenset({"api", "apikey", "key", "secret", "password", "token", "credential", "credentials"})
 
 # Options every source accepts; the ones in RUNTIME_CRAWL_OPTIONS change speed, not output.
 CRAWL_OPTIONS: dict[str, Any] = {
@@ -41,6 +43,26 @@ DATASET_OPTIONS: dict[str, Any] = {
     "seed": 42,
 }
 DATASET_FORMATS = ("instruction", "chat")
+
+# The model half. Backends: "local" (offline, default profile) or the AWS services.
+STORAGE_OPTIONS: dict[str, Any] = {"backend": "local", "root": ".pvbuild/object-store", "bucket": "",
+                                   "prefix": "llm-fine-tuning"}
+STORAGE_BACKENDS = ("local", "s3")
+AWS_OPTIONS: dict[str, Any] = {"region": "", "partition": "", "role_arn": "", "endpoint_url": ""}
+TRAINING_OPTIONS: dict[str, Any] = {
+    "backend": "local", "base_model": "llama-3.2-1b-instruct", "hyperparameters": {}, "instance_type": "",
+    "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
+}
+TRAINING_BACKENDS = ("local", "sagemaker")
+ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
+                                    "startup_timeout": 300.0, "poll_seconds": 30.0}
+ASK_OPTIONS: dict[str, Any] = {
+    "system_prompt": "你是一位光伏行业专家，请用中文回答。", "max_new_tokens": 1024, "top_p": 0.9,
+    "temperature": 0.6, "repetition_penalty": 1.1, "stop": ["<|eot_id|>", "<|end_of_text|>"], "tokenizer": "",
+    "questions": ["分布式光伏项目如何申请补贴？", "新政策对光伏企业有什么影响？", "文章提到了哪些时间节点？"],
+}
+# Options that change how a step runs, not what it produces.
+RUNTIME_MODEL_OPTIONS = frozenset({"poll_seconds", "startup_timeout", "device", "host", "port"})
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,11 @@ class Config:
     annotator: StageConfig
     dataset: Mapping[str, Any]
     registry: Registry
+    storage: Mapping[str, Any]
+    aws: Mapping[str, Any]
+    training: Mapping[str, Any]
+    endpoint: Mapping[str, Any]
+    ask: Mapping[str, Any]
 
     @property
     def state_dir(self) -> Path:
@@ -156,7 +183,7 @@ class _Validator:
             raise self.fail(key, f"expected a table, got {type(given).__name__}")
         resolved = dict(defaults)
         for option, value in given.items():
-            if any(word in option.lower() for word in SECRET_WORDS):
+            if SECRET_WORDS & set(option.lower().split("_")):
                 raise self.fail(f"{key}.{option}", "secrets do not belong in configuration; set them in the "
                                 "environment (for example OPENAI_API_KEY) so they never reach an artifact")
             if option not in defaults:
@@ -235,6 +262,23 @@ def _dataset(check: _Validator, table: Any) -> dict[str, Any]:
     return options
 
 
+def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -> dict[str, dict[str, Any]]:
+    tables = {name: check.options(name, raw.get(name) or {}, defaults) for name, defaults in (
+        ("storage", STORAGE_OPTIONS), ("aws", AWS_OPTIONS), ("training", TRAINING_OPTIONS),
+        ("endpoint", ENDPOINT_OPTIONS), ("ask", ASK_OPTIONS))}
+    for key, allowed in (("storage.backend", STORAGE_BACKENDS), ("training.backend", TRAINING_BACKENDS),
+                         ("endpoint.backend", TRAINING_BACKENDS)):
+        section, option = key.split(".")
+        if tables[section][option] not in allowed:
+            raise check.fail(key, f"must be one of {', '.join(allowed)}")
+    if tables["training"]["backend"] == "sagemaker" and tables["storage"]["backend"] != "s3":
+        raise check.fail("storage.backend", "must be 's3' when training.backend is 'sagemaker' (the job reads S3)")
+    if tables["endpoint"]["backend"] != tables["training"]["backend"]:
+        raise check.fail("endpoint.backend", "must match training.backend")
+    check.plugin("training.base_model", tables["training"]["base_model"], registry.base_models, "base model")
+    return tables
+
+
 def selected_profile(explicit: str | None = None) -> str:
     return explicit or os.environ.get("PVBUILD_PROFILE") or "default"
 
@@ -260,5 +304,5 @@ def load_config(project_dir: Path | str = ".", profile: str | None = None) -> Co
         profile=name, project_dir=project, config_file=label, artifacts=project / artifacts,
         sources=_sources(check, raw.get("sources"), registry),
         annotator=_annotator(check, raw.get("annotator"), registry, project),
-        dataset=_dataset(check, raw.get("dataset")), registry=registry,
+        dataset=_dataset(check, raw.get("dataset")), registry=registry, **_model_half(check, raw, registry),
     )

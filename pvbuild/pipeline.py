@@ -10,16 +10,25 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pvbuild.config import RUNTIME_CRAWL_OPTIONS, Config, SourceConfig
+from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig
+from pvbuild.errors import StateError
 from pvbuild.records import EDITED, FileHasher, Item, StageRecords, digest, stale_items
 from pvbuild.urls import UrlRow, read_urls
 
-STAGES = ("urls", "markdown", "conversations", "dataset")
+if TYPE_CHECKING:
+    from pvbuild.endpoint import EndpointBackend
+    from pvbuild.plugin_types import BaseModel
+    from pvbuild.storage import ObjectStore
+    from pvbuild.training import TrainingBackend
+
+DATA_STAGES = ("urls", "markdown", "conversations", "dataset")
+MODEL_STAGES = ("upload", "train", "package", "deploy", "report")
+STAGES = DATA_STAGES + MODEL_STAGES
 # Like make, a hand-edited intermediate is kept and its dependents rebuild from it; the
 # dataset is wholly derived, so an edited dataset file is rebuilt.
 KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
@@ -36,13 +45,22 @@ class StaleItem:
 class Pipeline:
     """Paths, item lists and staleness for one validated profile."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, live: bool = True) -> None:
+        """``live``: staleness may ask the object store and the endpoint (doit); ``check`` passes False
+        unless ``--remote``, and then decides from committed files alone."""
         self.config = config
+        self.live = live
+        self._store: ObjectStore | None = None
         self.urls_csv = config.artifacts / "urls.csv"
         self.markdown_dir = config.artifacts / "markdown"
         self.conversation_dir = config.artifacts / "conversations"
         self.dataset_dir = config.artifacts / "dataset"
         self.manifest = self.dataset_dir / "manifest.json"
+        self.upload_marker = config.artifacts / "upload.json"
+        self.training_record = config.artifacts / "training.json"
+        self.model_record = config.artifacts / "model.json"
+        self.endpoint_record = config.artifacts / "endpoint.json"
+        self.report_dir = config.artifacts / "report"
         self.hasher = FileHasher(config.cache_dir / "stat-cache.json", config.project_dir)
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
@@ -76,6 +94,11 @@ class Pipeline:
             yield
         finally:
             self.finish(stage)
+
+    def record(self, stage: str, item: Item, **extra: Any) -> None:
+        """Record that ``item`` was built from its current inputs (its output is already written)."""
+        self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.hasher.digest(item.output),
+                                           **extra})
 
     def source(self, name: str) -> SourceConfig:
         return next(source for source in self.config.sources if source.name == name)
@@ -144,9 +167,101 @@ class Pipeline:
         return [Item("dataset", {"conversations": digest(members), "options": digest(self.config.dataset)},
                      self.manifest)]
 
+    # -- the model half ------------------------------------------------------------------
+    def read_artifact(self, path: Path) -> dict[str, Any] | None:
+        """A JSON artifact (marker, record), or None when it does not exist yet."""
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise StateError(f"{path}: unreadable ({error}); delete it and run doit to rebuild it") from error
+        if not isinstance(value, dict):
+            raise StateError(f"{path}: expected a JSON object; delete it and run doit to rebuild it")
+        return value
+
+    def store(self) -> ObjectStore:
+        from pvbuild.storage import open_store
+
+        if self._store is None:
+            self._store = open_store(self.config.storage, self.config.aws, self.config.project_dir)
+        return self._store
+
+    def base_model(self) -> BaseModel:
+        return self.config.registry.base_models[self.config.training["base_model"]].item
+
+    def hyperparameters(self) -> dict[str, str]:
+        from pvbuild.training import resolve_hyperparameters
+
+        return resolve_hyperparameters(self.base_model(), self.config.training["hyperparameters"],
+                                       self.config.dataset["format"], self.config.config_file)
+
+    def training_instance_type(self) -> str:
+        return str(self.config.training["instance_type"]) or next(iter(self.base_model().training_instance_types), "")
+
+    def training_backend(self) -> TrainingBackend:
+        if self.config.training["backend"] == "sagemaker":
+            from pvbuild.sagemaker import SageMakerTraining
+
+            return SageMakerTraining(self.config.aws, self.store())
+        from pvbuild.local_services import LocalTraining
+
+        return LocalTraining(self.store(), self.config.cache_dir)
+
+    def endpoint_backend(self) -> EndpointBackend:
+        if self.config.endpoint["backend"] == "sagemaker":
+            from pvbuild.sagemaker import SageMakerEndpoints
+
+            return SageMakerEndpoints(self.config.aws)
+        from pvbuild.local_services import LocalEndpoints
+
+        return LocalEndpoints(self.store(), self.config.cache_dir)
+
+    def _identity(self, options: Mapping[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
+        return digest({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out})
+
+    def upload_items(self) -> list[Item]:
+        from pvbuild.upload import upload_plan
+
+        manifest = self.read_artifact(self.manifest)
+        store = {**self.config.storage, "region": self.config.aws["region"]}
+        return [Item("upload", {"dataset": digest(upload_plan(manifest)) if manifest else None,
+                                "store": self._identity(store)}, self.upload_marker)]
+
+    def train_items(self) -> list[Item]:
+        marker = self.read_artifact(self.upload_marker)
+        name = self.config.training["base_model"]
+        return [Item("train", {
+            "data": marker.get("dataset") if marker else None,
+            "base_model": digest(self._plugin_identity("base_models", name)),
+            "hyperparameters": digest(self.hyperparameters()),
+            "training": self._identity({**self.config.training, "instance_type": self.training_instance_type()},
+                                       frozenset({"hyperparameters", "accept_eula"})),
+        }, self.training_record)]
+
+    def package_items(self) -> list[Item]:
+        record = self.read_artifact(self.training_record)
+        job = [record.get("job_name"), record.get("model_artifacts")] if record else None
+        return [Item("package", {"job": digest(job) if job else None}, self.model_record)]
+
+    def deploy_items(self) -> list[Item]:
+        model = self.read_artifact(self.model_record)
+        return [Item("deploy", {"model": model.get("sha256") if model else None,
+                                "endpoint": self._identity(self.config.endpoint)}, self.endpoint_record)]
+
+    def report_items(self) -> list[Item]:
+        training = self.read_artifact(self.training_record)
+        endpoint = self.read_artifact(self.endpoint_record)
+        return [Item("report", {"training": digest(training) if training else None,
+                                "model": endpoint.get("model_sha256") if endpoint else None,
+                                "ask": self._identity(self.config.ask), "dataset": self.hasher.digest(self.manifest)},
+                     self.report_dir / "report.html")]
+
     def items(self, stage: str) -> list[Item]:
         return {"urls": self.url_items, "markdown": self.markdown_items,
-                "conversations": self.conversation_items, "dataset": self.dataset_items}[stage]()
+                "conversations": self.conversation_items, "dataset": self.dataset_items,
+                "upload": self.upload_items, "train": self.train_items, "package": self.package_items,
+                "deploy": self.deploy_items, "report": self.report_items}[stage]()
 
     @property
     def last_list_crawl_file(self) -> Path:
@@ -173,6 +288,8 @@ class Pipeline:
             found = self._dataset_files_edited(self.items("dataset")[0])
         if stage == "urls" and not found:
             found = self._lists_due()
+        if stage in MODEL_STAGES and not found:
+            found = self._model_stage_not_current(stage, self.items(stage)[0])
         self.hasher.save()
         return found
 
@@ -182,4 +299,26 @@ class Pipeline:
         for name, expected in manifest.get("files", {}).items():
             if self.hasher.digest(self.dataset_dir / name) != expected:
                 return [StaleItem(item, f"dataset file {name} missing or edited since it was built")]
+        return []
+
+    def _model_stage_not_current(self, stage: str, item: Item) -> list[StaleItem]:
+        """Beyond the records: a failed job, a torn-down or dead endpoint, objects gone from the store."""
+        if stage == "train":
+            record = self.read_artifact(self.training_record) or {}
+            if record.get("status") != "Completed":
+                return [StaleItem(item, f"last job {record.get('job_name')} {record.get('status')}: "
+                                        f"{record.get('failure_reason') or 'no reason given'}")]
+        if stage == "deploy":
+            endpoint = self.read_artifact(self.endpoint_record) or {}
+            if endpoint.get("status") != "InService":
+                return [StaleItem(item, f"endpoint {endpoint.get('endpoint_name')} is {endpoint.get('status')}")]
+            problem = self.endpoint_backend().problem(endpoint) if self.live else None
+            if problem:
+                return [StaleItem(item, problem)]
+        if stage == "upload" and self.live:
+            from pvbuild.upload import missing_objects
+
+            missing = missing_objects(self.store(), self.read_artifact(self.upload_marker) or {})
+            if missing:
+                return [StaleItem(item, f"not in the store any more: {'; '.join(missing)}")]
         return []

@@ -7,8 +7,9 @@ and nothing else.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -119,7 +120,14 @@ class Annotator:
 
 @dataclass(frozen=True)
 class BaseModel:
-    """A base model to fine-tune: where it comes from, what data it trains on, how it is served."""
+    """A base model to fine-tune: where it comes from, what data it trains on, how it is served.
+
+    On SageMaker the JumpStart model id and version name it. The local trainer loads
+    ``local_model`` (a Hugging Face hub id or a local directory; the tokenizer's when empty),
+    or, when ``build_local`` is set, calls it with the dataset's texts, a directory and a seed
+    to build the model there (the ``tiny`` model does). ``tokenizer`` says where ``ask`` finds
+    the tokenizer and chat template.
+    """
 
     name: str
     jumpstart_model_id: str
@@ -130,3 +138,5 @@ class BaseModel:
     inference_instance_types: tuple[str, ...]
     tokenizer: str
     description: str = ""
+    local_model: str = ""
+    build_local: Callable[[Sequence[str], Path, int], None] | None = None

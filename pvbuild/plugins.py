@@ -34,6 +34,7 @@ BUILTIN_PLUGINS = (
     "pvbuild.builtins.extractive",
     "pvbuild.builtins.openai_annotator",
     "pvbuild.builtins.base_models",
+    "pvbuild.builtins.tiny",
 )
 HOOK_NAMES = ("register_crawlers", "register_annotators", "register_base_models")
 KINDS = {"register_crawlers": "crawlers", "register_annotators": "annotators",

@@ -36,6 +36,7 @@ class Progress:
         self.last_report = 0.0
         self.printed_done = -1  # how many were done at the last line printed (not redrawn)
         self.live = self.stream.isatty() and not quiet()
+        self.note = ""  # shown after the counts (the current loss, a status)
 
     def advance(self, ok: bool = True) -> None:
         self.done += 1
@@ -48,8 +49,9 @@ class Progress:
     def _line(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         rate = self.done / elapsed
+        note = f", {self.note}" if self.note else ""
         return (f"{self.stage}: {self.done}/{self.total} done, {self.failed} failed, "
-                f"{rate:.1f}/s, {elapsed:.1f}s")
+                f"{rate:.1f}/s, {elapsed:.1f}s{note}")
 
     def _report(self, end: str) -> None:
         print(self._line(), end=end, file=self.stream, flush=True)

@@ -96,7 +96,7 @@ class Item:
     """One unit of a stage: a key (usually a file_id), the digests of its inputs, its output file."""
 
     key: str
-    inputs: Mapping[str, str]
+    inputs: Mapping[str, str | None]  # None: the input does not exist yet
     output: Path
 
 

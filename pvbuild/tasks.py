@@ -1,9 +1,10 @@
 """The doit task graph: one task per stage, each rebuilding only its stale items.
 
 Plain doit with one task per article is quadratic in the dataset task's fan-in and slow to
-load at 10,000 articles; here doit sees five tasks, and each task's ``uptodate`` asks
-``Pipeline.stale`` (per-article exactness, stat-cached digests). ``report`` runs last and
-fails the run while any failed item is still stale, listing each with its reason.
+load at 10,000 articles; here doit sees one task per stage, and each task's ``uptodate`` asks
+``Pipeline.stale`` (per-article exactness, stat-cached digests). The ``data`` gate fails the
+run while any article failed, listing each with its reason, so the model half (upload, train,
+package, deploy, report) never spends time or money on incomplete data.
 """
 
 from __future__ import annotations
@@ -19,19 +20,42 @@ from pvbuild.crawl import run_markdown_stage, run_urls_stage
 from pvbuild.dataset import run_dataset_stage
 from pvbuild.errors import PvbuildError
 from pvbuild.outcomes import StageResult, load_failures, save_failures
-from pvbuild.pipeline import STAGES, Pipeline
+from pvbuild.pipeline import DATA_STAGES, Pipeline
 from pvbuild.progress import say
+from pvbuild.reporter import TimedReporter
+
+
+def _runner(module: str, function: str) -> Callable[[Pipeline], StageResult]:
+    """Import the model half's modules only when their step runs (torch, boto3 and matplotlib are slow)."""
+    def run(current: Pipeline) -> StageResult:
+        import importlib
+
+        result: StageResult = getattr(importlib.import_module(f"pvbuild.{module}"), function)(current)
+        return result
+    return run
+
 
 StageRunner = Callable[[Pipeline], StageResult]
-RUNNERS: dict[str, StageRunner] = {"urls": run_urls_stage, "markdown": run_markdown_stage,
-                                   "conversations": run_conversations_stage, "dataset": run_dataset_stage}
+RUNNERS: dict[str, StageRunner] = {
+    "urls": run_urls_stage, "markdown": run_markdown_stage, "conversations": run_conversations_stage,
+    "dataset": run_dataset_stage, "upload": _runner("upload", "run_upload_stage"),
+    "train": _runner("training", "run_train_stage"), "package": _runner("package", "run_package_stage"),
+    "deploy": _runner("endpoint", "run_deploy_stage"), "report": _runner("report", "run_report_stage")}
 DOCS = {"urls": "crawl the list pages of every source into the URL table",
         "markdown": "crawl each new or changed article into markdown",
         "conversations": "annotate each new or changed article into a conversation CSV",
         "dataset": "build train.jsonl, template.json, chat.jsonl and the Arrow dataset",
-        "report": "fail the run while any article failed, listing each failure and its reason"}
+        "data": "fail the run while any article failed, listing each failure and its reason",
+        "upload": "upload the dataset files to the object store and write the verified upload marker",
+        "train": "fine-tune the base model (one job per distinct data, model and hyperparameters)",
+        "package": "pack the job's model artifacts into model.tar.gz beside the job output",
+        "deploy": "serve model.tar.gz from an endpoint (unchanged model: no redeploy)",
+        "report": "write the loss curve and the HTML report with the endpoint's sample answers"}
+# The order doit runs them in; "data" is the gate between the two halves.
+ORDER = (*DATA_STAGES, "data", "upload", "train", "package", "deploy", "report")
 
-DOIT_CONFIG = {"default_tasks": ["report"], "dep_file": ".pvbuild/doit.db", "backend": "json", "verbosity": 2}
+DOIT_CONFIG = {"default_tasks": ["report"], "dep_file": ".pvbuild/doit.db", "backend": "json", "verbosity": 2,
+               "reporter": TimedReporter}
 
 _pipelines: dict[tuple[str, str], Pipeline] = {}
 
@@ -64,7 +88,10 @@ def reset() -> None:
 
 def _uptodate(stage: str) -> Callable[[Any, Any], bool]:
     def check(task: Any, values: Any) -> bool:
-        return not pipeline().stale(stage)
+        try:
+            return not pipeline().stale(stage)
+        except PvbuildError:
+            return False  # the action runs and fails with the message (doit would print a traceback here)
     return check
 
 
@@ -72,8 +99,8 @@ def _action(stage: str) -> Callable[[], Any]:
     def run() -> Any:
         from doit.exceptions import TaskFailed
 
-        current = pipeline()
         try:
+            current = pipeline()
             result = RUNNERS[stage](current)
         except PvbuildError as error:
             return TaskFailed(str(error))
@@ -88,7 +115,7 @@ def _action(stage: str) -> Callable[[], Any]:
 def outstanding_failures(current: Pipeline) -> list[tuple[str, str]]:
     """Failures of earlier runs whose items are still stale (fixed ones drop out)."""
     found = []
-    for stage in STAGES:
+    for stage in DATA_STAGES:
         failures = load_failures(current.config.cache_dir, stage)
         if not failures:
             continue
@@ -97,7 +124,7 @@ def outstanding_failures(current: Pipeline) -> list[tuple[str, str]]:
     return found
 
 
-def _report() -> Any:
+def _data_gate() -> Any:
     from doit.exceptions import TaskFailed
 
     failures = outstanding_failures(pipeline())
@@ -110,18 +137,14 @@ def stage_tasks() -> dict[str, Callable[[], dict[str, Any]]]:
     """``task_*`` creators for dodo.py (and ``pvbuild build``)."""
     Path(".pvbuild").mkdir(exist_ok=True)  # doit's dep_file lives there
     creators: dict[str, Callable[[], dict[str, Any]]] = {}
-    previous: str | None = None
-    for stage in STAGES:
-        def creator(stage: str = stage, previous: str | None = previous) -> dict[str, Any]:
-            return {"actions": [_action(stage)], "uptodate": [_uptodate(stage)], "doc": DOCS[stage],
+    for index, stage in enumerate(ORDER):
+        def creator(stage: str = stage, previous: str | None = ORDER[index - 1] if index else None) -> dict[str, Any]:
+            task = {"actions": [_action(stage)], "uptodate": [_uptodate(stage)], "doc": DOCS[stage],
                     "task_dep": [previous] if previous else [], "verbosity": 2}
+            if stage == "data":
+                task |= {"actions": [_data_gate], "uptodate": [lambda task, values: not outstanding_failures(
+                    pipeline())]}
+            return task
         creator.__doc__ = DOCS[stage]
         creators[f"task_{stage}"] = creator
-        previous = stage
-
-    def task_report() -> dict[str, Any]:
-        return {"actions": [_report], "task_dep": ["dataset"], "doc": DOCS["report"], "verbosity": 2,
-                "uptodate": [lambda task, values: not outstanding_failures(pipeline())]}
-    task_report.__doc__ = DOCS["report"]
-    creators["task_report"] = task_report
     return creators

@@ -1,0 +1,89 @@
+"""The deploy step and ``pvbuild teardown``: the packed model behind an endpoint, and its record.
+
+The endpoint is named after the training job. An unchanged model is not redeployed; a new
+model replaces the old one (the old endpoint is removed once the new one serves). The record
+(``endpoint.json``) says which model serves where; ``teardown`` deletes what deploy created
+and marks the record ``Deleted``. Backends (``EndpointBackend``): ``local`` and ``sagemaker``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pvbuild.errors import PvbuildError
+from pvbuild.outcomes import StageResult
+from pvbuild.progress import say
+from pvbuild.records import atomic_write_text
+
+if TYPE_CHECKING:
+    from pvbuild.pipeline import Pipeline
+
+IN_SERVICE = "InService"
+DELETED = "Deleted"
+
+
+class EndpointError(PvbuildError):
+    """Deploying, invoking or deleting an endpoint failed; the message carries the reason."""
+
+
+class EndpointBackend(Protocol):
+    """An inference service: deploy a packed model (replacing ``previous`` once the new one
+    serves), say why a recorded endpoint is not serving, invoke it, delete it."""
+
+    def deploy(self, name: str, model: Mapping[str, Any], previous: Mapping[str, Any] | None,
+               pipeline: Pipeline) -> dict[str, Any]: ...
+
+    def problem(self, record: Mapping[str, Any]) -> str | None: ...
+
+    def invoke(self, record: Mapping[str, Any], payload: Mapping[str, Any]) -> Any: ...
+
+    def delete(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+def write_record(pipeline: Pipeline, record: Mapping[str, Any]) -> None:
+    atomic_write_text(pipeline.endpoint_record, json.dumps(record, ensure_ascii=False, indent=1, sort_keys=True)
+                      + "\n")
+
+
+def run_deploy_stage(pipeline: Pipeline) -> StageResult:
+    item = pipeline.items("deploy")[0]
+    model = pipeline.read_artifact(pipeline.model_record)
+    training = pipeline.read_artifact(pipeline.training_record)
+    if not model or not training:
+        raise EndpointError("nothing to deploy: model.json or training.json is missing; run the package step first")
+    backend = pipeline.endpoint_backend()
+    previous = pipeline.read_artifact(pipeline.endpoint_record)
+    live = previous if previous and previous.get("status") == IN_SERVICE else None
+    record = backend.deploy(str(training["job_name"]), model, live, pipeline)
+    write_record(pipeline, record)
+    with pipeline.finishing("deploy"):
+        pipeline.record("deploy", item)
+    say(f"deploy: endpoint {record['endpoint_name']} in service ({record.get('url') or record.get('arn')})")
+    return StageResult("deploy", built=1)
+
+
+def teardown(pipeline: Pipeline) -> str:
+    """Delete the recorded endpoint (and, on SageMaker, its config and model); update the record."""
+    record = pipeline.read_artifact(pipeline.endpoint_record)
+    if not record:
+        return "no endpoint record: nothing to tear down"
+    if record.get("status") == DELETED:
+        return f"endpoint {record.get('endpoint_name')} was already torn down"
+    write_record(pipeline, pipeline.endpoint_backend().delete(record))
+    return f"endpoint {record.get('endpoint_name')} torn down"
+
+
+def live_endpoint(pipeline: Pipeline) -> tuple[EndpointBackend, dict[str, Any]]:
+    """The recorded endpoint and its backend, or an error saying how to get one."""
+    record = pipeline.read_artifact(pipeline.endpoint_record)
+    if not record:
+        raise EndpointError(f"no endpoint yet ({pipeline.endpoint_record} is missing); run doit to deploy one")
+    if record.get("status") != IN_SERVICE:
+        raise EndpointError(f"endpoint {record.get('endpoint_name')} is {record.get('status')}; run doit to deploy")
+    backend = pipeline.endpoint_backend()
+    problem = backend.problem(record)
+    if problem:
+        raise EndpointError(f"{problem}; run doit to redeploy")
+    return backend, record

@@ -1,0 +1,89 @@
+"""The package step: the training job's model artifacts → one ``model.tar.gz`` next to the job output.
+
+The job's ``ModelArtifacts`` is either an (uncompressed) prefix, which is downloaded and
+packed here with a streaming ``tarfile`` in a fixed order with fixed metadata (the same files
+give the same archive bytes), or already a tarball, which is used as it is. The record
+(``model.json``) holds the archive's URI, size, ETag and SHA-256.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pvbuild.errors import PvbuildError
+from pvbuild.outcomes import StageResult
+from pvbuild.progress import say
+from pvbuild.records import atomic_write_text
+from pvbuild.serve import sha256_file
+from pvbuild.storage import ObjectStore, StorageError, file_etag, key_of
+
+if TYPE_CHECKING:
+    from pvbuild.pipeline import Pipeline
+
+
+def pack_directory(directory: Path, archive: Path) -> list[str]:
+    """Pack every file under ``directory`` into a reproducible gzip tarball; return the member names."""
+    names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    with archive.open("wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            info = tar.gettarinfo(str(directory / name), arcname=name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with (directory / name).open("rb") as stream:
+                tar.addfile(info, stream)
+    return names
+
+
+def _fetch_prefix(store: ObjectStore, prefix: str, directory: Path) -> None:
+    keys = store.keys(prefix)
+    if not keys:
+        raise StorageError(f"{store.uri(prefix)}: the training job left no model files there")
+    for key in keys:
+        store.get(key, directory / key[len(prefix):])
+
+
+def run_package_stage(pipeline: Pipeline) -> StageResult:
+    item = pipeline.items("package")[0]
+    training = pipeline.read_artifact(pipeline.training_record) or {}
+    artifacts = str(training.get("model_artifacts") or "")
+    if training.get("status") != "Completed" or not artifacts:
+        raise PvbuildError(f"{pipeline.training_record}: no completed training job with model artifacts to package")
+    store = pipeline.store()
+    source_key = key_of(artifacts)
+    with tempfile.TemporaryDirectory(prefix="pvbuild-package-", dir=_scratch(pipeline)) as scratch:
+        archive = Path(scratch) / "model.tar.gz"
+        if source_key.endswith(".tar.gz"):
+            store.get(source_key, archive)
+            target_key, members = source_key, _members(archive)
+        else:
+            prefix = source_key.rstrip("/") + "/"
+            _fetch_prefix(store, prefix, Path(scratch) / "model")
+            members = pack_directory(Path(scratch) / "model", archive)
+            target_key = f"{prefix.rstrip('/').rsplit('/', 1)[0]}/model.tar.gz"  # beside output/model/
+            info = store.put(target_key, archive)
+            if (info.size, info.etag) != (archive.stat().st_size, file_etag(archive)):
+                raise StorageError(f"{store.uri(target_key)}: verification failed after upload")
+        record: dict[str, Any] = {"uri": store.uri(target_key), "sha256": sha256_file(archive),
+                                  "size": archive.stat().st_size, "etag": file_etag(archive),
+                                  "job_name": training["job_name"], "source": artifacts, "members": members}
+    atomic_write_text(pipeline.model_record, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    with pipeline.finishing("package"):
+        pipeline.record("package", item)
+    say(f"package: {record['uri']} ({record['size'] / 1e6:.1f} MB, sha256 {record['sha256'][:12]})")
+    return StageResult("package", built=1)
+
+
+def _members(archive: Path) -> list[str]:
+    with tarfile.open(archive, "r:*") as tar:
+        return sorted(member.name for member in tar.getmembers() if member.isfile())
+
+
+def _scratch(pipeline: Pipeline) -> Path:
+    path = pipeline.config.cache_dir / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

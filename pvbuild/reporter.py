@@ -1,0 +1,31 @@
+"""doit's console reporter, plus one closing line: how long the run took and how many steps ran."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from doit.reporter import ConsoleReporter
+
+
+class TimedReporter(ConsoleReporter):
+    """Prints ``pvbuild: N step(s) ran, M up to date, in X s`` after every run."""
+
+    def __init__(self, outstream: Any, options: Any) -> None:
+        super().__init__(outstream, options)
+        self.started = time.monotonic()
+        self.ran = 0
+        self.up_to_date = 0
+
+    def execute_task(self, task: Any) -> None:
+        super().execute_task(task)
+        self.ran += 1 if task.actions else 0
+
+    def skip_uptodate(self, task: Any) -> None:
+        super().skip_uptodate(task)
+        self.up_to_date += 1
+
+    def complete_run(self) -> None:
+        super().complete_run()
+        self.write(f"pvbuild: {self.ran} step(s) ran, {self.up_to_date} up to date, "
+                   f"in {time.monotonic() - self.started:.1f}s\n")

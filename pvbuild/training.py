@@ -1,0 +1,197 @@
+"""The training step: one fine-tuning job per distinct (dataset, base model, hyperparameters).
+
+The job is keyed by the digest of its inputs. Its record (``training.json``) is written the
+moment the job exists, so an interrupted wait loses nothing: the next run finds the record,
+asks the backend about the job and re-attaches to it instead of starting a second. A failed
+or stopped job is recorded with the service's reason, stops the chain, and the next run
+starts a new attempt. Backends (``TrainingBackend``): ``local`` (``local_services``) and
+``sagemaker`` (``sagemaker``).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pvbuild.errors import ConfigError, PvbuildError
+from pvbuild.outcomes import StageResult
+from pvbuild.plugin_types import BaseModel
+from pvbuild.progress import say
+from pvbuild.records import atomic_write_text, digest
+
+if TYPE_CHECKING:
+    from pvbuild.pipeline import Pipeline
+
+FORMAT_FLAGS = {"instruction": "instruction_tuned", "chat": "chat_dataset"}
+RUNNING = "InProgress"
+COMPLETED = "Completed"
+
+
+class TrainingFailed(PvbuildError):
+    """The job failed or was stopped; the message carries its FailureReason."""
+
+
+@dataclass
+class JobState:
+    """What the training service says about one job."""
+
+    name: str
+    status: str
+    arn: str = ""
+    secondary_status: str = ""
+    failure_reason: str = ""
+    model_artifacts: str = ""
+    billable_seconds: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainingRequest:
+    """Everything a backend needs to start (or re-run) one job."""
+
+    job_name: str
+    base_model: BaseModel
+    hyperparameters: Mapping[str, str]
+    channels: Mapping[str, str]
+    output_key: str
+    output_uri: str
+    instance_type: str
+    options: Mapping[str, Any]
+
+
+class TrainingBackend(Protocol):
+    """A training service: look a job up, create one, wait for it to end."""
+
+    def describe(self, job_name: str) -> JobState | None: ...
+
+    def create(self, request: TrainingRequest) -> JobState: ...
+
+    def wait(self, request: TrainingRequest, on_update: Callable[[JobState], None]) -> JobState: ...
+
+
+def _as_hyperparameter(value: Any) -> str:
+    return str(value) if not isinstance(value, bool) else ("True" if value else "False")
+
+
+def resolve_hyperparameters(base: BaseModel, overrides: Mapping[str, Any], dataset_format: str,
+                            where: str) -> dict[str, str]:
+    """The base model's defaults, the configured overrides and the format flag, as JumpStart strings.
+
+    Exactly one of ``instruction_tuned`` / ``chat_dataset`` is True, the one of the dataset's format.
+    """
+    if base.dataset_format != dataset_format:
+        raise ConfigError(f"{where}: dataset.format is {dataset_format!r} but base model {base.name!r} trains "
+                          f"on {base.dataset_format!r} data; set dataset.format = {base.dataset_format!r}")
+    merged = {name: _as_hyperparameter(value) for name, value in {**base.hyperparameters, **overrides}.items()}
+    for fmt, flag in FORMAT_FLAGS.items():
+        wanted = "True" if fmt == dataset_format else "False"
+        given = merged.setdefault(flag, wanted)
+        if given != wanted:
+            raise ConfigError(f"{where}: training.hyperparameters.{flag} = {given} disagrees with dataset.format = "
+                              f"{dataset_format!r}: exactly one of instruction_tuned / chat_dataset is True, the "
+                              "one matching the dataset's format (leave both unset to have it derived)")
+    return dict(sorted(merged.items()))
+
+
+def check_before_spending(pipeline: Pipeline, base: BaseModel, instance_type: str) -> None:
+    """A paid job only starts with an allowed instance type, an accepted EULA and a role."""
+    training, where = pipeline.config.training, pipeline.config.config_file
+    if training["backend"] != "sagemaker":
+        return
+    if not base.jumpstart_model_id:
+        raise ConfigError(f"{where}: training.base_model {base.name!r} has no JumpStart model; it trains locally only")
+    if instance_type not in base.training_instance_types:
+        raise ConfigError(f"{where}: training.instance_type {instance_type!r} is not allowed for {base.name}; "
+                          f"allowed: {', '.join(base.training_instance_types)}")
+    if training["accept_eula"] is not True:
+        raise ConfigError(f"{where}: training.accept_eula: {base.name} needs its EULA accepted explicitly; read it "
+                          "and set accept_eula = true")
+    if not pipeline.config.aws["role_arn"]:
+        raise ConfigError(f"{where}: aws.role_arn: SageMaker needs an execution role ARN")
+
+
+def job_name(base: BaseModel, input_digest: str, attempt: int) -> str:
+    """``pv-<model>-<digest>-<attempt>``: at most 63 of [a-zA-Z0-9-], as SageMaker requires."""
+    model = re.sub(r"[^a-zA-Z0-9]+", "-", base.name).strip("-")[:36]
+    return f"pv-{model}-{input_digest[:10]}-{attempt}"
+
+
+def read_record(pipeline: Pipeline) -> dict[str, Any] | None:
+    return pipeline.read_artifact(pipeline.training_record)
+
+
+def write_record(pipeline: Pipeline, record: Mapping[str, Any]) -> None:
+    atomic_write_text(pipeline.training_record, json.dumps(record, ensure_ascii=False, indent=1, sort_keys=True)
+                      + "\n")
+
+
+def _reporter(started: float) -> Callable[[JobState], None]:
+    last: list[str] = []
+
+    def on_update(state: JobState) -> None:
+        line = f"train: job {state.name} {state.status}"
+        line += f" / {state.secondary_status}" if state.secondary_status else ""
+        if last != [line]:
+            last[:] = [line]
+            say(f"{line}, {time.monotonic() - started:.0f}s elapsed")
+    return on_update
+
+
+def _attach_or_create(backend: TrainingBackend, request: TrainingRequest) -> JobState:
+    """Attach to a job of this name if one exists (its record was lost), else create it."""
+    existing = backend.describe(request.job_name)
+    if existing is not None and existing.status in (RUNNING, COMPLETED):
+        say(f"train: attaching to existing job {request.job_name} ({existing.status})")
+        return existing
+    return backend.create(request)
+
+
+def run_train_stage(pipeline: Pipeline) -> StageResult:
+    item = pipeline.items("train")[0]
+    base = pipeline.base_model()
+    hyperparameters = pipeline.hyperparameters()
+    instance_type = pipeline.training_instance_type()
+    check_before_spending(pipeline, base, instance_type)
+    marker = pipeline.read_artifact(pipeline.upload_marker) or {}
+    input_digest = digest(item.inputs)
+    backend = pipeline.training_backend()
+    previous = read_record(pipeline)
+    attempt = 1
+    if previous and previous.get("input_digest") == input_digest:
+        attempt = int(previous.get("attempt", 0)) + 1
+        state = backend.describe(previous["job_name"])
+        if state is not None and state.status in (RUNNING, COMPLETED):
+            attempt = int(previous["attempt"])  # re-attach: the job of the last run is still ours
+    output_key = f"{str(pipeline.config.storage['prefix']).strip('/')}/output"
+    request = TrainingRequest(
+        job_name=job_name(base, input_digest, attempt), base_model=base, hyperparameters=hyperparameters,
+        channels=marker.get("channels", {}), output_key=output_key, output_uri=pipeline.store().uri(output_key),
+        instance_type=instance_type, options=pipeline.config.training)
+    record = {"attempt": attempt, "backend": pipeline.config.training["backend"], "input_digest": input_digest,
+              "base_model": {"name": base.name, "jumpstart_model_id": base.jumpstart_model_id,
+                             "jumpstart_model_version": base.jumpstart_model_version},
+              "hyperparameters": hyperparameters, "instance_type": instance_type, "channels": request.channels,
+              "output_uri": request.output_uri}
+    state = _attach_or_create(backend, request)
+    write_record(pipeline, {**record, "job_name": state.name, **_state_fields(state)})  # before waiting
+    state = backend.wait(request, _reporter(time.monotonic()))
+    write_record(pipeline, {**record, "job_name": state.name, **_state_fields(state)})
+    if state.status != COMPLETED:
+        raise TrainingFailed(f"training job {state.name} {state.status}: {state.failure_reason or 'no reason given'};"
+                             " the next run starts a new job")
+    with pipeline.finishing("train"):
+        pipeline.record("train", item)
+    say(f"train: job {state.name} completed, model at {state.model_artifacts}")
+    return StageResult("train", built=1)
+
+
+def _state_fields(state: JobState) -> dict[str, Any]:
+    fields = asdict(state)
+    fields.pop("name")
+    fields["arn"] = fields["arn"] or None
+    return fields
