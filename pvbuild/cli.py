@@ -67,7 +67,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     overrides = {key: value for key, value in (("system_prompt", args.system), ("max_new_tokens", args.max_new_tokens),
                                                ("temperature", args.temperature)) if value is not None}
-    print(Asker(_pipeline(args), overrides).ask(args.question))
+    answer = Asker(_pipeline(args), overrides).ask(args.question)
+    print(answer)
+    if not answer:
+        print("pvbuild: the model's answer was empty (it stopped at once)", file=sys.stderr)
     return 0
 
 

@@ -72,6 +72,7 @@ def teardown(pipeline: Pipeline) -> str:
     if record.get("status") == DELETED:
         return f"endpoint {record.get('endpoint_name')} was already torn down"
     write_record(pipeline, pipeline.endpoint_backend().delete(record))
+    pipeline.rewrote("deploy", pipeline.items("deploy")[0])
     return f"endpoint {record.get('endpoint_name')} torn down"
 
 

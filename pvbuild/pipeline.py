@@ -100,6 +100,14 @@ class Pipeline:
         self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.hasher.digest(item.output),
                                            **extra})
 
+    def rewrote(self, stage: str, item: Item) -> None:
+        """pvbuild itself changed a built output (teardown marks the endpoint Deleted): keep the
+        record's inputs, take the new output digest, so the change is not taken for a hand edit."""
+        record = self.records(stage).get(item.key)
+        if record is not None:
+            with self.finishing(stage):
+                self.records(stage).put(item.key, {**record, "output": self.hasher.digest(item.output)})
+
     def source(self, name: str) -> SourceConfig:
         return next(source for source in self.config.sources if source.name == name)
 
@@ -281,6 +289,10 @@ class Pipeline:
         return [StaleItem(self.url_items()[0], f"lists last crawled {age / 3600:.1f} h ago (refresh_hours)")]
 
     def stale(self, stage: str) -> list[StaleItem]:
+        if stage == "train":
+            unfinished = self._job_of_these_inputs_unfinished(self.items("train")[0])
+            if unfinished:
+                return unfinished
         records = self.records(stage)
         found = [StaleItem(item, reason) for item, reason in stale_items(self.items(stage), records, self.hasher)
                  if not (reason == EDITED and stage in KEEPS_EDITS)]
@@ -301,13 +313,16 @@ class Pipeline:
                 return [StaleItem(item, f"dataset file {name} missing or edited since it was built")]
         return []
 
+    def _job_of_these_inputs_unfinished(self, item: Item) -> list[StaleItem]:
+        """The job for exactly these inputs failed or was interrupted: say so (the record says why)."""
+        record = self.read_artifact(self.training_record) or {}
+        if record.get("input_digest") == digest(item.inputs) and record.get("status") != "Completed":
+            return [StaleItem(item, f"last job {record.get('job_name')} {record.get('status')}: "
+                                    f"{record.get('failure_reason') or 'no reason given'}")]
+        return []
+
     def _model_stage_not_current(self, stage: str, item: Item) -> list[StaleItem]:
-        """Beyond the records: a failed job, a torn-down or dead endpoint, objects gone from the store."""
-        if stage == "train":
-            record = self.read_artifact(self.training_record) or {}
-            if record.get("status") != "Completed":
-                return [StaleItem(item, f"last job {record.get('job_name')} {record.get('status')}: "
-                                        f"{record.get('failure_reason') or 'no reason given'}")]
+        """Beyond the records: a torn-down or dead endpoint, objects gone from the store."""
         if stage == "deploy":
             endpoint = self.read_artifact(self.endpoint_record) or {}
             if endpoint.get("status") != "InService":

@@ -1,7 +1,9 @@
-"""The README's run command: `doit` in the project root, default profile, offline."""
+"""The README's commands: `doit` in the project root (default profile, offline), `pvbuild ask`,
+`pvbuild teardown`, as a user runs them, in subprocesses."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,27 +11,45 @@ from pathlib import Path
 
 from tests.conftest import Project
 
+CHAIN = ["urls", "markdown", "conversations", "dataset", "data", "upload", "train", "package", "deploy", "report"]
 
-def doit(project: Path) -> subprocess.CompletedProcess[str]:
+
+def run(project: Path, *command: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PVBUILD_")}
-    return subprocess.run([sys.executable, "-m", "doit"], cwd=project, env=env, capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", *command], cwd=project, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
-def test_doit_builds_every_data_artifact_then_does_nothing(project: Project) -> None:
-    first = doit(project.path)
-    assert first.returncode == 0, first.stdout + first.stderr
-    artifacts = project.artifacts("default")
-    assert len((artifacts / "urls.csv").read_text(encoding="utf-8").splitlines()) == 13
-    assert len(list((artifacts / "markdown").glob("*.md"))) == 12
-    assert len(list((artifacts / "conversations").glob("*.csv"))) == 12
-    for name in ("train.jsonl", "template.json", "chat.jsonl", "conversations.jsonl", "validation.jsonl",
-                 "arrow/dataset_dict.json", "manifest.json"):
-        assert (artifacts / "dataset" / name).is_file(), name
-    assert "markdown: 12 built" in first.stderr and "conversations: 12 built" in first.stderr
+def test_doit_runs_the_whole_chain_offline_then_does_nothing(project: Project) -> None:
+    first = run(project.path, "doit")
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        artifacts = project.artifacts("default")
+        assert len((artifacts / "urls.csv").read_text(encoding="utf-8").splitlines()) == 13
+        assert len(list((artifacts / "markdown").glob("*.md"))) == 12
+        assert len(list((artifacts / "conversations").glob("*.csv"))) == 12
+        for name in ("train.jsonl", "template.json", "chat.jsonl", "conversations.jsonl", "validation.jsonl",
+                     "arrow/dataset_dict.json", "manifest.json"):
+            assert (artifacts / "dataset" / name).is_file(), name
+        for name in ("upload.json", "training.json", "model.json", "endpoint.json", "report/report.html",
+                     "report/loss.png"):
+            assert (artifacts / name).is_file(), name
+        assert "markdown: 12 built" in first.stderr and "conversations: 12 built" in first.stderr
+        assert "step(s) ran" in first.stdout and "in " in first.stdout.splitlines()[-1]  # how long it took
 
-    second = doit(project.path)
-    assert second.returncode == 0
-    assert second.stdout.split() == ["--", "urls", "--", "markdown", "--", "conversations", "--", "dataset",
-                                     "--", "report"]
-    assert "built" not in second.stderr
+        second = run(project.path, "doit")
+        assert second.returncode == 0
+        assert second.stdout.splitlines()[:-1] == [f"-- {stage}" for stage in CHAIN]
+        assert "pvbuild: 0 step(s) ran, 10 up to date" in second.stdout
+        assert "built" not in second.stderr
+
+        answer = run(project.path, "pvbuild", "ask", "分布式光伏项目如何申请补贴？")
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.strip() or "answer was empty" in answer.stderr
+    finally:
+        down = run(project.path, "pvbuild", "teardown")
+    assert down.returncode == 0 and "torn down" in down.stdout
+    endpoint = json.loads((project.artifacts("default") / "endpoint.json").read_text(encoding="utf-8"))
+    assert endpoint["status"] == "Deleted"
+    after = run(project.path, "pvbuild", "ask", "还在吗？")
+    assert after.returncode == 2 and "Deleted" in after.stderr and "run doit" in after.stderr

@@ -1,0 +1,145 @@
+"""The default profile's model half, in-process: upload, train, package, deploy, report, teardown."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pvbuild.ask import Asker
+from pvbuild.cli import main
+from pvbuild.config import load_config
+from pvbuild.local_services import process_alive
+from pvbuild.pipeline import Pipeline
+from tests.conftest import Project
+
+CONFIG = """
+[profile.test]
+artifacts = "artifacts/test"
+[profile.test.training]
+base_model = "{model}"
+[profile.test.training.hyperparameters]
+epoch = 2
+"""
+
+FLAKY_PLUGIN = '''
+from pathlib import Path
+
+import pvbuild
+from pvbuild.builtins.tiny import TINY_HYPERPARAMETERS, build_tiny_model
+
+
+def build(texts, directory, seed):
+    if Path("fail-training").exists():
+        raise RuntimeError("GPU fell off the bus")
+    build_tiny_model(texts, directory, seed)
+
+
+@pvbuild.hookimpl
+def register_base_models(register):
+    register(pvbuild.BaseModel(
+        name="flaky", jumpstart_model_id="", jumpstart_model_version="", dataset_format="instruction",
+        hyperparameters=TINY_HYPERPARAMETERS, training_instance_types=(), inference_instance_types=(),
+        tokenizer="", build_local=build))
+'''
+
+
+def record(project: Project, name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((project.artifacts() / name).read_text(encoding="utf-8"))
+    return loaded
+
+
+def jobs(project: Project) -> list[str]:
+    return sorted(path.stem for path in (project.path / ".pvbuild" / "test" / "jobs").glob("*.json"))
+
+
+def pipeline(project: Project) -> Pipeline:
+    return Pipeline(load_config(project.path, "test"))
+
+
+@pytest.fixture
+def chain(project: Project) -> Iterator[Project]:
+    project.config(CONFIG.format(model="tiny"))
+    try:
+        yield project
+    finally:
+        main(["--project", str(project.path), "teardown", "--profile", "test"])
+
+
+def test_the_chain_runs_once_and_then_only_what_changed(chain: Project) -> None:
+    assert chain.build() == 0
+    assert len(jobs(chain)) == 1
+    endpoint = record(chain, "endpoint.json")
+    assert endpoint["status"] == "InService" and process_alive(endpoint["pid"])
+    assert (chain.artifacts() / "report" / "report.html").read_text(encoding="utf-8").count("<dt>") == 3
+    assert isinstance(Asker(pipeline(chain)).ask("分布式光伏项目如何申请补贴？"), str)
+
+    assert chain.build() == 0  # nothing changed: no job, no redeploy
+    assert len(jobs(chain)) == 1 and record(chain, "endpoint.json") == endpoint
+    assert all(not pipeline(chain).stale(stage) for stage in ("upload", "train", "package", "deploy", "report"))
+
+
+def test_a_deleted_object_is_uploaded_again_without_retraining(chain: Project) -> None:
+    assert chain.build() == 0
+    marker = record(chain, "upload.json")
+    store = chain.path / ".pvbuild" / "object-store"
+    victim = store / marker["objects"][0]["key"]
+    victim.unlink()
+    assert "not in the store any more" in pipeline(chain).stale("upload")[0].reason
+    assert chain.build() == 0
+    assert victim.is_file() and record(chain, "upload.json") == marker and len(jobs(chain)) == 1
+
+
+def test_a_killed_endpoint_is_detected_and_redeployed(chain: Project) -> None:
+    assert chain.build() == 0
+    old = record(chain, "endpoint.json")
+    os.kill(old["pid"], signal.SIGKILL)
+    os.waitpid(old["pid"], 0)  # the server is this test process's child: reap it
+    with pytest.raises(Exception, match="stale pid"):
+        Asker(pipeline(chain))
+    assert "stale pid" in pipeline(chain).stale("deploy")[0].reason
+    assert chain.build() == 0
+    new = record(chain, "endpoint.json")
+    assert new["pid"] != old["pid"] and new["model_sha256"] == old["model_sha256"] and len(jobs(chain)) == 1
+    assert isinstance(Asker(pipeline(chain)).ask("你好"), str)
+
+
+def test_changed_data_trains_one_new_job_and_replaces_the_endpoint(chain: Project) -> None:
+    assert chain.build() == 0
+    old = record(chain, "endpoint.json")
+    for markdown in (chain.artifacts() / "markdown").glob("*.md"):  # some land in training, some in validation
+        markdown.write_text(markdown.read_text(encoding="utf-8") + "\n## 新增条款\n\n补贴标准提高到每千瓦时0.1元。\n",
+                            encoding="utf-8")
+    assert chain.build() == 0
+    new = record(chain, "endpoint.json")
+    assert len(jobs(chain)) == 2
+    assert new["model_sha256"] != old["model_sha256"] and new["endpoint_name"] != old["endpoint_name"]
+    assert not process_alive(old["pid"]) or pipeline(chain).endpoint_backend().problem(old)  # the old one stopped
+    assert main(["--project", str(chain.path), "teardown", "--profile", "test"]) == 0
+    assert record(chain, "endpoint.json")["status"] == "Deleted"
+    assert "is Deleted" in pipeline(chain).stale("deploy")[0].reason
+
+
+def test_a_failed_job_stops_the_chain_and_the_rerun_starts_a_new_one(project: Project) -> None:
+    project.config(CONFIG.format(model="flaky"))
+    (project.path / "plugins" / "flaky.py").write_text(FLAKY_PLUGIN, encoding="utf-8")
+    (project.path / "fail-training").touch()
+    try:
+        assert project.build() != 0
+        failed = record(project, "training.json")
+        assert failed["status"] == "Failed" and "GPU fell off the bus" in failed["failure_reason"]
+        assert not (project.artifacts() / "model.json").exists()
+        assert not (project.artifacts() / "endpoint.json").exists()
+        assert "GPU fell off the bus" in pipeline(project).stale("train")[0].reason
+
+        (project.path / "fail-training").unlink()
+        assert project.build() == 0
+        done = record(project, "training.json")
+        assert done["status"] == "Completed" and done["attempt"] == 2 and done["job_name"].endswith("-2")
+        assert done["input_digest"] == failed["input_digest"] and len(jobs(project)) == 2
+    finally:
+        main(["--project", str(project.path), "teardown", "--profile", "test"])
