@@ -91,6 +91,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pvbuild.check import STALE, UP_TO_DATE, as_json, check, summary
+    from pvbuild.config import load_config
+    from pvbuild.pipeline import Pipeline
+
+    config = load_config(args.project, args.profile)
+    findings = check(Pipeline(config, live=args.remote))
+    print(as_json(findings, config.profile) if args.json else summary(findings, config.profile))
+    return STALE if findings else UP_TO_DATE
+
+
 def _profile_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--profile", help="profile name (default: $PVBUILD_PROFILE or 'default')")
 
@@ -109,6 +120,13 @@ def parser() -> argparse.ArgumentParser:
     _profile_option(build)
     build.add_argument("tasks", nargs="*", help="doit options and tasks (default: everything)")
     build.set_defaults(run=cmd_build)
+    check = commands.add_parser("check", help="exit 0 if every artifact is up to date, 1 if not (with reasons), "
+                                "2 on error; runs nothing")
+    _profile_option(check)
+    check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.add_argument("--remote", action="store_true", help="also verify the store objects, the training job "
+                       "and the endpoint (needs the services and their credentials)")
+    check.set_defaults(run=cmd_check)
     ask = commands.add_parser("ask", help="ask the deployed endpoint a question")
     _profile_option(ask)
     ask.add_argument("question")

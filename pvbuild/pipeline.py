@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig
 from pvbuild.errors import StateError
-from pvbuild.records import EDITED, FileHasher, Item, StageRecords, digest, stale_items
+from pvbuild.records import EDITED, FileHasher, IdentityStore, Item, StageRecords, digest, stale_items
 from pvbuild.urls import UrlRow, read_urls
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class Pipeline:
         unless ``--remote``, and then decides from committed files alone."""
         self.config = config
         self.live = live
+        self.checking = False  # ``pvbuild check``: report hand edits instead of adopting them; verify jobs
         self._store: ObjectStore | None = None
         self.urls_csv = config.artifacts / "urls.csv"
         self.markdown_dir = config.artifacts / "markdown"
@@ -64,6 +65,8 @@ class Pipeline:
         self.hasher = FileHasher(config.cache_dir / "stat-cache.json", config.project_dir)
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
+        self.identities: dict[str, Any] = {}
+        self.identity_store = IdentityStore(config.state_dir / "identities.json")
 
     # -- inputs -----------------------------------------------------------------------------
     def records(self, stage: str) -> StageRecords:
@@ -82,10 +85,17 @@ class Pipeline:
     def forget_rows(self) -> None:
         self._rows = None
 
+    def identity(self, value: Any) -> str:
+        """The digest of a configuration/plugin identity, remembered so ``check`` can name what changed."""
+        key = digest(value)
+        self.identities[key] = value
+        return key
+
     def finish(self, stage: str) -> None:
-        """Fold the stage's journal into its records file and save the stat cache."""
+        """Fold the stage's journal into its records file; save the stat cache and the identities."""
         self.records(stage).commit()
         self.hasher.save()
+        self.identity_store.save(self.identities)
 
     @contextlib.contextmanager
     def finishing(self, stage: str) -> Iterator[None]:
@@ -101,8 +111,8 @@ class Pipeline:
                                            **extra})
 
     def rewrote(self, stage: str, item: Item) -> None:
-        """pvbuild itself changed a built output (teardown marks the endpoint Deleted): keep the
-        record's inputs, take the new output digest, so the change is not taken for a hand edit."""
+        """Take an output's new digest but keep the record's inputs: teardown marked the endpoint
+        Deleted, or a hand edit of an intermediate is adopted (make semantics)."""
         record = self.records(stage).get(item.key)
         if record is not None:
             with self.finishing(stage):
@@ -113,19 +123,19 @@ class Pipeline:
 
     def list_identity(self) -> str:
         """What decides the URL table: each source's plugin, version and output-affecting options."""
-        return digest([self._plugin_identity("crawlers", s.plugin) | {"name": s.name, "options": {
+        return self.identity([self._plugin_identity("crawlers", s.plugin) | {"name": s.name, "options": {
             k: v for k, v in s.options.items() if k not in RUNTIME_CRAWL_OPTIONS}} for s in self.config.sources])
 
     def crawler_identity(self, source: SourceConfig) -> str:
         """What decides an article's markdown: the plugin, its version, selector and strategy."""
         site = self.config.registry.crawlers[source.plugin].item
-        return digest(self._plugin_identity("crawlers", source.plugin) | {
+        return self.identity(self._plugin_identity("crawlers", source.plugin) | {
             "article_selector": site.article_selector, "strategy": source.options["strategy"]})
 
     def annotator_identity(self) -> str:
         """What decides a conversation: the annotator plugin, version and output-affecting options."""
         annotator = self.config.registry.annotators[self.config.annotator.plugin].item
-        return digest(self._plugin_identity("annotators", self.config.annotator.plugin)
+        return self.identity(self._plugin_identity("annotators", self.config.annotator.plugin)
                       | {"options": annotator.identity(self.config.annotator.options)})
 
     def _plugin_identity(self, kind: str, name: str) -> dict[str, Any]:
@@ -172,7 +182,7 @@ class Pipeline:
     def dataset_items(self) -> list[Item]:
         members = [[row.file_id, row.title, row.date, row.source, conversation]
                    for row, conversation in self.dataset_members()]
-        return [Item("dataset", {"conversations": digest(members), "options": digest(self.config.dataset)},
+        return [Item("dataset", {"conversations": digest(members), "options": self.identity(dict(self.config.dataset))},
                      self.manifest)]
 
     # -- the model half ------------------------------------------------------------------
@@ -226,7 +236,7 @@ class Pipeline:
         return LocalEndpoints(self.store(), self.config.cache_dir)
 
     def _identity(self, options: Mapping[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
-        return digest({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out})
+        return self.identity({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out})
 
     def upload_items(self) -> list[Item]:
         from pvbuild.upload import upload_plan
@@ -241,8 +251,8 @@ class Pipeline:
         name = self.config.training["base_model"]
         return [Item("train", {
             "data": marker.get("dataset") if marker else None,
-            "base_model": digest(self._plugin_identity("base_models", name)),
-            "hyperparameters": digest(self.hyperparameters()),
+            "base_model": self.identity(self._plugin_identity("base_models", name)),
+            "hyperparameters": self.identity(self.hyperparameters()),
             "training": self._identity({**self.config.training, "instance_type": self.training_instance_type()},
                                        frozenset({"hyperparameters", "accept_eula"})),
         }, self.training_record)]
@@ -294,8 +304,13 @@ class Pipeline:
             if unfinished:
                 return unfinished
         records = self.records(stage)
-        found = [StaleItem(item, reason) for item, reason in stale_items(self.items(stage), records, self.hasher)
-                 if not (reason == EDITED and stage in KEEPS_EDITS)]
+        found: list[StaleItem] = []
+        edited: list[StaleItem] = []
+        for item, reason in stale_items(self.items(stage), records, self.hasher):
+            kept = reason == EDITED and stage in KEEPS_EDITS and not self.checking
+            (edited if kept else found).append(StaleItem(item, reason))
+        for entry in edited:  # adopt the hand edit: its dependents see a changed input and rebuild
+            self.rewrote(stage, entry.item)
         if stage == "dataset" and not found:
             found = self._dataset_files_edited(self.items("dataset")[0])
         if stage == "urls" and not found:
@@ -330,6 +345,11 @@ class Pipeline:
             problem = self.endpoint_backend().problem(endpoint) if self.live else None
             if problem:
                 return [StaleItem(item, problem)]
+        if stage == "train" and self.live and self.checking:  # check --remote: the job itself
+            name = (self.read_artifact(self.training_record) or {}).get("job_name")
+            state = self.training_backend().describe(str(name))
+            if state is None or state.status != "Completed":
+                return [StaleItem(item, f"job {name} is {state.status if state else 'unknown'} at the service")]
         if stage == "upload" and self.live:
             from pvbuild.upload import missing_objects
 

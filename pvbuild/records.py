@@ -173,3 +173,26 @@ def stale_items(items: list[Item], records: StageRecords, hasher: FileHasher) ->
         reason = stale_reason(item, records.get(item.key), hasher.digest(item.output))
         if reason is not None:
             yield item, reason
+
+
+class IdentityStore:
+    """What each configuration/plugin digest in the records stood for (``identities.json``), so a
+    changed input can be explained key by key. Sorted, one identity per line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._known: dict[str, Any] | None = None
+
+    def known(self) -> dict[str, Any]:
+        if self._known is None:
+            loaded = _read_json(self.path, "identities") if self.path.is_file() else {}
+            self._known = loaded if isinstance(loaded, dict) else {}
+        return self._known
+
+    def save(self, identities: Mapping[str, Any]) -> None:
+        known = self.known()
+        if all(key in known for key in identities):
+            return
+        known.update(identities)
+        lines = [f"{json.dumps(key)}: {canonical_json(known[key])}" for key in sorted(known)]
+        atomic_write_text(self.path, "{\n" + ",\n".join(lines) + "\n}\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -44,7 +45,12 @@ class Project:
         (self.path / "pvbuild.toml").write_text(text, encoding="utf-8")
 
     def build(self, *tasks: str, profile: str = "test") -> int:
-        return main(["--project", str(self.path), "build", "--profile", profile, *tasks])
+        """Build ``tasks``; by default the data half only (up to the ``data`` gate)."""
+        return main(["--project", str(self.path), "build", "--profile", profile, *(tasks or ("data",))])
+
+    def build_all(self, profile: str = "test") -> int:
+        """The whole chain, through deploy and report."""
+        return main(["--project", str(self.path), "build", "--profile", profile, "report"])
 
     def artifacts(self, profile: str = "test") -> Path:
         return self.path / "artifacts" / profile
@@ -61,6 +67,20 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Project
     cwd = os.getcwd()
     yield Project(tmp_path)
     os.chdir(cwd)
+    _stop_endpoints(tmp_path)
+
+
+def _stop_endpoints(project_dir: Path) -> None:
+    """No local endpoint outlives its test, whatever the test did."""
+    import json
+    import signal
+
+    for record in project_dir.glob("artifacts/*/endpoint.json"):
+        pid = json.loads(record.read_text(encoding="utf-8")).get("pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError, ChildProcessError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
 
 
 @pytest.fixture(scope="session")

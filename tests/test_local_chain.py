@@ -71,50 +71,50 @@ def chain(project: Project) -> Iterator[Project]:
 
 
 def test_the_chain_runs_once_and_then_only_what_changed(chain: Project) -> None:
-    assert chain.build() == 0
+    assert chain.build_all() == 0
     assert len(jobs(chain)) == 1
     endpoint = record(chain, "endpoint.json")
     assert endpoint["status"] == "InService" and process_alive(endpoint["pid"])
     assert (chain.artifacts() / "report" / "report.html").read_text(encoding="utf-8").count("<dt>") == 3
     assert isinstance(Asker(pipeline(chain)).ask("分布式光伏项目如何申请补贴？"), str)
 
-    assert chain.build() == 0  # nothing changed: no job, no redeploy
+    assert chain.build_all() == 0  # nothing changed: no job, no redeploy
     assert len(jobs(chain)) == 1 and record(chain, "endpoint.json") == endpoint
     assert all(not pipeline(chain).stale(stage) for stage in ("upload", "train", "package", "deploy", "report"))
 
 
 def test_a_deleted_object_is_uploaded_again_without_retraining(chain: Project) -> None:
-    assert chain.build() == 0
+    assert chain.build_all() == 0
     marker = record(chain, "upload.json")
     store = chain.path / ".pvbuild" / "object-store"
     victim = store / marker["objects"][0]["key"]
     victim.unlink()
     assert "not in the store any more" in pipeline(chain).stale("upload")[0].reason
-    assert chain.build() == 0
+    assert chain.build_all() == 0
     assert victim.is_file() and record(chain, "upload.json") == marker and len(jobs(chain)) == 1
 
 
 def test_a_killed_endpoint_is_detected_and_redeployed(chain: Project) -> None:
-    assert chain.build() == 0
+    assert chain.build_all() == 0
     old = record(chain, "endpoint.json")
     os.kill(old["pid"], signal.SIGKILL)
     os.waitpid(old["pid"], 0)  # the server is this test process's child: reap it
     with pytest.raises(Exception, match="stale pid"):
         Asker(pipeline(chain))
     assert "stale pid" in pipeline(chain).stale("deploy")[0].reason
-    assert chain.build() == 0
+    assert chain.build_all() == 0
     new = record(chain, "endpoint.json")
     assert new["pid"] != old["pid"] and new["model_sha256"] == old["model_sha256"] and len(jobs(chain)) == 1
     assert isinstance(Asker(pipeline(chain)).ask("你好"), str)
 
 
 def test_changed_data_trains_one_new_job_and_replaces_the_endpoint(chain: Project) -> None:
-    assert chain.build() == 0
+    assert chain.build_all() == 0
     old = record(chain, "endpoint.json")
     for markdown in (chain.artifacts() / "markdown").glob("*.md"):  # some land in training, some in validation
         markdown.write_text(markdown.read_text(encoding="utf-8") + "\n## 新增条款\n\n补贴标准提高到每千瓦时0.1元。\n",
                             encoding="utf-8")
-    assert chain.build() == 0
+    assert chain.build_all() == 0
     new = record(chain, "endpoint.json")
     assert len(jobs(chain)) == 2
     assert new["model_sha256"] != old["model_sha256"] and new["endpoint_name"] != old["endpoint_name"]
@@ -129,7 +129,7 @@ def test_a_failed_job_stops_the_chain_and_the_rerun_starts_a_new_one(project: Pr
     (project.path / "plugins" / "flaky.py").write_text(FLAKY_PLUGIN, encoding="utf-8")
     (project.path / "fail-training").touch()
     try:
-        assert project.build() != 0
+        assert project.build_all() != 0
         failed = record(project, "training.json")
         assert failed["status"] == "Failed" and "GPU fell off the bus" in failed["failure_reason"]
         assert not (project.artifacts() / "model.json").exists()
@@ -137,7 +137,7 @@ def test_a_failed_job_stops_the_chain_and_the_rerun_starts_a_new_one(project: Pr
         assert "GPU fell off the bus" in pipeline(project).stale("train")[0].reason
 
         (project.path / "fail-training").unlink()
-        assert project.build() == 0
+        assert project.build_all() == 0
         done = record(project, "training.json")
         assert done["status"] == "Completed" and done["attempt"] == 2 and done["job_name"].endswith("-2")
         assert done["input_digest"] == failed["input_digest"] and len(jobs(project)) == 2

@@ -1,0 +1,152 @@
+"""`pvbuild check` on a fresh `git clone` of a built example project: exit codes and reasons."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pvbuild.cli import main
+from tests.aws import Moto, moto_server
+from tests.conftest import ROOT, _stop_endpoints
+from tests.standins import FakeOpenAI
+
+CONFIG = """
+[profile.test]
+artifacts = "artifacts/test"
+[profile.test.annotator]
+plugin = "openai"
+base_url = "{llm}/v1"
+[profile.test.storage]
+backend = "s3"
+bucket = "pv-bucket"
+[profile.test.aws]
+region = "us-east-1"
+endpoint_url = "{moto}"
+[profile.test.training.hyperparameters]
+epoch = 1
+"""
+
+
+def git(directory: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid", *args], cwd=directory,
+                   check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[Moto]:
+    with moto_server() as running:
+        running.client("s3").create_bucket(Bucket="pv-bucket")
+        yield running
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory, moto: Moto) -> Iterator[Path]:
+    """Built once: sample source, the openai annotator (fake server), S3 on moto, local training."""
+    root = tmp_path_factory.mktemp("example")
+    shutil.copy(ROOT / "dodo.py", root / "dodo.py")
+    saved = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = "sk-test-check-0123456789"
+    try:
+        with FakeOpenAI() as llm:
+            (root / "pvbuild.toml").write_text(CONFIG.format(llm=llm.url, moto=moto.url), encoding="utf-8")
+            assert main(["--project", str(root), "build", "--profile", "test", "report"]) == 0
+    finally:
+        os.environ.pop("OPENAI_API_KEY") if saved is None else os.environ.update(OPENAI_API_KEY=saved)
+    (root / ".gitignore").write_text(".pvbuild/\n", encoding="utf-8")
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "built")
+    yield root
+    _stop_endpoints(root)
+
+
+@pytest.fixture
+def clone(example: Path, tmp_path: Path) -> Path:
+    git(tmp_path, "clone", "-q", str(example), "clone")
+    return tmp_path / "clone"
+
+
+def check(project: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PVBUILD_", "OPENAI_"))}
+    return subprocess.run([sys.executable, "-m", "pvbuild", "--project", str(project), "check", "--profile", "test",
+                           *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+def stale(result: subprocess.CompletedProcess[str]) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = json.loads(result.stdout)["stale"]
+    return found
+
+
+def test_a_fresh_clone_is_up_to_date(clone: Path) -> None:
+    result = check(clone)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "every artifact is up to date" in result.stdout
+    assert not (clone / ".pvbuild" / "doit.db").exists()
+
+
+def test_a_hand_edited_markdown_names_it_and_everything_downstream(clone: Path) -> None:
+    markdown = sorted((clone / "artifacts/test/markdown").glob("*.md"))[3]
+    markdown.write_text(markdown.read_text(encoding="utf-8") + "\n补充说明。\n", encoding="utf-8")
+    result = check(clone, "--json")
+    assert result.returncode == 1
+    found = {(f["stage"], f["key"]): f["reason"] for f in stale(result)}
+    assert found[("markdown", markdown.stem)] == "output edited since it was built"
+    assert found[("conversations", markdown.stem)] == "input changed: markdown"  # with old and new digests
+    for stage in ("dataset", "upload", "train", "package", "deploy", "report"):
+        assert str(found[(stage, stage)]).startswith("upstream:"), stage
+    human = check(clone)
+    assert human.returncode == 1 and "markdown: 1" in human.stdout and markdown.name in human.stdout
+
+
+def test_a_changed_prompt_names_every_conversation_and_the_key(clone: Path) -> None:
+    config = clone / "pvbuild.toml"
+    config.write_text(config.read_text(encoding="utf-8").replace('plugin = "openai"', 'plugin = "openai"\n'
+                                                                 'prompt = "新的提示词"'), encoding="utf-8")
+    result = check(clone, "--json")
+    assert result.returncode == 1
+    conversations = [f for f in stale(result) if f["stage"] == "conversations"]
+    assert len(conversations) == 12
+    assert all(f["reason"] == "input changed: annotator" for f in conversations)
+    change = conversations[0]["changes"][0]  # type: ignore[index]
+    assert change["input"] == "annotator" and change["keys"] == ["options.prompt"] and change["old"] != change["new"]
+    assert not [f for f in stale(result) if f["stage"] == "markdown"]
+
+
+def test_a_deleted_url_row_reports_its_outputs_as_orphans(clone: Path) -> None:
+    table = clone / "artifacts/test/urls.csv"
+    lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
+    table.write_text("".join(lines[:2] + lines[3:]), encoding="utf-8")
+    result = check(clone, "--json")
+    assert result.returncode == 1
+    orphans = {(f["stage"], f["output"]) for f in stale(result) if str(f["reason"]).startswith("orphan")}
+    assert {stage for stage, _ in orphans} == {"markdown", "conversations"} and len(orphans) == 2
+
+
+def test_a_corrupt_state_file_exits_2_naming_it(clone: Path) -> None:
+    (clone / "artifacts/test/.state/markdown.json").write_text("{not json", encoding="utf-8")
+    result = check(clone)
+    assert result.returncode == 2
+    assert "markdown.json" in result.stderr and "delete it" in result.stderr
+
+
+def test_a_bad_config_exits_2(clone: Path) -> None:
+    (clone / "pvbuild.toml").write_text("[profile.test]\nartifact = 'x'\n", encoding="utf-8")
+    result = check(clone)
+    assert result.returncode == 2 and "profile.test.artifact" in result.stderr
+
+
+def test_remote_finds_an_object_deleted_from_s3(example: Path, moto: Moto) -> None:
+    assert check(example, "--remote").returncode == 0
+    marker = json.loads((example / "artifacts/test/upload.json").read_text(encoding="utf-8"))
+    victim = marker["objects"][0]
+    moto.client("s3").delete_object(Bucket="pv-bucket", Key=victim["key"])
+    result = check(example, "--remote")
+    assert result.returncode == 1 and f"{victim['uri']} missing" in result.stdout
+    assert check(example).returncode == 0  # without --remote, nothing is asked of the store
