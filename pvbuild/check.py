@@ -10,6 +10,7 @@ stale, and any stale item makes the dataset and every step after it stale. Exit 
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -79,9 +80,11 @@ class Checker:
         ids = {row.file_id for row in self.pipeline.rows()}
         for stage, directory, suffix in (("markdown", self.pipeline.markdown_dir, ".md"),
                                          ("conversations", self.pipeline.conversation_dir, ".csv")):
-            for path in sorted(directory.glob(f"*{suffix}")) if directory.is_dir() else []:
-                if path.stem not in ids:
-                    self.findings.append(Finding(stage, path.stem, str(path.relative_to(
+            names = sorted(os.listdir(directory)) if directory.is_dir() else []
+            for name in names:
+                key = name.removesuffix(suffix)
+                if name.endswith(suffix) and key not in ids:
+                    self.findings.append(Finding(stage, key, str((directory / name).relative_to(
                         self.pipeline.config.project_dir)), "orphan: its URL row is no longer in urls.csv"))
 
     def run(self) -> list[Finding]:

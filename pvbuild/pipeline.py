@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig
-from pvbuild.errors import StateError
+from pvbuild.errors import PvbuildError, StateError
 from pvbuild.records import EDITED, FileHasher, IdentityStore, Item, StageRecords, digest, stale_items
 from pvbuild.urls import UrlRow, read_urls
 
@@ -32,6 +32,9 @@ STAGES = DATA_STAGES + MODEL_STAGES
 # Like make, a hand-edited intermediate is kept and its dependents rebuild from it; the
 # dataset is wholly derived, so an edited dataset file is rebuilt.
 KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
+SAGEMAKER_MISSING = PvbuildError(
+    "the SageMaker training/endpoint backend is not available in this version yet; the data half and the S3 upload "
+    "work. Set training.backend and endpoint.backend to 'local' to train and serve on this machine")
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Pipeline:
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
         self.identities: dict[str, Any] = {}
+        self._paths: dict[tuple[str, str], Path] = {}
         self.identity_store = IdentityStore(config.state_dir / "identities.json")
 
     # -- inputs -----------------------------------------------------------------------------
@@ -144,10 +148,17 @@ class Pipeline:
 
     # -- paths ------------------------------------------------------------------------------
     def markdown_path(self, file_id: str) -> Path:
-        return self.markdown_dir / f"{file_id}.md"
+        return self._path(self.markdown_dir, file_id, ".md")
 
     def conversation_path(self, file_id: str) -> Path:
-        return self.conversation_dir / f"{file_id}.csv"
+        return self._path(self.conversation_dir, file_id, ".csv")
+
+    def _path(self, directory: Path, file_id: str, suffix: str) -> Path:
+        # Memoised: at 10,000 articles, building Path objects is a third of a no-op check.
+        key = (file_id, suffix)
+        if key not in self._paths:
+            self._paths[key] = directory / f"{file_id}{suffix}"
+        return self._paths[key]
 
     # -- items ------------------------------------------------------------------------------
     def url_items(self) -> list[Item]:
@@ -219,18 +230,14 @@ class Pipeline:
 
     def training_backend(self) -> TrainingBackend:
         if self.config.training["backend"] == "sagemaker":
-            from pvbuild.sagemaker import SageMakerTraining
-
-            return SageMakerTraining(self.config.aws, self.store())
+            raise SAGEMAKER_MISSING
         from pvbuild.local_services import LocalTraining
 
         return LocalTraining(self.store(), self.config.cache_dir)
 
     def endpoint_backend(self) -> EndpointBackend:
         if self.config.endpoint["backend"] == "sagemaker":
-            from pvbuild.sagemaker import SageMakerEndpoints
-
-            return SageMakerEndpoints(self.config.aws)
+            raise SAGEMAKER_MISSING
         from pvbuild.local_services import LocalEndpoints
 
         return LocalEndpoints(self.store(), self.config.cache_dir)
@@ -306,13 +313,14 @@ class Pipeline:
         records = self.records(stage)
         found: list[StaleItem] = []
         edited: list[StaleItem] = []
-        for item, reason in stale_items(self.items(stage), records, self.hasher):
+        items = self.items(stage)
+        for item, reason in stale_items(items, records, self.hasher):
             kept = reason == EDITED and stage in KEEPS_EDITS and not self.checking
             (edited if kept else found).append(StaleItem(item, reason))
         for entry in edited:  # adopt the hand edit: its dependents see a changed input and rebuild
             self.rewrote(stage, entry.item)
         if stage == "dataset" and not found:
-            found = self._dataset_files_edited(self.items("dataset")[0])
+            found = self._dataset_files_edited(items[0])
         if stage == "urls" and not found:
             found = self._lists_due()
         if stage in MODEL_STAGES and not found:

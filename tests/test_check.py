@@ -150,3 +150,13 @@ def test_remote_finds_an_object_deleted_from_s3(example: Path, moto: Moto) -> No
     result = check(example, "--remote")
     assert result.returncode == 1 and f"{victim['uri']} missing" in result.stdout
     assert check(example).returncode == 0  # without --remote, nothing is asked of the store
+
+
+def test_no_credential_reaches_any_file(example: Path) -> None:
+    from tests.aws import FAKE_CREDENTIALS
+
+    secrets = [FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"], FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"], "sk-test-check"]
+    for path in example.rglob("*"):
+        if path.is_file() and ".git" not in path.parts:
+            data = path.read_bytes()
+            assert not any(secret.encode() in data for secret in secrets), path
