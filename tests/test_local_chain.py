@@ -6,6 +6,7 @@ import json
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -143,3 +144,21 @@ def test_a_failed_job_stops_the_chain_and_the_rerun_starts_a_new_one(project: Pr
         assert done["input_digest"] == failed["input_digest"] and len(jobs(project)) == 2
     finally:
         main(["--project", str(project.path), "teardown", "--profile", "test"])
+
+
+def test_any_local_hugging_face_directory_trains_with_lora(project: Project, tiny_base: Path) -> None:
+    project.config(f"""
+[profile.test]
+artifacts = "artifacts/test"
+[profile.test.training]
+base_model = "llama-3.2-1b-instruct"
+model_path = "{tiny_base}"
+lora = true
+hyperparameters = {{ epoch = 1, max_input_length = 128 }}
+""")
+    assert project.build("train") == 0
+    done = record(project, "training.json")
+    assert done["status"] == "Completed" and done["base_model"]["name"] == "llama-3.2-1b-instruct"
+    assert done["hyperparameters"]["lora_r"] == "8" and done["hyperparameters"]["instruction_tuned"] == "True"
+    model_dir = project.path / ".pvbuild/object-store" / done["model_artifacts"].removeprefix("local://")
+    assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
