@@ -55,11 +55,11 @@ def cmd_build(args: argparse.Namespace) -> int:
     return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
 
 
-def _pipeline(args: argparse.Namespace) -> Any:
+def _pipeline(args: argparse.Namespace, live: bool = True) -> Any:
     from pvbuild.config import load_config
     from pvbuild.pipeline import Pipeline
 
-    return Pipeline(load_config(args.project, args.profile))
+    return Pipeline(load_config(args.project, args.profile), live=live)
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
@@ -93,12 +93,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pvbuild.check import STALE, UP_TO_DATE, as_json, check, summary
-    from pvbuild.config import load_config
-    from pvbuild.pipeline import Pipeline
 
-    config = load_config(args.project, args.profile)
-    findings = check(Pipeline(config, live=args.remote))
-    print(as_json(findings, config.profile) if args.json else summary(findings, config.profile))
+    pipeline = _pipeline(args, live=args.remote)
+    findings = check(pipeline)
+    profile = pipeline.config.profile
+    print(as_json(findings, profile) if args.json else summary(findings, profile))
     return STALE if findings else UP_TO_DATE
 
 

@@ -48,21 +48,21 @@ DATASET_FORMATS = ("instruction", "chat")
 STORAGE_OPTIONS: dict[str, Any] = {"backend": "local", "root": ".pvbuild/object-store", "bucket": "",
                                    "prefix": "llm-fine-tuning"}
 STORAGE_BACKENDS = ("local", "s3")
-AWS_OPTIONS: dict[str, Any] = {"region": "", "partition": "", "role_arn": "", "endpoint_url": ""}
+AWS_OPTIONS: dict[str, Any] = {"region": "", "role_arn": "", "endpoint_url": ""}
 TRAINING_OPTIONS: dict[str, Any] = {
     "backend": "local", "base_model": "llama-3.2-1b-instruct", "hyperparameters": {}, "instance_type": "",
-    "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
+    "accept_eula": False, "lora": True, "model_path": "", "device": "auto",
 }
 TRAINING_BACKENDS = ("local", "sagemaker")
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
-                                    "startup_timeout": 300.0, "poll_seconds": 30.0}
+                                    "startup_timeout": 300.0}
 ASK_OPTIONS: dict[str, Any] = {
     "system_prompt": "你是一位光伏行业专家，请用中文回答。", "max_new_tokens": 1024, "top_p": 0.9,
     "temperature": 0.6, "repetition_penalty": 1.1, "stop": ["<|eot_id|>", "<|end_of_text|>"], "tokenizer": "",
     "questions": ["分布式光伏项目如何申请补贴？", "新政策对光伏企业有什么影响？", "文章提到了哪些时间节点？"],
 }
 # Options that change how a step runs, not what it produces.
-RUNTIME_MODEL_OPTIONS = frozenset({"poll_seconds", "startup_timeout", "device", "host", "port"})
+RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "host", "port"})
 
 
 @dataclass(frozen=True)

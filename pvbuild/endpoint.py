@@ -8,14 +8,13 @@ and marks the record ``Deleted``. Backends (``EndpointBackend``): ``local`` and 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pvbuild.errors import PvbuildError
 from pvbuild.outcomes import StageResult
 from pvbuild.progress import say
-from pvbuild.records import atomic_write_text
+from pvbuild.records import write_artifact
 
 if TYPE_CHECKING:
     from pvbuild.pipeline import Pipeline
@@ -42,11 +41,6 @@ class EndpointBackend(Protocol):
     def delete(self, record: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
-def write_record(pipeline: Pipeline, record: Mapping[str, Any]) -> None:
-    atomic_write_text(pipeline.endpoint_record, json.dumps(record, ensure_ascii=False, indent=1, sort_keys=True)
-                      + "\n")
-
-
 def run_deploy_stage(pipeline: Pipeline) -> StageResult:
     item = pipeline.items("deploy")[0]
     model = pipeline.read_artifact(pipeline.model_record)
@@ -57,7 +51,7 @@ def run_deploy_stage(pipeline: Pipeline) -> StageResult:
     previous = pipeline.read_artifact(pipeline.endpoint_record)
     live = previous if previous and previous.get("status") == IN_SERVICE else None
     record = backend.deploy(str(training["job_name"]), model, live, pipeline)
-    write_record(pipeline, record)
+    write_artifact(pipeline.endpoint_record, record)
     with pipeline.finishing("deploy"):
         pipeline.record("deploy", item)
     say(f"deploy: endpoint {record['endpoint_name']} in service ({record.get('url') or record.get('arn')})")
@@ -71,8 +65,8 @@ def teardown(pipeline: Pipeline) -> str:
         return "no endpoint record: nothing to tear down"
     if record.get("status") == DELETED:
         return f"endpoint {record.get('endpoint_name')} was already torn down"
-    write_record(pipeline, pipeline.endpoint_backend().delete(record))
-    pipeline.rewrote("deploy", pipeline.items("deploy")[0])
+    write_artifact(pipeline.endpoint_record, pipeline.endpoint_backend().delete(record))
+    pipeline.rewrote("deploy", pipeline.items("deploy"))
     return f"endpoint {record.get('endpoint_name')} torn down"
 
 

@@ -9,7 +9,6 @@ give the same archive bytes), or already a tarball, which is used as it is. The 
 from __future__ import annotations
 
 import gzip
-import json
 import tarfile
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pvbuild.errors import PvbuildError
 from pvbuild.outcomes import StageResult
 from pvbuild.progress import say
-from pvbuild.records import atomic_write_text
+from pvbuild.records import write_artifact
 from pvbuild.serve import sha256_file
 from pvbuild.storage import ObjectStore, StorageError, file_etag, key_of
 
@@ -71,7 +70,7 @@ def run_package_stage(pipeline: Pipeline) -> StageResult:
         record: dict[str, Any] = {"uri": store.uri(target_key), "sha256": sha256_file(archive),
                                   "size": archive.stat().st_size, "etag": file_etag(archive),
                                   "job_name": training["job_name"], "source": artifacts, "members": members}
-    atomic_write_text(pipeline.model_record, json.dumps(record, indent=1, sort_keys=True) + "\n")
+    write_artifact(pipeline.model_record, record)
     with pipeline.finishing("package"):
         pipeline.record("package", item)
     say(f"package: {record['uri']} ({record['size'] / 1e6:.1f} MB, sha256 {record['sha256'][:12]})")

@@ -32,7 +32,7 @@ STAGES = DATA_STAGES + MODEL_STAGES
 # Like make, a hand-edited intermediate is kept and its dependents rebuild from it; the
 # dataset is wholly derived, so an edited dataset file is rebuilt.
 KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
-SAGEMAKER_MISSING = PvbuildError(
+SAGEMAKER_MISSING = (
     "the SageMaker training/endpoint backend is not available in this version yet; the data half and the S3 upload "
     "work. Set training.backend and endpoint.backend to 'local' to train and serve on this machine")
 
@@ -114,13 +114,14 @@ class Pipeline:
         self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.hasher.digest(item.output),
                                            **extra})
 
-    def rewrote(self, stage: str, item: Item) -> None:
-        """Take an output's new digest but keep the record's inputs: teardown marked the endpoint
-        Deleted, or a hand edit of an intermediate is adopted (make semantics)."""
-        record = self.records(stage).get(item.key)
-        if record is not None:
-            with self.finishing(stage):
-                self.records(stage).put(item.key, {**record, "output": self.hasher.digest(item.output)})
+    def rewrote(self, stage: str, items: list[Item]) -> None:
+        """Take the outputs' new digests but keep the records' inputs: teardown marked the endpoint
+        Deleted, or hand edits of intermediates are adopted (make semantics)."""
+        with self.finishing(stage):
+            for item in items:
+                record = self.records(stage).get(item.key)
+                if record is not None:
+                    self.records(stage).put(item.key, {**record, "output": self.hasher.digest(item.output)})
 
     def source(self, name: str) -> SourceConfig:
         return next(source for source in self.config.sources if source.name == name)
@@ -230,14 +231,14 @@ class Pipeline:
 
     def training_backend(self) -> TrainingBackend:
         if self.config.training["backend"] == "sagemaker":
-            raise SAGEMAKER_MISSING
+            raise PvbuildError(SAGEMAKER_MISSING)
         from pvbuild.local_services import LocalTraining
 
         return LocalTraining(self.store(), self.config.cache_dir)
 
     def endpoint_backend(self) -> EndpointBackend:
         if self.config.endpoint["backend"] == "sagemaker":
-            raise SAGEMAKER_MISSING
+            raise PvbuildError(SAGEMAKER_MISSING)
         from pvbuild.local_services import LocalEndpoints
 
         return LocalEndpoints(self.store(), self.config.cache_dir)
@@ -306,25 +307,26 @@ class Pipeline:
         return [StaleItem(self.url_items()[0], f"lists last crawled {age / 3600:.1f} h ago (refresh_hours)")]
 
     def stale(self, stage: str) -> list[StaleItem]:
+        items = self.items(stage)
         if stage == "train":
-            unfinished = self._job_of_these_inputs_unfinished(self.items("train")[0])
+            unfinished = self._job_of_these_inputs_unfinished(items[0])
             if unfinished:
                 return unfinished
-        records = self.records(stage)
         found: list[StaleItem] = []
-        edited: list[StaleItem] = []
-        items = self.items(stage)
-        for item, reason in stale_items(items, records, self.hasher):
-            kept = reason == EDITED and stage in KEEPS_EDITS and not self.checking
-            (edited if kept else found).append(StaleItem(item, reason))
-        for entry in edited:  # adopt the hand edit: its dependents see a changed input and rebuild
-            self.rewrote(stage, entry.item)
+        edited: list[Item] = []
+        for item, reason in stale_items(items, self.records(stage), self.hasher):
+            if reason == EDITED and stage in KEEPS_EDITS and not self.checking:
+                edited.append(item)
+            else:
+                found.append(StaleItem(item, reason))
+        if edited:  # adopt the hand edits: their dependents see a changed input and rebuild
+            self.rewrote(stage, edited)
         if stage == "dataset" and not found:
             found = self._dataset_files_edited(items[0])
         if stage == "urls" and not found:
             found = self._lists_due()
         if stage in MODEL_STAGES and not found:
-            found = self._model_stage_not_current(stage, self.items(stage)[0])
+            found = self._model_stage_not_current(stage, items[0])
         self.hasher.save()
         return found
 

@@ -124,6 +124,10 @@ def outstanding_failures(current: Pipeline) -> list[tuple[str, str]]:
     return found
 
 
+def _gate_open(task: Any, values: Any) -> bool:
+    return not outstanding_failures(pipeline())
+
+
 def _data_gate() -> Any:
     from doit.exceptions import TaskFailed
 
@@ -139,12 +143,10 @@ def stage_tasks() -> dict[str, Callable[[], dict[str, Any]]]:
     creators: dict[str, Callable[[], dict[str, Any]]] = {}
     for index, stage in enumerate(ORDER):
         def creator(stage: str = stage, previous: str | None = ORDER[index - 1] if index else None) -> dict[str, Any]:
-            task = {"actions": [_action(stage)], "uptodate": [_uptodate(stage)], "doc": DOCS[stage],
+            gate = stage == "data"
+            return {"actions": [_data_gate if gate else _action(stage)],
+                    "uptodate": [_gate_open if gate else _uptodate(stage)], "doc": DOCS[stage],
                     "task_dep": [previous] if previous else [], "verbosity": 2}
-            if stage == "data":
-                task |= {"actions": [_data_gate], "uptodate": [lambda task, values: not outstanding_failures(
-                    pipeline())]}
-            return task
         creator.__doc__ = DOCS[stage]
         creators[f"task_{stage}"] = creator
     return creators

@@ -10,7 +10,6 @@ starts a new attempt. Backends (``TrainingBackend``): ``local`` (``local_service
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -21,7 +20,7 @@ from pvbuild.errors import ConfigError, PvbuildError
 from pvbuild.outcomes import StageResult
 from pvbuild.plugin_types import BaseModel
 from pvbuild.progress import say
-from pvbuild.records import atomic_write_text, digest
+from pvbuild.records import digest, write_artifact
 
 if TYPE_CHECKING:
     from pvbuild.pipeline import Pipeline
@@ -125,11 +124,6 @@ def read_record(pipeline: Pipeline) -> dict[str, Any] | None:
     return pipeline.read_artifact(pipeline.training_record)
 
 
-def write_record(pipeline: Pipeline, record: Mapping[str, Any]) -> None:
-    atomic_write_text(pipeline.training_record, json.dumps(record, ensure_ascii=False, indent=1, sort_keys=True)
-                      + "\n")
-
-
 def _reporter(started: float) -> Callable[[JobState], None]:
     last: list[str] = []
 
@@ -178,9 +172,9 @@ def run_train_stage(pipeline: Pipeline) -> StageResult:
               "hyperparameters": hyperparameters, "instance_type": instance_type, "channels": request.channels,
               "output_uri": request.output_uri}
     state = _attach_or_create(backend, request)
-    write_record(pipeline, {**record, "job_name": state.name, **_state_fields(state)})  # before waiting
+    write_artifact(pipeline.training_record, {**record, **_state_fields(state)})  # before waiting: Ctrl-C loses nothing
     state = backend.wait(request, _reporter(time.monotonic()))
-    write_record(pipeline, {**record, "job_name": state.name, **_state_fields(state)})
+    write_artifact(pipeline.training_record, {**record, **_state_fields(state)})
     if state.status != COMPLETED:
         raise TrainingFailed(f"training job {state.name} {state.status}: {state.failure_reason or 'no reason given'};"
                              " the next run starts a new job")
@@ -192,6 +186,6 @@ def run_train_stage(pipeline: Pipeline) -> StageResult:
 
 def _state_fields(state: JobState) -> dict[str, Any]:
     fields = asdict(state)
-    fields.pop("name")
+    fields["job_name"] = fields.pop("name")
     fields["arn"] = fields["arn"] or None
     return fields

@@ -16,7 +16,7 @@ from typing import Any
 from pvbuild.outcomes import StageResult
 from pvbuild.pipeline import Pipeline
 from pvbuild.progress import say
-from pvbuild.records import atomic_write_text, digest
+from pvbuild.records import digest, write_artifact
 from pvbuild.storage import ObjectStore, StorageError, file_etag
 
 # The files of each dataset format, by SageMaker input channel.
@@ -84,7 +84,7 @@ def run_upload_stage(pipeline: Pipeline) -> StageResult:
         channels[channel] = store.uri(object_key(prefix, dataset_digest, channel, ""))
     marker = {"dataset": dataset_digest, "format": manifest["format"], "channels": channels, "objects": objects}
     item = pipeline.items("upload")[0]
-    atomic_write_text(pipeline.upload_marker, json.dumps(marker, indent=1, sort_keys=True) + "\n")
+    write_artifact(pipeline.upload_marker, marker)
     with pipeline.finishing("upload"):
         pipeline.record("upload", item)
     say(f"upload: dataset {dataset_digest[:12]} at {channels['training']}")
