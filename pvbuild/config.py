@@ -48,21 +48,24 @@ DATASET_FORMATS = ("instruction", "chat")
 STORAGE_OPTIONS: dict[str, Any] = {"backend": "local", "root": ".pvbuild/object-store", "bucket": "",
                                    "prefix": "llm-fine-tuning"}
 STORAGE_BACKENDS = ("local", "s3")
-AWS_OPTIONS: dict[str, Any] = {"region": "", "role_arn": "", "endpoint_url": ""}
+AWS_OPTIONS: dict[str, Any] = {"region": "", "partition": "aws", "role_arn": "", "endpoint_url": ""}
+AWS_PARTITIONS = {"aws": "", "aws-cn": "cn-", "aws-us-gov": "us-gov-"}  # partition → its regions' prefix
 TRAINING_OPTIONS: dict[str, Any] = {
     "backend": "local", "base_model": "llama-3.2-1b-instruct", "hyperparameters": {}, "instance_type": "",
-    "accept_eula": False, "lora": True, "model_path": "", "device": "auto",
+    "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
+    "max_runtime_seconds": 86400,
 }
 TRAINING_BACKENDS = ("local", "sagemaker")
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
-                                    "startup_timeout": 300.0}
+                                    "startup_timeout": 300.0, "poll_seconds": 30.0}
 ASK_OPTIONS: dict[str, Any] = {
     "system_prompt": "你是一位光伏行业专家，请用中文回答。", "max_new_tokens": 1024, "top_p": 0.9,
     "temperature": 0.6, "repetition_penalty": 1.1, "stop": ["<|eot_id|>", "<|end_of_text|>"], "tokenizer": "",
     "questions": ["分布式光伏项目如何申请补贴？", "新政策对光伏企业有什么影响？", "文章提到了哪些时间节点？"],
 }
 # Options that change how a step runs, not what it produces.
-RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "host", "port"})
+RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "host", "port", "poll_seconds",
+                                   "max_runtime_seconds"})
 
 
 @dataclass(frozen=True)
@@ -276,7 +279,24 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
     if tables["endpoint"]["backend"] != tables["training"]["backend"]:
         raise check.fail("endpoint.backend", "must match training.backend")
     check.plugin("training.base_model", tables["training"]["base_model"], registry.base_models, "base model")
+    _aws(check, tables["aws"])
     return tables
+
+
+def _aws(check: _Validator, aws: Mapping[str, Any]) -> None:
+    """Region and role ARN must belong to the partition (``aws-cn`` regions are ``cn-*``)."""
+    partition = aws["partition"]
+    if partition not in AWS_PARTITIONS:
+        raise check.fail("aws.partition", f"must be one of {', '.join(AWS_PARTITIONS)}")
+    prefix = AWS_PARTITIONS[partition]
+    region_partition = next((p for p, start in AWS_PARTITIONS.items() if start and aws["region"].startswith(start)),
+                            "aws")
+    if aws["region"] and region_partition != partition:
+        raise check.fail("aws.region", f"{aws['region']!r} is in partition {region_partition!r}, not "
+                         f"aws.partition = {partition!r}" + (f" (its regions start with {prefix!r})" if prefix else ""))
+    if aws["role_arn"] and not aws["role_arn"].startswith(f"arn:{partition}:iam::"):
+        raise check.fail("aws.role_arn", f"expected an IAM role ARN of partition {partition!r}: "
+                         f"arn:{partition}:iam::<account>:role/<name>")
 
 
 def selected_profile(explicit: str | None = None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig
-from pvbuild.errors import PvbuildError, StateError
+from pvbuild.errors import StateError
 from pvbuild.records import EDITED, FileHasher, IdentityStore, Item, StageRecords, digest, stale_items
 from pvbuild.urls import UrlRow, read_urls
 
@@ -32,11 +32,6 @@ STAGES = DATA_STAGES + MODEL_STAGES
 # Like make, a hand-edited intermediate is kept and its dependents rebuild from it; the
 # dataset is wholly derived, so an edited dataset file is rebuilt.
 KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
-SAGEMAKER_MISSING = (
-    "the SageMaker training/endpoint backend is not available in this version yet; the data half and the S3 upload "
-    "work. Set training.backend and endpoint.backend to 'local' to train and serve on this machine")
-
-
 @dataclass(frozen=True)
 class StaleItem:
     """An item to rebuild and the reason."""
@@ -229,16 +224,24 @@ class Pipeline:
     def training_instance_type(self) -> str:
         return str(self.config.training["instance_type"]) or next(iter(self.base_model().training_instance_types), "")
 
+    def endpoint_instance_type(self) -> str:
+        return str(self.config.endpoint["instance_type"]) or next(iter(self.base_model().inference_instance_types),
+                                                                  "")
+
     def training_backend(self) -> TrainingBackend:
         if self.config.training["backend"] == "sagemaker":
-            raise PvbuildError(SAGEMAKER_MISSING)
+            from pvbuild.sagemaker import SageMakerTraining
+
+            return SageMakerTraining(self.config.aws, self.config.training)
         from pvbuild.local_services import LocalTraining
 
         return LocalTraining(self.store(), self.config.cache_dir)
 
     def endpoint_backend(self) -> EndpointBackend:
         if self.config.endpoint["backend"] == "sagemaker":
-            raise PvbuildError(SAGEMAKER_MISSING)
+            from pvbuild.sagemaker import SageMakerEndpoints
+
+            return SageMakerEndpoints(self.config.aws, self.config.endpoint)
         from pvbuild.local_services import LocalEndpoints
 
         return LocalEndpoints(self.store(), self.config.cache_dir)

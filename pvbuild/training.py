@@ -129,7 +129,8 @@ def _reporter(started: float) -> Callable[[JobState], None]:
 
     def on_update(state: JobState) -> None:
         line = f"train: job {state.name} {state.status}"
-        line += f" / {state.secondary_status}" if state.secondary_status else ""
+        line += f" / {state.secondary_status}" if state.secondary_status not in ("", state.status) else ""
+        line += f" ({state.failure_reason})" if state.failure_reason else ""
         if last != [line]:
             last[:] = [line]
             say(f"{line}, {time.monotonic() - started:.0f}s elapsed")

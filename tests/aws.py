@@ -25,21 +25,30 @@ class Moto:
 
 
 @contextmanager
-def moto_server() -> Iterator[Moto]:
-    """Start moto on a free port with fake credentials in the environment (restored afterwards)."""
-    from moto.server import ThreadedMotoServer
-
+def fake_credentials() -> Iterator[None]:
+    """Fake AWS credentials in the environment for boto3's chain, restored afterwards."""
     saved = {key: os.environ.get(key) for key in FAKE_CREDENTIALS}
     os.environ.update(FAKE_CREDENTIALS)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
     try:
-        yield Moto(f"http://{host}:{port}")
+        yield
     finally:
-        server.stop()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def moto_server() -> Iterator[Moto]:
+    """Start moto on a free port with fake credentials in the environment."""
+    from moto.server import ThreadedMotoServer
+
+    with fake_credentials():
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        try:
+            yield Moto(f"http://{host}:{port}")
+        finally:
+            server.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -13,9 +14,10 @@ from pvbuild.plugin_types import Message
 from pvbuild.urls import UrlRow
 from tests.conftest import Project
 
-OPTIONS = {"format": "instruction", "validation_ratio": 0.25, "seed": 7, "system_prompt": "",
-           "chat_user_prefix": "关于光伏政策<{title}>, 用户提问: ",
-           "template": {"prompt": "关于光伏政策<{context}>, 提问: {question}", "completion": "{answer}"}}
+OPTIONS: dict[str, Any] = {
+    "format": "instruction", "validation_ratio": 0.25, "seed": 7, "system_prompt": "",
+    "chat_user_prefix": "关于光伏政策<{title}>, 用户提问: ",
+    "template": {"prompt": "关于光伏政策<{context}>, 提问: {question}", "completion": "{answer}"}}
 
 
 def conversations(count: int) -> list[Conversation]:

@@ -68,8 +68,8 @@ def test_ping_names_the_model(server: str, archive: Path) -> None:
 
 
 def test_invocations_return_generated_text(server: str) -> None:
-    payload = {"inputs": "<|begin_of_text|>关于光伏政策", "parameters": {"max_new_tokens": 8, "temperature": 0.0,
-                                                                   "stop": ["<|eot_id|>"]}}
+    payload: dict[str, Any] = {"inputs": "<|begin_of_text|>关于光伏政策",
+                               "parameters": {"max_new_tokens": 8, "temperature": 0.0, "stop": ["<|eot_id|>"]}}
     first = request(f"{server}/invocations", json.dumps(payload).encode())
     second = request(f"{server}/invocations", json.dumps(payload).encode())
     assert first[0] == 200 and isinstance(first[1][0]["generated_text"], str)
