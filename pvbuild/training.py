@@ -124,16 +124,20 @@ def read_record(pipeline: Pipeline) -> dict[str, Any] | None:
     return pipeline.read_artifact(pipeline.training_record)
 
 
+HEARTBEAT_SECONDS = 60.0  # a cloud job sits in "Training" for an hour: say it is still alive
+
+
 def _reporter(started: float) -> Callable[[JobState], None]:
-    last: list[str] = []
+    last: dict[str, Any] = {"line": "", "at": 0.0}
 
     def on_update(state: JobState) -> None:
         line = f"train: job {state.name} {state.status}"
         line += f" / {state.secondary_status}" if state.secondary_status not in ("", state.status) else ""
         line += f" ({state.failure_reason})" if state.failure_reason else ""
-        if last != [line]:
-            last[:] = [line]
-            say(f"{line}, {time.monotonic() - started:.0f}s elapsed")
+        now = time.monotonic()
+        if line != last["line"] or now - last["at"] >= HEARTBEAT_SECONDS:
+            last.update(line=line, at=now)
+            say(f"{line}, {now - started:.0f}s elapsed")
     return on_update
 
 

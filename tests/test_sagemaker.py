@@ -21,7 +21,7 @@ from pvbuild.cli import main
 from pvbuild.config import load_config
 from pvbuild.errors import ConfigError
 from pvbuild.pipeline import Pipeline
-from tests.aws import fake_credentials
+from tests.aws import FAKE_CREDENTIALS, fake_credentials
 from tests.conftest import Project
 from tests.sagemaker_shim import HUB, SageMakerShim, model_files, serve_with_shim
 
@@ -135,6 +135,10 @@ def test_first_run_creates_one_job_and_one_endpoint_then_nothing(cloud: Cloud) -
     assert cloud.build() == 0  # nothing changed: nothing created
     assert sum(cloud.shim.created.values()) == 4 and cloud.record("endpoint.json") == endpoint
     assert main(["--project", str(cloud.project.path), "check", "--profile", "test", "--remote"]) == 0
+    secrets = [FAKE_CREDENTIALS["AWS_ACCESS_KEY_ID"].encode(), FAKE_CREDENTIALS["AWS_SECRET_ACCESS_KEY"].encode()]
+    leaked = [path for path in cloud.project.path.rglob("*") if path.is_file()
+              and any(secret in path.read_bytes() for secret in secrets)]
+    assert leaked == []  # no record, artifact, log or doit DB holds a credential
 
 
 def test_ask_sends_the_payload_and_prints_the_configured_answer(cloud: Cloud) -> None:
