@@ -115,7 +115,10 @@ class Checker:
 
 def check(pipeline: Pipeline) -> list[Finding]:
     pipeline.checking = True
-    return Checker(pipeline).run()
+    pipeline.hasher.remembered = {}
+    findings = Checker(pipeline).run()
+    pipeline.hasher.save()
+    return findings
 
 
 def summary(findings: list[Finding], profile: str) -> str:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig
 from pvbuild.errors import StateError
-from pvbuild.records import EDITED, FileHasher, IdentityStore, Item, StageRecords, digest, stale_items
+from pvbuild.records import EDITED, FileHasher, IdentityStore, Item, StageRecords, digest, stale_items, strings_digest
 from pvbuild.urls import UrlRow, read_urls
 
 if TYPE_CHECKING:
@@ -162,7 +162,7 @@ class Pipeline:
 
     def markdown_items(self) -> list[Item]:
         crawlers = {source.name: self.crawler_identity(source) for source in self.config.sources}
-        return [Item(row.file_id, {"row": digest([row.title, row.link, row.date, row.source]),
+        return [Item(row.file_id, {"row": strings_digest([row.title, row.link, row.date, row.source]),
                                    "crawler": crawlers[row.source]}, self.markdown_path(row.file_id))
                 for row in self.rows()]
 
@@ -189,8 +189,8 @@ class Pipeline:
     def dataset_items(self) -> list[Item]:
         members = [[row.file_id, row.title, row.date, row.source, conversation]
                    for row, conversation in self.dataset_members()]
-        return [Item("dataset", {"conversations": digest(members), "options": self.identity(dict(self.config.dataset))},
-                     self.manifest)]
+        options = self.identity(dict(self.config.dataset))
+        return [Item("dataset", {"conversations": strings_digest(members), "options": options}, self.manifest)]
 
     # -- the model half ------------------------------------------------------------------
     def read_artifact(self, path: Path) -> dict[str, Any] | None:
@@ -330,7 +330,8 @@ class Pipeline:
             found = self._lists_due()
         if stage in MODEL_STAGES and not found:
             found = self._model_stage_not_current(stage, items[0])
-        self.hasher.save()
+        if not self.checking:  # check saves the stat cache once, at its end
+            self.hasher.save()
         return found
 
     def _dataset_files_edited(self, item: Item) -> list[StaleItem]:
