@@ -52,8 +52,9 @@ def call(what: str, method: Callable[..., Any], **kwargs: Any) -> Any:
 
 
 def _not_found(error: SageMakerError) -> bool:
-    text = str(error)
-    return "Could not find" in text or "does not exist" in text or "ResourceNotFound" in text
+    """SageMaker says "not there" as a ValidationException whose wording varies by API."""
+    text = str(error).lower()
+    return any(words in text for words in ("could not find", "not found", "does not exist", "resourcenotfound"))
 
 
 class JumpStartModel:
