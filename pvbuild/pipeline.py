@@ -32,6 +32,8 @@ STAGES = DATA_STAGES + MODEL_STAGES
 # Like make, a hand-edited intermediate is kept and its dependents rebuild from it; the
 # dataset is wholly derived, so an edited dataset file is rebuilt.
 KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
+
+
 @dataclass(frozen=True)
 class StaleItem:
     """An item to rebuild and the reason."""

@@ -35,7 +35,7 @@ def digest(value: Any) -> str:
 
 
 def strings_digest(values: list[str] | list[list[str]]) -> str:
-    """``digest`` of a list of strings (or of lists of strings), 4x faster at 10,000 articles.
+    """``digest`` of a list of strings (or of lists of strings), about 2x faster (no encoder set-up).
 
     It builds the very bytes ``canonical_json`` would (``json.dumps`` escapes strings with
     ``encode_basestring`` when ``ensure_ascii`` is off), so the records do not change.

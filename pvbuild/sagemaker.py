@@ -83,11 +83,12 @@ class JumpStartModel:
         return {key: aliases.get(value[1:], value) if isinstance(value, str) and value.startswith("$") else value
                 for key, value in properties.items()}
 
-    def training_image(self, instance_type: str) -> str:
-        variant = self._variant("Training", instance_type)
-        image = variant.get("ImageUri") or variant.get("image_uri") or self.document.get("TrainingEcrUri")
+    def image(self, which: str, instance_type: str) -> str:
+        """The ``Training`` or ``Hosting`` image: the instance family's variant, else the default."""
+        variant = self._variant(which, instance_type)
+        image = variant.get("ImageUri") or variant.get("image_uri") or self.document.get(f"{which}EcrUri")
         if not image:
-            raise SageMakerError(f"JumpStart model {self.model_id} {self.version} names no training image")
+            raise SageMakerError(f"JumpStart model {self.model_id} {self.version} names no {which.lower()} image")
         return str(image)
 
     def training_artifacts(self, instance_type: str) -> str:
@@ -98,13 +99,6 @@ class JumpStartModel:
     def training_environment(self, instance_type: str) -> dict[str, str]:
         return {str(k): str(v) for k, v in (self._variant("Training", instance_type).get("EnvironmentVariables")
                                             or {}).items()}
-
-    def hosting_image(self, instance_type: str) -> str:
-        variant = self._variant("Hosting", instance_type)
-        image = variant.get("ImageUri") or variant.get("image_uri") or self.document.get("HostingEcrUri")
-        if not image:
-            raise SageMakerError(f"JumpStart model {self.model_id} {self.version} names no inference image")
-        return str(image)
 
     def hosting_environment(self, instance_type: str) -> dict[str, str]:
         defaults = {str(entry["Name"]): str(entry.get("Default", entry.get("DefaultValue", "")))
@@ -153,7 +147,8 @@ class SageMakerTraining:
         channels = [_s3_channel(name, uri) for name, uri in sorted(request.channels.items())]
         artifacts = model.training_artifacts(request.instance_type)
         if artifacts:  # the base weights; gated models (Llama) need the EULA accepted on this channel
-            channel = _s3_channel("model", artifacts, ModelAccessConfig={"AcceptEula": True})
+            accepted = bool(request.options["accept_eula"])  # checked before spending: True here
+            channel = _s3_channel("model", artifacts, ModelAccessConfig={"AcceptEula": accepted})
             channel.update({"ContentType": "application/x-sagemaker-model", "InputMode": "File",
                             "CompressionType": str(model.document.get("TrainingArtifactCompressionType") or "None")})
             channels.append(channel)
@@ -169,7 +164,7 @@ class SageMakerTraining:
         reply = call(f"CreateTrainingJob {request.job_name}", self.client.create_training_job,
                      TrainingJobName=request.job_name, RoleArn=self.role_arn, HyperParameters=hyperparameters,
                      AlgorithmSpecification={
-                         "TrainingImage": model.training_image(request.instance_type), "TrainingInputMode": "File",
+                         "TrainingImage": model.image("Training", request.instance_type), "TrainingInputMode": "File",
                          "MetricDefinitions": list(model.document.get("TrainingMetrics") or [])},
                      InputDataConfig=self._input_channels(request, model),
                      OutputDataConfig={"S3OutputPath": request.output_uri,
@@ -223,7 +218,7 @@ class SageMakerEndpoints:
         call(f"CreateModel {name}", self.client.create_model, ModelName=name,
              ExecutionRoleArn=str(self.aws["role_arn"]),
              PrimaryContainer={
-                 "Image": jumpstart.hosting_image(instance_type),
+                 "Image": jumpstart.image("Hosting", instance_type),
                  "Environment": jumpstart.hosting_environment(instance_type),
                  "ModelDataSource": {"S3DataSource": {
                      "S3Uri": str(model["uri"]), "S3DataType": "S3Object", "CompressionType": "Gzip",
