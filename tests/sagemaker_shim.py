@@ -14,6 +14,8 @@ HTTP calls, and fills those gaps:
   moto's S3 and reports that prefix, billable seconds and final metrics; ``"fail:<reason>"`` reports
   ``Failed`` with that reason; ``"hold"`` stays ``InProgress`` until ``release(job)``.
 - An endpoint is ``Creating`` for ``steps`` polls of ``DescribeEndpoint`` after it is created.
+- ``UpdateEndpoint`` (moto has none) replaces moto's endpoint with one on the new config (through
+  moto's own API, so that replacement also counts as a ``CreateEndpoint``).
 - ``InvokeEndpoint`` bodies are kept in ``invocations``; an unknown endpoint gets a 400. Answers come
   from moto's own queue (``/moto-api/static/sagemaker/endpoint-results``); where moto would send its
   placeholder ``body``, the shim sends ``DEFAULT_ANSWER`` (JSON, like a JumpStart LLM endpoint).
@@ -148,6 +150,8 @@ class SageMakerShim:
                 self._endpoint_polls[request["EndpointName"]] = 0
         if action == "DeleteEndpoint":
             self._endpoint_polls.pop(request.get("EndpointName", ""), None)
+        if action == "UpdateEndpoint":
+            return self._update_endpoint(request, start_response)
         status, headers, reply = self._moto(environ, body.replace(b'"ml.g5.', b'"ml.g4dn.'))
         if status.startswith("200") and action == "DescribeTrainingJob":
             reply = json.dumps(self._job_phase(json.loads(reply))).encode()
@@ -194,6 +198,20 @@ class SageMakerShim:
         if polls < self.steps:
             reply["EndpointStatus"] = "Creating"
         return reply
+
+    def _update_endpoint(self, request: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
+        """moto has no UpdateEndpoint: replace its endpoint with one on the new config, ``Updating`` for a while."""
+        import boto3
+
+        name = request["EndpointName"]
+        client = boto3.session.Session().client("sagemaker", endpoint_url=self.url, region_name="us-east-1")
+        client.delete_endpoint(EndpointName=name)
+        arn = client.create_endpoint(EndpointName=name, EndpointConfigName=request["EndpointConfigName"])["EndpointArn"]
+        with self._lock:
+            self.created["UpdateEndpoint"] += 1
+            self.requests.setdefault("UpdateEndpoint", []).append(request)
+        self._endpoint_polls[name] = 0
+        return self._reply(start_response, "200 OK", json.dumps({"EndpointArn": arn}).encode())
 
     def _invoke(self, environ: dict[str, Any], body: bytes, start_response: Callable[..., Any]) -> Iterable[bytes]:
         name = str(environ["PATH_INFO"]).split("/")[2]

@@ -191,6 +191,21 @@ def test_a_deleted_object_is_uploaded_again_and_changed_data_trains_one_new_job(
     assert [m["ModelName"] for m in cloud.sagemaker.list_models()["Models"]] == [new["model_name"]]
 
 
+def test_a_new_model_of_the_same_job_updates_its_endpoint(cloud: Cloud) -> None:
+    assert cloud.build() == 0
+    old = cloud.record("endpoint.json")
+    output = cloud.record("training.json")["model_artifacts"].split("/", 3)[3]
+    cloud.s3.put_object(Bucket="pv-cloud", Key=f"{output}generation_config.json", Body=b"{}")
+    (cloud.project.artifacts() / "model.json").unlink()  # packed again: the archive now differs
+    assert cloud.build() == 0
+    new = cloud.record("endpoint.json")
+    assert new["endpoint_name"] == old["endpoint_name"] and new["model_sha256"] != old["model_sha256"]
+    assert cloud.shim.created["UpdateEndpoint"] == 1 and cloud.shim.created["CreateTrainingJob"] == 1
+    assert cloud.endpoints() == [old["endpoint_name"]]
+    assert [m["ModelName"] for m in cloud.sagemaker.list_models()["Models"]] == [new["model_name"]]
+    assert cloud.pipeline().endpoint_backend().problem(new) is None
+
+
 def test_a_failed_job_stops_the_chain_with_its_reason_and_the_rerun_starts_one_new_job(
         cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
     cloud.shim.outcomes.append("fail:AlgorithmError: CUDA out of memory")
