@@ -52,6 +52,8 @@ class Pipeline:
         self.live = live
         self.checking = False  # ``pvbuild check``: report hand edits instead of adopting them; verify jobs
         self._store: ObjectStore | None = None
+        self._training_backend: TrainingBackend | None = None
+        self._endpoint_backend: EndpointBackend | None = None
         self.urls_csv = config.artifacts / "urls.csv"
         self.markdown_dir = config.artifacts / "markdown"
         self.conversation_dir = config.artifacts / "conversations"
@@ -231,22 +233,28 @@ class Pipeline:
                                                                   "")
 
     def training_backend(self) -> TrainingBackend:
-        if self.config.training["backend"] == "sagemaker":
-            from pvbuild.sagemaker import SageMakerTraining
+        if self._training_backend is None:
+            if self.config.training["backend"] == "sagemaker":
+                from pvbuild.sagemaker import SageMakerTraining
 
-            return SageMakerTraining(self.config.aws, self.config.training)
-        from pvbuild.local_services import LocalTraining
+                self._training_backend = SageMakerTraining(self.config.aws, self.config.training)
+            else:
+                from pvbuild.local_services import LocalTraining
 
-        return LocalTraining(self.store(), self.config.cache_dir)
+                self._training_backend = LocalTraining(self.store(), self.config.cache_dir)
+        return self._training_backend
 
     def endpoint_backend(self) -> EndpointBackend:
-        if self.config.endpoint["backend"] == "sagemaker":
-            from pvbuild.sagemaker import SageMakerEndpoints
+        if self._endpoint_backend is None:  # one boto3 client per run, not one per staleness check
+            if self.config.endpoint["backend"] == "sagemaker":
+                from pvbuild.sagemaker import SageMakerEndpoints
 
-            return SageMakerEndpoints(self.config.aws, self.config.endpoint)
-        from pvbuild.local_services import LocalEndpoints
+                self._endpoint_backend = SageMakerEndpoints(self.config.aws, self.config.endpoint)
+            else:
+                from pvbuild.local_services import LocalEndpoints
 
-        return LocalEndpoints(self.store(), self.config.cache_dir)
+                self._endpoint_backend = LocalEndpoints(self.store(), self.config.cache_dir)
+        return self._endpoint_backend
 
     def _identity(self, options: Mapping[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
         return self.identity({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out})

@@ -57,6 +57,17 @@ def _not_found(error: SageMakerError) -> bool:
     return any(words in text for words in ("could not find", "not found", "does not exist", "resourcenotfound"))
 
 
+def lookup(what: str, method: Callable[..., Any], **kwargs: Any) -> dict[str, Any] | None:
+    """A Describe* call, or None when the resource does not exist."""
+    try:
+        reply: dict[str, Any] = call(what, method, **kwargs)
+    except SageMakerError as error:
+        if _not_found(error):
+            return None
+        raise
+    return reply
+
+
 class JumpStartModel:
     """A JumpStart model's hub document: images, artifacts and settings, per instance family."""
 
@@ -135,13 +146,8 @@ class SageMakerTraining:
         self.max_runtime = int(options["max_runtime_seconds"])
 
     def describe(self, job_name: str) -> JobState | None:
-        try:
-            return _job_state(call(f"DescribeTrainingJob {job_name}", self.client.describe_training_job,
-                                   TrainingJobName=job_name))
-        except SageMakerError as error:
-            if _not_found(error):
-                return None
-            raise
+        reply = lookup(f"DescribeTrainingJob {job_name}", self.client.describe_training_job, TrainingJobName=job_name)
+        return _job_state(reply) if reply is not None else None
 
     def _input_channels(self, request: TrainingRequest, model: JumpStartModel) -> list[dict[str, Any]]:
         channels = [_s3_channel(name, uri) for name, uri in sorted(request.channels.items())]
@@ -200,18 +206,10 @@ class SageMakerEndpoints:
         self.client = aws_client("sagemaker", aws)
         self.poll_seconds = float(options["poll_seconds"])
         self.timeout = float(options["startup_timeout"])
-
-    def _exists(self, what: str, method: Callable[..., Any], **kwargs: Any) -> dict[str, Any] | None:
-        try:
-            reply: dict[str, Any] = call(what, method, **kwargs)
-        except SageMakerError as error:
-            if _not_found(error):
-                return None
-            raise
-        return reply
+        self._runtime: Any = None
 
     def _create_model(self, name: str, model: Mapping[str, Any], pipeline: Pipeline, instance_type: str) -> None:
-        if self._exists(f"DescribeModel {name}", self.client.describe_model, ModelName=name):
+        if lookup(f"DescribeModel {name}", self.client.describe_model, ModelName=name):
             return
         base = pipeline.base_model()
         jumpstart = JumpStartModel.describe(self.client, base.jumpstart_model_id, base.jumpstart_model_version)
@@ -227,7 +225,7 @@ class SageMakerEndpoints:
              Tags=[{"Key": "pvbuild:model-sha256", "Value": str(model["sha256"])}])
 
     def _create_config(self, name: str, instance_type: str) -> None:
-        if self._exists(f"DescribeEndpointConfig {name}", self.client.describe_endpoint_config,
+        if lookup(f"DescribeEndpointConfig {name}", self.client.describe_endpoint_config,
                         EndpointConfigName=name):
             return
         call(f"CreateEndpointConfig {name}", self.client.create_endpoint_config, EndpointConfigName=name,
@@ -262,7 +260,7 @@ class SageMakerEndpoints:
         resource = f"{name}-{str(model['sha256'])[:8]}"  # model and config: one per packed model
         self._create_model(resource, model, pipeline, instance_type)
         self._create_config(resource, instance_type)
-        current = self._exists(f"DescribeEndpoint {name}", self.client.describe_endpoint, EndpointName=name)
+        current = lookup(f"DescribeEndpoint {name}", self.client.describe_endpoint, EndpointName=name)
         if current is None:
             call(f"CreateEndpoint {name}", self.client.create_endpoint, EndpointName=name,
                  EndpointConfigName=resource)
@@ -284,7 +282,7 @@ class SageMakerEndpoints:
     def problem(self, record: Mapping[str, Any]) -> str | None:
         name = str(record.get("endpoint_name"))
         try:
-            reply = self._exists(f"DescribeEndpoint {name}", self.client.describe_endpoint, EndpointName=name)
+            reply = lookup(f"DescribeEndpoint {name}", self.client.describe_endpoint, EndpointName=name)
         except SageMakerError as error:
             return str(error)
         if reply is None:
@@ -297,10 +295,11 @@ class SageMakerEndpoints:
         return None
 
     def invoke(self, record: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:
-        runtime = aws_client("sagemaker-runtime", self.aws)
+        if self._runtime is None:
+            self._runtime = aws_client("sagemaker-runtime", self.aws)
         name = str(record["endpoint_name"])
         try:
-            reply = call(f"InvokeEndpoint {name}", runtime.invoke_endpoint, EndpointName=name,
+            reply = call(f"InvokeEndpoint {name}", self._runtime.invoke_endpoint, EndpointName=name,
                          ContentType="application/json", Accept="application/json",
                          Body=json.dumps(payload, ensure_ascii=False).encode("utf-8"))
         except SageMakerError as error:
