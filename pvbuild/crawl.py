@@ -97,7 +97,7 @@ def run_urls_stage(pipeline: Pipeline) -> StageResult:
     if result.failures:
         records.drop(item.key)  # some list page failed: crawl the lists again next run
     else:
-        records.put(item.key, {"inputs": dict(item.inputs), "output": pipeline.hasher.digest(item.output),
+        records.put(item.key, {"inputs": dict(item.inputs), "output": pipeline.hasher.digest(item.file),
                                "rows": len(merged)})
         result.built = 1
     pipeline.finish("urls")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -64,11 +65,12 @@ class Pipeline:
         self.model_record = config.artifacts / "model.json"
         self.endpoint_record = config.artifacts / "endpoint.json"
         self.report_dir = config.artifacts / "report"
-        self.hasher = FileHasher(config.cache_dir / "stat-cache.json", config.project_dir)
+        self.hasher = FileHasher(config.cache_dir / "stat-cache.marshal", config.project_dir)
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
         self.identities: dict[str, Any] = {}
-        self._paths: dict[tuple[str, str], Path] = {}
+        self._markdown_prefix = os.path.join(self.markdown_dir, "")
+        self._conversation_prefix = os.path.join(self.conversation_dir, "")
         self.identity_store = IdentityStore(config.state_dir / "identities.json")
 
     # -- inputs -----------------------------------------------------------------------------
@@ -110,7 +112,7 @@ class Pipeline:
 
     def record(self, stage: str, item: Item, **extra: Any) -> None:
         """Record that ``item`` was built from its current inputs (its output is already written)."""
-        self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.hasher.digest(item.output),
+        self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.hasher.digest(item.file),
                                            **extra})
 
     def rewrote(self, stage: str, items: list[Item]) -> None:
@@ -120,7 +122,7 @@ class Pipeline:
             for item in items:
                 record = self.records(stage).get(item.key)
                 if record is not None:
-                    self.records(stage).put(item.key, {**record, "output": self.hasher.digest(item.output)})
+                    self.records(stage).put(item.key, {**record, "output": self.hasher.digest(item.file)})
 
     def source(self, name: str) -> SourceConfig:
         return next(source for source in self.config.sources if source.name == name)
@@ -148,26 +150,26 @@ class Pipeline:
 
     # -- paths ------------------------------------------------------------------------------
     def markdown_path(self, file_id: str) -> Path:
-        return self._path(self.markdown_dir, file_id, ".md")
+        return Path(self.markdown_file(file_id))
 
     def conversation_path(self, file_id: str) -> Path:
-        return self._path(self.conversation_dir, file_id, ".csv")
+        return Path(self.conversation_file(file_id))
 
-    def _path(self, directory: Path, file_id: str, suffix: str) -> Path:
-        # Memoised: at 10,000 articles, building Path objects is a third of a no-op check.
-        key = (file_id, suffix)
-        if key not in self._paths:
-            self._paths[key] = directory / f"{file_id}{suffix}"
-        return self._paths[key]
+    # The same as strings, for per-article loops (see ``records.Item``).
+    def markdown_file(self, file_id: str) -> str:
+        return f"{self._markdown_prefix}{file_id}.md"
+
+    def conversation_file(self, file_id: str) -> str:
+        return f"{self._conversation_prefix}{file_id}.csv"
 
     # -- items ------------------------------------------------------------------------------
     def url_items(self) -> list[Item]:
-        return [Item("urls", {"sources": self.list_identity()}, self.urls_csv)]
+        return [Item("urls", {"sources": self.list_identity()}, str(self.urls_csv))]
 
     def markdown_items(self) -> list[Item]:
         crawlers = {source.name: self.crawler_identity(source) for source in self.config.sources}
         return [Item(row.file_id, {"row": strings_digest([row.title, row.link, row.date, row.source]),
-                                   "crawler": crawlers[row.source]}, self.markdown_path(row.file_id))
+                                   "crawler": crawlers[row.source]}, self.markdown_file(row.file_id))
                 for row in self.rows()]
 
     def conversation_items(self) -> list[Item]:
@@ -175,17 +177,17 @@ class Pipeline:
         annotator = self.annotator_identity()
         items = []
         for row in self.rows():
-            markdown = self.hasher.digest(self.markdown_path(row.file_id))
+            markdown = self.hasher.digest(self.markdown_file(row.file_id))
             if markdown is not None:
                 items.append(Item(row.file_id, {"markdown": markdown, "annotator": annotator},
-                                  self.conversation_path(row.file_id)))
+                                  self.conversation_file(row.file_id)))
         return items
 
     def dataset_members(self) -> list[tuple[UrlRow, str]]:
         """The articles that have a conversation, with the conversation's digest."""
         members = []
         for row in self.rows():
-            conversation = self.hasher.digest(self.conversation_path(row.file_id))
+            conversation = self.hasher.digest(self.conversation_file(row.file_id))
             if conversation is not None:
                 members.append((row, conversation))
         return members
@@ -194,7 +196,7 @@ class Pipeline:
         members = [[row.file_id, row.title, row.date, row.source, conversation]
                    for row, conversation in self.dataset_members()]
         options = self.identity(dict(self.config.dataset))
-        return [Item("dataset", {"conversations": strings_digest(members), "options": options}, self.manifest)]
+        return [Item("dataset", {"conversations": strings_digest(members), "options": options}, str(self.manifest))]
 
     # -- the model half ------------------------------------------------------------------
     def read_artifact(self, path: Path) -> dict[str, Any] | None:
@@ -265,7 +267,7 @@ class Pipeline:
         manifest = self.read_artifact(self.manifest)
         store = {**self.config.storage, "region": self.config.aws["region"]}
         return [Item("upload", {"dataset": digest(upload_plan(manifest)) if manifest else None,
-                                "store": self._identity(store)}, self.upload_marker)]
+                                "store": self._identity(store)}, str(self.upload_marker))]
 
     def train_items(self) -> list[Item]:
         marker = self.read_artifact(self.upload_marker)
@@ -276,17 +278,17 @@ class Pipeline:
             "hyperparameters": self.identity(self.hyperparameters()),
             "training": self._identity({**self.config.training, "instance_type": self.training_instance_type()},
                                        frozenset({"hyperparameters", "accept_eula"})),
-        }, self.training_record)]
+        }, str(self.training_record))]
 
     def package_items(self) -> list[Item]:
         record = self.read_artifact(self.training_record)
         job = [record.get("job_name"), record.get("model_artifacts")] if record else None
-        return [Item("package", {"job": digest(job) if job else None}, self.model_record)]
+        return [Item("package", {"job": digest(job) if job else None}, str(self.model_record))]
 
     def deploy_items(self) -> list[Item]:
         model = self.read_artifact(self.model_record)
         return [Item("deploy", {"model": model.get("sha256") if model else None,
-                                "endpoint": self._identity(self.config.endpoint)}, self.endpoint_record)]
+                                "endpoint": self._identity(self.config.endpoint)}, str(self.endpoint_record))]
 
     def report_items(self) -> list[Item]:
         training = self.read_artifact(self.training_record)
@@ -294,7 +296,7 @@ class Pipeline:
         return [Item("report", {"training": digest(training) if training else None,
                                 "model": endpoint.get("model_sha256") if endpoint else None,
                                 "ask": self._identity(self.config.ask), "dataset": self.hasher.digest(self.manifest)},
-                     self.report_dir / "report.html")]
+                     str(self.report_dir / "report.html"))]
 
     def items(self, stage: str) -> list[Item]:
         return {"urls": self.url_items, "markdown": self.markdown_items,

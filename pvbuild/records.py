@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import marshal
 import os
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pvbuild.errors import StateError
 
@@ -28,10 +28,13 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
+def _hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:32]
+
+
 def digest(value: Any) -> str:
     """A short, stable digest of any JSON-able value (or of bytes)."""
-    data = value if isinstance(value, bytes) else canonical_json(value).encode("utf-8")
-    return hashlib.sha256(data).hexdigest()[:32]
+    return _hex(value if isinstance(value, bytes) else canonical_json(value).encode("utf-8"))
 
 
 def strings_digest(values: list[str] | list[list[str]]) -> str:
@@ -44,7 +47,7 @@ def strings_digest(values: list[str] | list[list[str]]) -> str:
         return "[" + ",".join(map(encode_basestring, strings)) + "]"
     text = "[" + ",".join(map(encoded, values)) + "]" if values and isinstance(values[0], list) \
         else encoded(values)  # type: ignore[arg-type]
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    return _hex(text.encode("utf-8"))
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -77,16 +80,16 @@ def _read_json(path: Path, what: str) -> Any:
         raise StateError(f"{path}: cannot read {what}: {error}; delete it to rebuild from scratch") from error
 
 
-def _read_all(name: str, size: int) -> bytes:
-    """The file's bytes through a bare descriptor: far cheaper than ``open().read()`` on small files."""
-    descriptor = os.open(name, os.O_RDONLY)
-    try:
-        chunks = []
-        while chunk := os.read(descriptor, size + 1):  # to EOF, even if the file grew since stat
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(descriptor)
+def _read_all(descriptor: int, size: int) -> bytes:
+    """The rest of an open file, ``size`` bytes expected: bare ``os.read`` is far cheaper than
+    ``open().read()`` on small files, and one call suffices when the file is as large as its stat said."""
+    data = os.read(descriptor, size + 1)
+    if len(data) <= size:  # a regular file reads short only at its end
+        return data
+    chunks = [data]
+    while chunk := os.read(descriptor, 1 << 20):  # the file grew since stat: read on to its end
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 class FileHasher:
@@ -101,10 +104,12 @@ class FileHasher:
         # Set by a read-only run (``check``): files do not change under it, so each is looked at once.
         self.remembered: dict[str, str | None] | None = None
         if cache_file is not None and cache_file.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                self.entries = json.loads(cache_file.read_text(encoding="utf-8"))
+            # marshal: machine-local and never committed, and ~10x faster than JSON at 20,000 entries.
+            with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+                loaded = marshal.loads(cache_file.read_bytes())
+                self.entries = loaded if isinstance(loaded, dict) else {}
 
-    def digest(self, path: Path) -> str | None:
+    def digest(self, path: Path | str) -> str | None:
         """The file's digest, or None when it does not exist."""
         name = str(path)
         if self.remembered is not None:
@@ -114,33 +119,48 @@ class FileHasher:
         return self._digest(name)
 
     def _digest(self, name: str) -> str | None:
-        try:
-            info = os.stat(name)
-        except FileNotFoundError:
-            return None
         # Paths come from the pipeline, under the project root: slicing is ~10x cheaper than relpath.
         key = name[len(self.prefix):] if name.startswith(self.prefix) else os.path.relpath(name, self.root)
         cached = self.entries.get(key)
-        if cached is not None and cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
-            return str(cached[2])
-        value = digest(_read_all(name, info.st_size))
+        if cached is not None:
+            try:
+                info = os.stat(name)
+            except FileNotFoundError:
+                return None
+            if cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
+                return str(cached[2])
+        try:  # open, then fstat: on a fresh clone every file is read, and this saves a path lookup
+            descriptor = os.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            info = os.fstat(descriptor)
+            value = _hex(_read_all(descriptor, info.st_size))
+        finally:
+            os.close(descriptor)
         self.entries[key] = [info.st_mtime_ns, info.st_size, value]
         self.dirty = True
         return value
 
     def save(self) -> None:
         if self.cache_file is not None and self.dirty:
-            atomic_write_text(self.cache_file, json.dumps(self.entries, separators=(",", ":")))
+            atomic_write_bytes(self.cache_file, marshal.dumps(self.entries))
             self.dirty = False
 
 
-@dataclass(frozen=True)
-class Item:
-    """One unit of a stage: a key (usually a file_id), the digests of its inputs, its output file."""
+class Item(NamedTuple):
+    """One unit of a stage: a key (usually a file_id), the digests of its inputs, its output file.
+
+    A named tuple and a string path: a check builds 20,000 of them, and frozen dataclasses and
+    Path objects would cost a fifth of it."""
 
     key: str
     inputs: Mapping[str, str | None]  # None: the input does not exist yet
-    output: Path
+    file: str
+
+    @property
+    def output(self) -> Path:
+        return Path(self.file)
 
 
 class StageRecords:
@@ -214,7 +234,7 @@ def stale_reason(item: Item, record: Mapping[str, Any] | None, output_digest: st
 
 def stale_items(items: list[Item], records: StageRecords, hasher: FileHasher) -> Iterator[tuple[Item, str]]:
     for item in items:
-        reason = stale_reason(item, records.get(item.key), hasher.digest(item.output))
+        reason = stale_reason(item, records.get(item.key), hasher.digest(item.file))
         if reason is not None:
             yield item, reason
 

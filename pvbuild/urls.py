@@ -7,8 +7,8 @@ import hashlib
 import io
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from pvbuild.errors import PvbuildError
@@ -20,9 +20,8 @@ _SAFE_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z_.-]{0,120}")
 _DATE = re.compile(r"(\d{4})\D{1,3}(\d{1,2})\D{1,3}(\d{1,2})")
 
 
-@dataclass(frozen=True)
-class UrlRow:
-    """One article of the URL table."""
+class UrlRow(NamedTuple):
+    """One article of the URL table (a named tuple: 10,000 are read at every check)."""
 
     title: str
     link: str
@@ -53,17 +52,23 @@ def read_urls(path: Path) -> list[UrlRow]:
         return []
     rows = []
     with path.open(encoding="utf-8", newline="") as stream:
-        reader = csv.DictReader(stream)
-        missing = set(COLUMNS) - set(reader.fieldnames or ())
+        reader = csv.reader(stream)
+        header = next(reader, [])
+        missing = set(COLUMNS) - set(header)
         if missing:
             raise PvbuildError(f"{path}: missing columns {', '.join(sorted(missing))}; "
                                f"the header must be {','.join(COLUMNS)}")
-        for number, raw in enumerate(reader, start=2):
-            row = UrlRow(**{column: (raw[column] or "").strip() for column in COLUMNS})
+        positions = [header.index(column) for column in COLUMNS]
+        for raw in reader:
+            if not raw:
+                continue  # a blank line, as csv.DictReader skips it
+            if len(raw) < len(header):
+                raw += [""] * (len(header) - len(raw))
+            row = UrlRow(*[raw[position].strip() for position in positions])
             if not row.link or not row.file_id:
-                raise PvbuildError(f"{path}:{number}: empty link or file_id; fix or delete that row")
+                raise PvbuildError(f"{path}:{reader.line_num}: empty link or file_id; fix or delete that row")
             if not _SAFE_ID.fullmatch(row.file_id):
-                raise PvbuildError(f"{path}:{number}: file_id {row.file_id!r} is not a safe file name; "
+                raise PvbuildError(f"{path}:{reader.line_num}: file_id {row.file_id!r} is not a safe file name; "
                                    "use letters, digits, '_', '-' and '.'")
             rows.append(row)
     return rows
@@ -74,7 +79,7 @@ def format_urls(rows: Iterable[UrlRow]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow(asdict(row))
+        writer.writerow(row._asdict())
     return buffer.getvalue()
 
 
@@ -90,12 +95,12 @@ def merge_urls(existing: list[UrlRow], crawled: Iterable[UrlRow]) -> list[UrlRow
     for row in crawled:
         old = by_link.get(row.link)
         if old is not None:
-            by_link[row.link] = replace(row, file_id=old.file_id)
+            by_link[row.link] = row._replace(file_id=old.file_id)
             continue
         file_id = row.file_id
         if taken.get(file_id, row.link) != row.link:
             file_id = f"{file_id}-{hashlib.sha256(row.link.encode('utf-8')).hexdigest()[:8]}"
         taken[file_id] = row.link
-        by_link[row.link] = replace(row, file_id=file_id)
+        by_link[row.link] = row._replace(file_id=file_id)
     ordered = sorted(by_link.values(), key=lambda row: row.link)
     return sorted(ordered, key=lambda row: normalize_date(row.date), reverse=True)

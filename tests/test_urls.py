@@ -55,3 +55,14 @@ def test_read_urls_names_file_and_row(tmp_path: Path) -> None:
     table.write_text("title,link\n")
     with pytest.raises(PvbuildError, match="missing columns date, file_id, source"):
         read_urls(table)
+
+
+def test_read_urls_takes_columns_by_name_and_counts_lines_as_an_editor_does(tmp_path: Path) -> None:
+    table = tmp_path / "urls.csv"
+    table.write_text('source,file_id,date,link,title\nbjx,1,2025-01-01,https://a.cn/1.shtml," 标题 "\n\n'
+                     "bjx,,2025-01-02,https://a.cn/2.shtml,t\n", encoding="utf-8")
+    with pytest.raises(PvbuildError, match=r"urls.csv:4: empty link or file_id"):
+        read_urls(table)
+    table.write_text(table.read_text(encoding="utf-8").replace(",,", ",2,"), encoding="utf-8")
+    assert read_urls(table) == [UrlRow("标题", "https://a.cn/1.shtml", "2025-01-01", "1", "bjx"),
+                                UrlRow("t", "https://a.cn/2.shtml", "2025-01-02", "2", "bjx")]

@@ -8,7 +8,6 @@ server rejects it. 429 (rate limit), 5xx and timeouts are retried with exponenti
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
@@ -129,6 +128,8 @@ class _OpenAIRun(AnnotatorRun):
         if retry_after:
             with contextlib.suppress(ValueError):
                 delay = max(delay, float(retry_after))
+        import asyncio  # not at the top: every command loads this plugin, only annotation awaits
+
         await asyncio.sleep(min(delay, 60.0))
 
     async def aclose(self) -> None:

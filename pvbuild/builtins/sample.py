@@ -7,7 +7,6 @@ import contextlib
 import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,22 @@ from pvbuild.builtins.bjx import BJX_SELECTORS
 CANONICAL_ROOT = "http://sample.pvbuild.invalid"
 
 
-class _HtmlHandler(SimpleHTTPRequestHandler):
-    """Serves every file as UTF-8 HTML (list pages have no extension, articles end in .shtml)."""
-
-    def guess_type(self, path: Any) -> str:
-        return "text/html; charset=utf-8"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @contextlib.contextmanager
 def serve_directory(directory: Path) -> Iterator[str]:
     """Serve ``directory`` over HTTP on 127.0.0.1 (a free port) and yield its base URL."""
-    handler = functools.partial(_HtmlHandler, directory=str(directory))
+    # Imported here: every command loads this plugin, only a crawl serves the site.
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class HtmlHandler(SimpleHTTPRequestHandler):
+        """Serves every file as UTF-8 HTML (list pages have no extension, articles end in .shtml)."""
+
+        def guess_type(self, path: Any) -> str:
+            return "text/html; charset=utf-8"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(HtmlHandler, directory=str(directory))
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, name="pvbuild-sample-site", daemon=True)
     thread.start()
