@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -56,14 +59,44 @@ class _HostLimiter:
             yield
 
 
+@functools.cache
+def _run_config_class() -> Any:
+    """crawl4ai's ``CrawlerRunConfig``, minus a cost: its ``__setattr__`` inspects ``__init__``'s
+    signature (100-odd parameters) on every attribute set, ~2 ms each, and ``arun`` sets some per
+    page. Only deprecated names need that check, so only they go through it."""
+    from crawl4ai import CrawlerRunConfig
+
+    class RunConfig(CrawlerRunConfig):
+        """A ``CrawlerRunConfig`` whose attribute sets cost a dict store."""
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in self._UNWANTED_PROPS:
+                super().__setattr__(name, value)
+            else:
+                object.__setattr__(self, name, value)
+
+    return RunConfig
+
+
+def _logger(base_directory: str | None) -> Any:
+    """crawl4ai's logger at WARNING, to its usual file: at its default level it opens that file
+    three times per page to log progress, which pvbuild reports itself."""
+    from crawl4ai.async_logger import AsyncLogger, LogLevel
+
+    log_file = os.path.join(base_directory, ".crawl4ai", "crawler.log") if base_directory else None
+    return AsyncLogger(log_file=log_file, log_level=LogLevel.WARNING, verbose=False)
+
+
 class PageFetcher:
     """Fetches pages through crawl4ai; use as ``async with PageFetcher(concurrency) as fetcher``."""
 
     def __init__(self, concurrency: int, base_directory: str | None = None) -> None:
+        self.concurrency = concurrency
         self.global_slots = asyncio.Semaphore(concurrency)
         self.base_directory = base_directory
         self.crawlers: dict[str, Any] = {}
         self.hosts: dict[str, _HostLimiter] = {}
+        self.run_configs: dict[str, Any] = {}
         self.stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> PageFetcher:
@@ -79,9 +112,12 @@ class PageFetcher:
             from crawl4ai.async_configs import HTTPCrawlerConfig
             from crawl4ai.async_crawler_strategy import AsyncHTTPCrawlerStrategy
 
-            extra = {"base_directory": self.base_directory} if self.base_directory else {}
+            extra: dict[str, Any] = {"logger": _logger(self.base_directory)}
+            if self.base_directory:
+                extra["base_directory"] = self.base_directory
             if strategy == "http":
-                http = AsyncHTTPCrawlerStrategy(browser_config=HTTPCrawlerConfig())
+                # crawl4ai caps its connection pool at 4 per CPU core; pvbuild's own limits decide.
+                http = AsyncHTTPCrawlerStrategy(browser_config=HTTPCrawlerConfig(), max_connections=self.concurrency)
                 crawler = AsyncWebCrawler(crawler_strategy=http, config=BrowserConfig(verbose=False), **extra)
             else:
                 chromium = await self.stack.enter_async_context(Chromium())
@@ -110,15 +146,24 @@ class PageFetcher:
             await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
         return result
 
+    def _run_config(self, options: Mapping[str, Any], css_selector: str | None,
+                    schema: Mapping[str, Any] | None) -> Any:
+        """One ``CrawlerRunConfig`` per distinct setting, shared by its pages as ``arun_many`` shares
+        one: building one costs ~30 ms of CPU (each attribute set inspects ``__init__``'s signature),
+        more than crawl4ai's whole processing of a page."""
+        timeout_ms = int(float(options["timeout"]) * 1000)
+        key = json.dumps([css_selector, schema, timeout_ms], sort_keys=True)
+        if key not in self.run_configs:
+            from crawl4ai import CacheMode, JsonCssExtractionStrategy
+
+            self.run_configs[key] = _run_config_class()(
+                cache_mode=CacheMode.BYPASS, verbose=False, css_selector=css_selector, page_timeout=timeout_ms,
+                extraction_strategy=JsonCssExtractionStrategy(dict(schema)) if schema else None)
+        return self.run_configs[key]
+
     async def _fetch_once(self, url: str, options: Mapping[str, Any], css_selector: str | None,
                           schema: Mapping[str, Any] | None) -> Fetched:
-        from crawl4ai import CacheMode, CrawlerRunConfig, JsonCssExtractionStrategy
-
-        run = CrawlerRunConfig(
-            cache_mode=CacheMode.BYPASS, verbose=False, css_selector=css_selector,
-            page_timeout=int(float(options["timeout"]) * 1000),
-            extraction_strategy=JsonCssExtractionStrategy(dict(schema)) if schema else None,
-        )
+        run = self._run_config(options, css_selector, schema)
         crawler = await self._crawler(str(options["strategy"]))
         try:
             raw = await crawler.arun(url, config=run)
