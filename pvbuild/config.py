@@ -26,8 +26,9 @@ PROFILE_KEYS = {"inherits", "artifacts", "sources", "annotator", "dataset", "sto
 SECRET_WORDS = frozenset({"api", "apikey", "key", "secret", "password", "token", "credential", "credentials"})
 
 # Options every source accepts; the ones in RUNTIME_CRAWL_OPTIONS change speed, not output.
+# 8 requests in flight per host is Scrapy's default too; a site that wants fewer gets `delay`.
 CRAWL_OPTIONS: dict[str, Any] = {
-    "plugin": "", "list_url": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 4,
+    "plugin": "", "list_url": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 8,
     "delay": 0.0, "timeout": 30.0, "retries": 2, "refresh_hours": 0.0,
 }
 RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries",
