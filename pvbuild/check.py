@@ -115,7 +115,7 @@ class Checker:
 
 def check(pipeline: Pipeline) -> list[Finding]:
     pipeline.checking = True
-    pipeline.hasher.remembered = {}
+    pipeline.hasher.remember()  # a check writes nothing
     findings = Checker(pipeline).run()
     pipeline.hasher.save()
     return findings

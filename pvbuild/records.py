@@ -101,13 +101,22 @@ class FileHasher:
         self.prefix = str(root).rstrip(os.sep) + os.sep
         self.entries: dict[str, list[Any]] = {}
         self.dirty = False
-        # Set by a read-only run (``check``): files do not change under it, so each is looked at once.
-        self.remembered: dict[str, str | None] | None = None
+        self.remembered: dict[str, str | None] | None = None  # see remember()
         if cache_file is not None and cache_file.is_file():
             # marshal: machine-local and never committed, and ~10x faster than JSON at 20,000 entries.
             with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
                 loaded = marshal.loads(cache_file.read_bytes())
                 self.entries = loaded if isinstance(loaded, dict) else {}
+
+    def remember(self) -> None:
+        """Look at each file once from now on: for spans in which pvbuild writes nothing (a check;
+        doit's up-to-date checks between two actions). Without it a no-op doit stats every file twice."""
+        if self.remembered is None:
+            self.remembered = {}
+
+    def forget(self) -> None:
+        """Files may change from now on (a stage is about to write): look again at every digest."""
+        self.remembered = None
 
     def digest(self, path: Path | str) -> str | None:
         """The file's digest, or None when it does not exist."""

@@ -14,10 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pvbuild.annotate import run_conversations_stage
 from pvbuild.config import load_config
-from pvbuild.crawl import run_markdown_stage, run_urls_stage
-from pvbuild.dataset import run_dataset_stage
 from pvbuild.errors import PvbuildError
 from pvbuild.outcomes import StageResult, load_failures, save_failures
 from pvbuild.pipeline import DATA_STAGES, Pipeline
@@ -26,7 +23,8 @@ from pvbuild.reporter import TimedReporter
 
 
 def _runner(module: str, function: str) -> Callable[[Pipeline], StageResult]:
-    """Import the model half's modules only when their step runs (torch, boto3 and matplotlib are slow)."""
+    """Import a stage's module only when its step runs: a no-op run imports none of them (the model
+    half's bring torch, boto3 and matplotlib; the data half's asyncio and crawl4ai)."""
     def run(current: Pipeline) -> StageResult:
         import importlib
 
@@ -37,8 +35,9 @@ def _runner(module: str, function: str) -> Callable[[Pipeline], StageResult]:
 
 StageRunner = Callable[[Pipeline], StageResult]
 RUNNERS: dict[str, StageRunner] = {
-    "urls": run_urls_stage, "markdown": run_markdown_stage, "conversations": run_conversations_stage,
-    "dataset": run_dataset_stage, "upload": _runner("upload", "run_upload_stage"),
+    "urls": _runner("crawl", "run_urls_stage"), "markdown": _runner("crawl", "run_markdown_stage"),
+    "conversations": _runner("annotate", "run_conversations_stage"), "dataset": _runner("dataset", "run_dataset_stage"),
+    "upload": _runner("upload", "run_upload_stage"),
     "train": _runner("training", "run_train_stage"), "package": _runner("package", "run_package_stage"),
     "deploy": _runner("endpoint", "run_deploy_stage"), "report": _runner("report", "run_report_stage")}
 DOCS = {"urls": "crawl the list pages of every source into the URL table",
@@ -89,7 +88,9 @@ def reset() -> None:
 def _uptodate(stage: str) -> Callable[[Any, Any], bool]:
     def check(task: Any, values: Any) -> bool:
         try:
-            return not pipeline().stale(stage)
+            current = pipeline()
+            current.hasher.remember()  # until the next action writes: each file is looked at once
+            return not current.stale(stage)
         except PvbuildError:
             return False  # the action runs and fails with the message (doit would print a traceback here)
     return check
@@ -101,6 +102,7 @@ def _action(stage: str) -> Callable[[], Any]:
 
         try:
             current = pipeline()
+            current.hasher.forget()  # this stage writes files, and its records need their new digests
             result = RUNNERS[stage](current)
         except PvbuildError as error:
             return TaskFailed(str(error))
@@ -125,7 +127,9 @@ def outstanding_failures(current: Pipeline) -> list[tuple[str, str]]:
 
 
 def _gate_open(task: Any, values: Any) -> bool:
-    return not outstanding_failures(pipeline())
+    current = pipeline()
+    current.hasher.remember()
+    return not outstanding_failures(current)
 
 
 def _data_gate() -> Any:
@@ -143,6 +147,7 @@ def stage_tasks() -> dict[str, Callable[[], dict[str, Any]]]:
     creators: dict[str, Callable[[], dict[str, Any]]] = {}
     for index, stage in enumerate(ORDER):
         def creator(stage: str = stage, previous: str | None = ORDER[index - 1] if index else None) -> dict[str, Any]:
+            _pipelines.clear()  # doit loads the tasks at the start of every run: each run sees the files afresh
             gate = stage == "data"
             return {"actions": [_data_gate if gate else _action(stage)],
                     "uptodate": [_gate_open if gate else _uptodate(stage)], "doc": DOCS[stage],

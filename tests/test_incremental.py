@@ -100,3 +100,24 @@ def test_deleted_conversation_is_annotated_again(built: Project, llm: FakeOpenAI
     (built.artifacts() / "conversations" / "1455093.csv").unlink()
     assert built.build() == 0
     assert len(llm.calls) - calls == 1
+
+
+def test_doit_runs_in_one_process_see_the_edits_made_between_them(built: Project, llm: FakeOpenAI,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The digests doit's up-to-date checks remember (each file is looked at once per run) last one run."""
+    from doit.cmd_base import ModuleTaskLoader
+    from doit.doit_cmd import DoitMain
+
+    from pvbuild import tasks
+
+    monkeypatch.chdir(built.path)
+    monkeypatch.setenv("PVBUILD_PROFILE", "test")
+    namespace = {**tasks.stage_tasks(), "DOIT_CONFIG": tasks.DOIT_CONFIG}
+    calls = len(llm.calls)
+    assert DoitMain(ModuleTaskLoader(namespace)).run(["data"]) == 0
+    assert len(llm.calls) == calls
+    markdown = built.artifacts() / "markdown" / "1455200.md"
+    markdown.write_text(markdown.read_text(encoding="utf-8") + "\n补充：两次运行之间加入。\n", encoding="utf-8")
+    assert DoitMain(ModuleTaskLoader(namespace)).run(["data"]) == 0
+    annotated = [call["messages"][-1]["content"] for call in llm.calls[calls:]]
+    assert len(annotated) == 1 and "两次运行之间加入" in annotated[0]
