@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig
 from pvbuild.errors import StateError
 from pvbuild.records import EDITED, FileHasher, IdentityStore, Item, StageRecords, digest, stale_items, strings_digest
-from pvbuild.urls import UrlRow, read_urls
+from pvbuild.urls import UrlRow, read_digested_urls
 
 if TYPE_CHECKING:
     from pvbuild.endpoint import EndpointBackend
@@ -68,6 +68,7 @@ class Pipeline:
         self.hasher = FileHasher(config.cache_dir / "stat-cache.marshal", config.project_dir)
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
+        self._row_digests: dict[str, str] = {}
         self.identities: dict[str, Any] = {}
         self._markdown_prefix = os.path.join(self.markdown_dir, "")
         self._conversation_prefix = os.path.join(self.conversation_dir, "")
@@ -84,7 +85,10 @@ class Pipeline:
         in the table but not built)."""
         if self._rows is None:
             configured = {source.name for source in self.config.sources}
-            self._rows = [row for row in read_urls(self.urls_csv) if row.source in configured]
+            digested = read_digested_urls(self.urls_csv, self.hasher.digest(self.urls_csv),
+                                          self.config.cache_dir / "urls-cache.marshal")
+            self._rows = [row for row, _ in digested if row.source in configured]
+            self._row_digests = {row.file_id: row_digest for row, row_digest in digested}
         return self._rows
 
     def forget_rows(self) -> None:
@@ -168,9 +172,9 @@ class Pipeline:
 
     def markdown_items(self) -> list[Item]:
         crawlers = {source.name: self.crawler_identity(source) for source in self.config.sources}
-        return [Item(row.file_id, {"row": strings_digest([row.title, row.link, row.date, row.source]),
-                                   "crawler": crawlers[row.source]}, self.markdown_file(row.file_id))
-                for row in self.rows()]
+        rows = self.rows()
+        return [Item(row.file_id, {"row": self._row_digests[row.file_id], "crawler": crawlers[row.source]},
+                     self.markdown_file(row.file_id)) for row in rows]
 
     def conversation_items(self) -> list[Item]:
         """One item per article whose markdown exists (an uncrawled article has nothing to annotate)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
+import marshal
 import re
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
@@ -12,7 +14,7 @@ from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
 from pvbuild.errors import PvbuildError
-from pvbuild.records import atomic_write_text
+from pvbuild.records import atomic_write_bytes, atomic_write_text, strings_digest
 
 COLUMNS = ("title", "link", "date", "file_id", "source")
 _UNSAFE = re.compile(r"[^0-9A-Za-z_.-]+")
@@ -72,6 +74,26 @@ def read_urls(path: Path) -> list[UrlRow]:
                                    "use letters, digits, '_', '-' and '.'")
             rows.append(row)
     return rows
+
+
+def row_digest(row: UrlRow) -> str:
+    """What an article's markdown is built from in its row (the file_id says where it goes, not what it holds)."""
+    return strings_digest([row.title, row.link, row.date, row.source])
+
+
+def read_digested_urls(path: Path, table_digest: str | None, cache_file: Path) -> list[tuple[UrlRow, str]]:
+    """The table's rows, each with its ``row_digest``, kept in a machine-local cache for as long as the
+    table's digest holds: parsing and hashing 10,000 rows cost a sixth of a no-op doit."""
+    if table_digest is None:
+        return []
+    with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+        cached_digest, cached_rows = marshal.loads(cache_file.read_bytes())
+        if cached_digest == table_digest:
+            return [(UrlRow._make(fields), digest) for fields, digest in cached_rows]
+    digested = [(row, row_digest(row)) for row in read_urls(path)]
+    with contextlib.suppress(OSError):  # a cache: not being able to write it costs time, not correctness
+        atomic_write_bytes(cache_file, marshal.dumps((table_digest, [(tuple(row), d) for row, d in digested])))
+    return digested
 
 
 def format_urls(rows: Iterable[UrlRow]) -> str:

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from pvbuild.errors import PvbuildError
-from pvbuild.urls import UrlRow, file_id_for, merge_urls, normalize_date, read_urls, write_urls
+from pvbuild.urls import (
+    UrlRow,
+    file_id_for,
+    merge_urls,
+    normalize_date,
+    read_digested_urls,
+    read_urls,
+    row_digest,
+    write_urls,
+)
 
 
 @pytest.mark.parametrize(("link", "expected"), [
@@ -66,3 +75,19 @@ def test_read_urls_takes_columns_by_name_and_counts_lines_as_an_editor_does(tmp_
     table.write_text(table.read_text(encoding="utf-8").replace(",,", ",2,"), encoding="utf-8")
     assert read_urls(table) == [UrlRow("标题", "https://a.cn/1.shtml", "2025-01-01", "1", "bjx"),
                                 UrlRow("t", "https://a.cn/2.shtml", "2025-01-02", "2", "bjx")]
+
+
+def test_digested_rows_come_from_the_cache_only_while_the_table_digest_holds(tmp_path: Path) -> None:
+    table, cache = tmp_path / "urls.csv", tmp_path / ".pvbuild" / "urls-cache.marshal"
+    write_urls(table, [row("https://a.cn/1.shtml", "2025-01-01"), row("https://a.cn/2.shtml", "2025-01-02")])
+    parsed = read_digested_urls(table, "digest-1", cache)
+    assert [digest for _, digest in parsed] == [row_digest(r) for r in read_urls(table)]
+    assert cache.is_file()
+    table.write_text("title,link\n")  # unreadable as a table: only the cache can answer now
+    assert read_digested_urls(table, "digest-1", cache) == parsed
+    with pytest.raises(PvbuildError, match="missing columns"):
+        read_digested_urls(table, "digest-2", cache)  # a new digest: parsed again
+    cache.write_bytes(b"not marshal")
+    write_urls(table, [row("https://a.cn/3.shtml", "2025-01-03")])
+    assert [r.file_id for r, _ in read_digested_urls(table, "digest-3", cache)] == ["3"]
+    assert read_digested_urls(tmp_path / "missing.csv", None, cache) == []
