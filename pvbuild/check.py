@@ -9,6 +9,7 @@ stale, and any stale item makes the dataset and every step after it stale. Exit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import Counter
@@ -117,7 +118,8 @@ def check(pipeline: Pipeline) -> list[Finding]:
     pipeline.checking = True
     pipeline.hasher.remember()  # a check writes nothing
     findings = Checker(pipeline).run()
-    pipeline.hasher.save()
+    with contextlib.suppress(OSError):  # a read-only checkout: the cache only saves time next run
+        pipeline.hasher.save()
     return findings
 
 

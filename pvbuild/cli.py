@@ -156,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PvbuildError as error:
         print(f"pvbuild: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # exit 2, not Python's 1: for check, 1 means "stale"
+        print(f"pvbuild: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -142,9 +142,13 @@ class FileHasher:
             descriptor = os.open(name, os.O_RDONLY)
         except FileNotFoundError:
             return None
+        except OSError as error:
+            raise StateError(f"{name}: cannot read it ({error.strerror}); fix its permissions or remove it") from error
         try:
             info = os.fstat(descriptor)
             value = _hex(_read_all(descriptor, info.st_size))
+        except OSError as error:  # e.g. a directory where a file should be
+            raise StateError(f"{name}: cannot read it ({error.strerror}); it should be a file") from error
         finally:
             os.close(descriptor)
         self.entries[key] = [info.st_mtime_ns, info.st_size, value]

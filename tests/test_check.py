@@ -160,3 +160,26 @@ def test_no_credential_reaches_any_file(example: Path) -> None:
         if path.is_file() and ".git" not in path.parts:
             data = path.read_bytes()
             assert not any(secret.encode() in data for secret in secrets), path
+
+
+def test_an_unwritable_cache_does_not_change_the_answer(clone: Path) -> None:
+    (clone / ".pvbuild").write_text("a file where pvbuild keeps its machine-local cache", encoding="utf-8")
+    result = check(clone)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_unreadable_artifact_exits_2_naming_it(clone: Path) -> None:
+    markdown = next((clone / "artifacts/test/markdown").glob("*.md"))
+    markdown.unlink()
+    markdown.mkdir()
+    result = check(clone)
+    assert result.returncode == 2
+    assert markdown.name in result.stderr and "it should be a file" in result.stderr
+
+
+def test_an_unreadable_url_table_exits_2_naming_it(clone: Path) -> None:
+    table = clone / "artifacts/test/urls.csv"
+    table.unlink()
+    table.mkdir()
+    result = check(clone)
+    assert result.returncode == 2 and "urls.csv" in result.stderr, result.stderr
