@@ -160,9 +160,10 @@ def run_dataset_stage(pipeline: Pipeline) -> StageResult:
         return result
     conversations = []
     for row, _ in pipeline.dataset_members():
-        path = pipeline.conversation_path(row.file_id)
+        path = pipeline.conversation_file(row.file_id)
         try:
-            messages = read_conversation(path.read_text(encoding="utf-8"), str(path))
+            with open(path, encoding="utf-8") as stream:
+                messages = read_conversation(stream.read(), path)
         except AnnotationError as error:
             raise PvbuildError(f"{error}; fix the file or delete it to annotate the article again") from error
         conversations.append(Conversation(row, messages))
