@@ -121,3 +121,14 @@ def test_doit_runs_in_one_process_see_the_edits_made_between_them(built: Project
     assert DoitMain(ModuleTaskLoader(namespace)).run(["data"]) == 0
     annotated = [call["messages"][-1]["content"] for call in llm.calls[calls:]]
     assert len(annotated) == 1 and "两次运行之间加入" in annotated[0]
+
+
+def test_a_reannotation_that_changes_no_bytes_leaves_the_dataset_alone(built: Project, llm: FakeOpenAI) -> None:
+    """The fake LLM's conversation depends on the title only: a body edit re-annotates to the same bytes."""
+    dataset = {path: stamp for path, stamp in snapshot(built).items() if "/dataset/" in path}
+    markdown = built.artifacts() / "markdown" / "1455200.md"
+    markdown.write_text(markdown.read_text(encoding="utf-8") + "\n正文的补充。\n", encoding="utf-8")
+    calls = len(llm.calls)
+    assert built.build() == 0
+    assert len(llm.calls) - calls == 1
+    assert {path: stamp for path, stamp in snapshot(built).items() if "/dataset/" in path} == dataset
