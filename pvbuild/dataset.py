@@ -8,7 +8,6 @@ Same inputs give byte-identical files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import string
 import tempfile
@@ -22,7 +21,7 @@ from pvbuild.errors import PvbuildError
 from pvbuild.outcomes import StageResult
 from pvbuild.pipeline import Pipeline
 from pvbuild.plugin_types import AnnotationError, Message
-from pvbuild.records import digest
+from pvbuild.records import digest, replace_directory
 from pvbuild.urls import UrlRow
 
 INSTRUCTION_FIELDS = ("context", "question", "answer")
@@ -142,15 +141,6 @@ def write_dataset(directory: Path, conversations: list[Conversation], options: M
             "files": digests}
 
 
-def _swap_in(built: Path, target: Path) -> None:
-    old = target.with_name(target.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        os.replace(target, old)
-    os.replace(built, target)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run_dataset_stage(pipeline: Pipeline) -> StageResult:
     """Rebuild the whole dataset when any conversation or dataset option changed."""
     stale = pipeline.stale("dataset")
@@ -175,7 +165,7 @@ def run_dataset_stage(pipeline: Pipeline) -> StageResult:
         manifest = write_dataset(building, conversations, pipeline.config.dataset)
         text = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
         (building / "manifest.json").write_text(text, encoding="utf-8")
-        _swap_in(building, pipeline.dataset_dir)
+        replace_directory(building, pipeline.dataset_dir)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     item = stale[0].item

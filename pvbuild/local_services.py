@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from pvbuild.endpoint import DELETED, IN_SERVICE, EndpointError
 from pvbuild.progress import say
 from pvbuild.records import atomic_write_text
-from pvbuild.storage import ObjectStore, key_of
+from pvbuild.storage import ObjectStore, download_prefix, key_of
 from pvbuild.training import COMPLETED, RUNNING, JobState, TrainingRequest
 
 if TYPE_CHECKING:
@@ -86,9 +86,7 @@ class LocalTraining:
         return self._save(JobState(name=request.job_name, status=RUNNING, secondary_status="Starting"), os.getpid())
 
     def _download(self, uri: str, directory: Path) -> Path:
-        prefix = key_of(uri)
-        for key in self.store.keys(prefix):
-            self.store.get(key, directory / key[len(prefix):].lstrip("/"))
+        download_prefix(self.store, key_of(uri), directory)
         return directory
 
     def _base_model(self, request: TrainingRequest, train_dir: Path, work: Path) -> Path | str:

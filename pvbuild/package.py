@@ -19,7 +19,7 @@ from pvbuild.outcomes import StageResult
 from pvbuild.progress import say
 from pvbuild.records import write_artifact
 from pvbuild.serve import sha256_file
-from pvbuild.storage import ObjectStore, StorageError, file_etag, key_of
+from pvbuild.storage import StorageError, download_prefix, file_etag, key_of, put_verified
 
 if TYPE_CHECKING:
     from pvbuild.pipeline import Pipeline
@@ -38,14 +38,6 @@ def pack_directory(directory: Path, archive: Path) -> list[str]:
     return names
 
 
-def _fetch_prefix(store: ObjectStore, prefix: str, directory: Path) -> None:
-    keys = store.keys(prefix)
-    if not keys:
-        raise StorageError(f"{store.uri(prefix)}: the training job left no model files there")
-    for key in keys:
-        store.get(key, directory / key[len(prefix):])
-
-
 def run_package_stage(pipeline: Pipeline) -> StageResult:
     item = pipeline.items("package")[0]
     training = pipeline.read_artifact(pipeline.training_record) or {}
@@ -58,18 +50,17 @@ def run_package_stage(pipeline: Pipeline) -> StageResult:
         archive = Path(scratch) / "model.tar.gz"
         if source_key.endswith(".tar.gz"):
             store.get(source_key, archive)
-            target_key, members = source_key, _members(archive)
+            members = _members(archive)
+            stored = {"uri": store.uri(source_key), "size": archive.stat().st_size, "etag": file_etag(archive)}
         else:
             prefix = source_key.rstrip("/") + "/"
-            _fetch_prefix(store, prefix, Path(scratch) / "model")
+            if not download_prefix(store, prefix, Path(scratch) / "model"):
+                raise StorageError(f"{store.uri(prefix)}: the training job left no model files there")
             members = pack_directory(Path(scratch) / "model", archive)
             target_key = f"{prefix.rstrip('/').rsplit('/', 1)[0]}/model.tar.gz"  # beside output/model/
-            info = store.put(target_key, archive)
-            if (info.size, info.etag) != (archive.stat().st_size, file_etag(archive)):
-                raise StorageError(f"{store.uri(target_key)}: verification failed after upload")
-        record: dict[str, Any] = {"uri": store.uri(target_key), "sha256": sha256_file(archive),
-                                  "size": archive.stat().st_size, "etag": file_etag(archive),
-                                  "job_name": training["job_name"], "source": artifacts, "members": members}
+            stored = put_verified(store, target_key, archive)[0]
+        record: dict[str, Any] = {**stored, "sha256": sha256_file(archive), "job_name": training["job_name"],
+                                  "source": artifacts, "members": members}
     write_artifact(pipeline.model_record, record)
     with pipeline.finishing("package"):
         pipeline.record("package", item)

@@ -13,6 +13,7 @@ import hashlib
 import json
 import marshal
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from json.encoder import encode_basestring
@@ -71,6 +72,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_directory(built: Path, target: Path) -> None:
+    """Put the finished directory ``built`` where ``target`` is, keeping the old one until the new is in place."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(built, target)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def write_artifact(path: Path, value: Any) -> None:

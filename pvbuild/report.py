@@ -7,7 +7,6 @@ answers to the ``ask.questions`` (so the report is also a smoke test of the depl
 from __future__ import annotations
 
 import html
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from pvbuild.ask import Asker
 from pvbuild.outcomes import StageResult
 from pvbuild.progress import say
+from pvbuild.records import replace_directory
 
 if TYPE_CHECKING:
     from pvbuild.pipeline import Pipeline
@@ -87,8 +87,7 @@ def run_report_stage(pipeline: Pipeline) -> StageResult:
         built.mkdir()
         plot_losses(training.get("history") or {}, built / "loss.png")
         (built / "report.html").write_text(render(manifest, training, model, endpoint, answers), encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        built.replace(target)
+        replace_directory(built, target)
     with pipeline.finishing("report"):
         pipeline.record("report", item)
     say(f"report: {target.relative_to(pipeline.config.project_dir)}/report.html")

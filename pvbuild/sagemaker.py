@@ -58,7 +58,7 @@ def _not_found(error: SageMakerError) -> bool:
 
 
 def lookup(what: str, method: Callable[..., Any], **kwargs: Any) -> dict[str, Any] | None:
-    """A Describe* call, or None when the resource does not exist."""
+    """A call on one resource (Describe*, Delete*), or None when the resource does not exist."""
     try:
         reply: dict[str, Any] = call(what, method, **kwargs)
     except SageMakerError as error:
@@ -225,8 +225,7 @@ class SageMakerEndpoints:
              Tags=[{"Key": "pvbuild:model-sha256", "Value": str(model["sha256"])}])
 
     def _create_config(self, name: str, instance_type: str) -> None:
-        if lookup(f"DescribeEndpointConfig {name}", self.client.describe_endpoint_config,
-                        EndpointConfigName=name):
+        if lookup(f"DescribeEndpointConfig {name}", self.client.describe_endpoint_config, EndpointConfigName=name):
             return
         call(f"CreateEndpointConfig {name}", self.client.create_endpoint_config, EndpointConfigName=name,
              ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
@@ -313,18 +312,11 @@ class SageMakerEndpoints:
     def _delete_config_and_model(self, resource: str) -> None:
         for what, method, key in (("DeleteEndpointConfig", self.client.delete_endpoint_config, "EndpointConfigName"),
                                   ("DeleteModel", self.client.delete_model, "ModelName")):
-            self._delete(f"{what} {resource}", method, **{key: resource})
-
-    def _delete(self, what: str, method: Callable[..., Any], **kwargs: Any) -> None:
-        try:
-            call(what, method, **kwargs)
-        except SageMakerError as error:
-            if not _not_found(error):  # already gone is what we wanted
-                raise
+            lookup(f"{what} {resource}", method, **{key: resource})  # already gone is what we wanted
 
     def delete(self, record: Mapping[str, Any]) -> dict[str, Any]:
         name = str(record["endpoint_name"])
-        self._delete(f"DeleteEndpoint {name}", self.client.delete_endpoint, EndpointName=name)
+        lookup(f"DeleteEndpoint {name}", self.client.delete_endpoint, EndpointName=name)
         self._delete_config_and_model(str(record.get("endpoint_config_name") or record.get("model_name")))
         say(f"deleted endpoint {name}, its config and model")
         return {**record, "status": DELETED}

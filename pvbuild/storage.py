@@ -162,6 +162,28 @@ class S3ObjectStore:
         temporary.replace(path)
 
 
+def put_verified(store: ObjectStore, key: str, path: Path) -> tuple[dict[str, Any], bool]:
+    """Upload ``path`` unless an identical object (size and ETag) is there, and verify it; return
+    ``{"uri", "size", "etag"}`` and whether it was sent."""
+    expected = {"size": path.stat().st_size, "etag": file_etag(path)}
+    present = store.head(key)
+    sent = present is None or {"size": present.size, "etag": present.etag} != expected
+    if sent:
+        present = store.put(key, path)
+        if {"size": present.size, "etag": present.etag} != expected:
+            raise StorageError(f"{store.uri(key)}: verification failed after upload: expected {expected}, "
+                               f"the store has size {present.size} and ETag {present.etag}")
+    return {"uri": store.uri(key), **expected}, sent
+
+
+def download_prefix(store: ObjectStore, prefix: str, directory: Path) -> list[str]:
+    """Every object under ``prefix`` into ``directory``, at its key relative to the prefix; the keys."""
+    keys = store.keys(prefix)
+    for key in keys:
+        store.get(key, directory / key[len(prefix):].lstrip("/"))
+    return keys
+
+
 def key_of(uri: str) -> str:
     """The object key of a ``local://key`` or ``s3://bucket/key`` URI."""
     if uri.startswith("local://"):

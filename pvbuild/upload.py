@@ -3,21 +3,21 @@
 Keys are content-addressed (``<prefix>/train-data/<dataset digest>/<channel>/<file>``), so
 different data never overwrite each other and the training job's input is fixed by its
 URI. An object already present with the right size and ETag is not sent again; every object
-is verified after upload, and the marker is written only when all of them check out.
+is verified after upload (``storage.put_verified``), and the marker is written only when all
+of them check out.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from pvbuild.outcomes import StageResult
 from pvbuild.pipeline import Pipeline
 from pvbuild.progress import say
 from pvbuild.records import digest, write_artifact
-from pvbuild.storage import ObjectStore, StorageError, file_etag
+from pvbuild.storage import ObjectStore, StorageError, put_verified
 
 # The files of each dataset format, by SageMaker input channel.
 CHANNEL_FILES: dict[str, dict[str, tuple[str, ...]]] = {
@@ -38,19 +38,6 @@ def upload_plan(manifest: Mapping[str, Any]) -> dict[str, dict[str, str]]:
 
 def object_key(prefix: str, dataset_digest: str, channel: str, name: str) -> str:
     return f"{prefix.strip('/')}/train-data/{dataset_digest}/{channel}/{name}"
-
-
-def _ensure_object(store: ObjectStore, key: str, path: Path) -> tuple[dict[str, Any], bool]:
-    """Upload ``path`` unless an identical object is there; verify it; return its marker entry."""
-    expected = {"size": path.stat().st_size, "etag": file_etag(path)}
-    present = store.head(key)
-    sent = present is None or {"size": present.size, "etag": present.etag} != expected
-    if sent:
-        present = store.put(key, path)
-        if {"size": present.size, "etag": present.etag} != expected:
-            raise StorageError(f"{store.uri(key)}: verification failed after upload: expected {expected}, "
-                               f"the store has size {present.size} and ETag {present.etag}")
-    return {"uri": store.uri(key), **expected}, sent
 
 
 def missing_objects(store: ObjectStore, marker: Mapping[str, Any]) -> list[str]:
@@ -77,7 +64,7 @@ def run_upload_stage(pipeline: Pipeline) -> StageResult:
     for channel, files in plan.items():
         for name in files:
             key = object_key(prefix, dataset_digest, channel, name)
-            entry, sent = _ensure_object(store, key, pipeline.dataset_dir / name)
+            entry, sent = put_verified(store, key, pipeline.dataset_dir / name)
             objects.append({"key": key, "channel": channel, **entry})
             result.built += int(sent)
             result.skipped += int(not sent)
