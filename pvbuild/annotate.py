@@ -108,7 +108,7 @@ async def _annotate(pipeline: Pipeline, stale: list[StaleItem], result: StageRes
 
 def run_conversations_stage(pipeline: Pipeline) -> StageResult:
     """Annotate every article whose conversation is stale."""
-    stale = pipeline.stale("conversations")
+    stale = pipeline.adopt_edits("conversations")
     result = StageResult("conversations", skipped=len(pipeline.items("conversations")) - len(stale))
     if stale:
         with pipeline.finishing("conversations"):

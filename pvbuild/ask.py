@@ -67,6 +67,9 @@ class Asker:
         self.options = {**pipeline.config.ask, **(overrides or {})}
         self.tokenizer = load_tokenizer(tokenizer_source(pipeline, self.record))
 
-    def ask(self, question: str) -> str:
+    def ask(self, question: str, seed: int | None = None) -> str:
+        """The endpoint's answer; with a ``seed``, sampling is repeatable (the payload carries it, as TGI's does)."""
         payload = build_payload(self.tokenizer, question, self.options)
+        if seed is not None:
+            payload["parameters"]["seed"] = seed
         return answer_text(self.backend.invoke(self.record, payload)).strip()

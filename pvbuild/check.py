@@ -18,9 +18,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pvbuild.pipeline import DATA_STAGES, MODEL_STAGES, STAGES, Pipeline, StaleItem
+from pvbuild.records import EDITED
 
 UP_TO_DATE, STALE = 0, 1
 PER_ARTICLE = ("markdown", "conversations")
+# Inputs that are digests of upstream outputs (the rest are configuration and plugin identities).
+DERIVED_INPUTS = frozenset({"markdown", "conversations", "dataset", "data", "job", "model", "training"})
 
 
 @dataclass(frozen=True)
@@ -48,8 +51,9 @@ def _diff(old: Any, new: Any, path: str = "") -> list[str]:
 class Checker:
     """Collects the findings of one profile, stage by stage, in build order."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, until: str | None = None) -> None:
         self.pipeline = pipeline
+        self.stages = STAGES[:STAGES.index(until) + 1] if until else STAGES
         self.known = pipeline.identity_store.known()
         self.findings: list[Finding] = []
 
@@ -72,41 +76,49 @@ class Checker:
             changes.append(change)
         return changes
 
-    def add(self, stage: str, stale: StaleItem) -> None:
-        self.findings.append(Finding(stage, stale.item.key, self._relative(stale), stale.reason,
-                                     self._changes(stage, stale)))
+    def add(self, stage: str, stale: StaleItem, upstream: str | None = None) -> None:
+        """A finding; with a stale ``upstream`` stage, an input change that comes only from upstream
+        outputs is a "may": rebuilding upstream can give the same bytes (doit then stops there)."""
+        changes = self._changes(stage, stale)
+        reason = stale.reason
+        if upstream and changes and all(change["input"] in DERIVED_INPUTS for change in changes):
+            reason = f"upstream: {upstream} is stale ({reason})"
+        self.findings.append(Finding(stage, stale.item.key, self._relative(stale), reason, changes))
 
-    def orphans(self) -> None:
-        """Markdown and conversations whose URL row is gone from the table."""
-        ids = {row.file_id for row in self.pipeline.rows()}
-        for stage, directory, suffix in (("markdown", self.pipeline.markdown_dir, ".md"),
-                                         ("conversations", self.pipeline.conversation_dir, ".csv")):
-            names = sorted(os.listdir(directory)) if directory.is_dir() else []
-            for name in names:
-                key = name.removesuffix(suffix)
-                if name.endswith(suffix) and key not in ids:
-                    self.findings.append(Finding(stage, key, str((directory / name).relative_to(
-                        self.pipeline.config.project_dir)), "orphan: its URL row is no longer in urls.csv"))
+    def leftovers(self, relisting: bool) -> None:
+        """Orphans and leftovers of interrupted builds: the ``prune`` task removes them. While the URL
+        table is about to be crawled again, which articles are orphans is a "may"."""
+        from pvbuild.prune import Kind, find_leftovers
+
+        project = self.pipeline.config.project_dir
+        for leftover in find_leftovers(self.pipeline):
+            reason = f"{leftover.reason}; doit's prune step removes it"
+            if relisting and leftover.kind in (Kind.ORPHAN, Kind.RECORD):
+                reason = f"upstream: urls is stale ({reason})"
+            self.findings.append(Finding(leftover.stage, leftover.key, os.path.relpath(leftover.path, project),
+                                         reason))
 
     def run(self) -> list[Finding]:
-        stale_keys: dict[str, set[str]] = {}
-        for stage in STAGES:
+        changing: dict[str, set[str]] = {}  # per stage, the keys whose rebuild may change what follows
+        for stage in self.stages:
             own = self.pipeline.stale(stage)
+            upstream = [s for s in self.stages[:self.stages.index(stage)] if changing[s]]
             for entry in own:
-                self.add(stage, entry)
-            stale_keys[stage] = {entry.item.key for entry in own}
+                self.add(stage, entry, upstream[-1] if upstream and stage not in PER_ARTICLE else None)
+            changing[stage] = {entry.item.key for entry in own if entry.propagates}
+            if stage == "urls":
+                self.leftovers(relisting=any(entry.reason != EDITED for entry in own))
             if stage == "conversations":  # a stale markdown makes its conversation stale
-                for key in sorted(stale_keys["markdown"] - stale_keys[stage]):
+                for key in sorted(changing["markdown"] - {entry.item.key for entry in own}):
                     self._upstream(stage, key, f"upstream: markdown {key} is stale")
-                    stale_keys[stage].add(key)
+                    changing[stage].add(key)
             elif stage not in PER_ARTICLE and stage != "urls" and not own:
-                upstream = [s for s in STAGES[:STAGES.index(stage)] if stale_keys[s]]
+                upstream = [s for s in STAGES[:STAGES.index(stage)] if changing[s]]
                 if upstream:
                     for item in self.pipeline.items(stage):
                         self.findings.append(Finding(stage, item.key, self._relative(StaleItem(item, "")),
                                                      f"upstream: {upstream[-1]} is stale"))
-                    stale_keys[stage] = {item.key for item in self.pipeline.items(stage)}
-        self.orphans()
+                    changing[stage] = {item.key for item in self.pipeline.items(stage)}
         return self.findings
 
     def _upstream(self, stage: str, key: str, reason: str) -> None:
@@ -114,10 +126,11 @@ class Checker:
         self.findings.append(Finding(stage, key, str(path.relative_to(self.pipeline.config.project_dir)), reason))
 
 
-def check(pipeline: Pipeline) -> list[Finding]:
+def check(pipeline: Pipeline, until: str | None = None) -> list[Finding]:
+    """The stale artifacts of the profile (of its stages up to ``until``, e.g. ``dataset``)."""
     pipeline.checking = True
     pipeline.hasher.remember()  # a check writes nothing
-    findings = Checker(pipeline).run()
+    findings = Checker(pipeline, until).run()
     with contextlib.suppress(OSError):  # a read-only checkout: the cache only saves time next run
         pipeline.hasher.save()
     return findings
@@ -128,10 +141,11 @@ def summary(findings: list[Finding], profile: str) -> str:
         return f"pvbuild check: profile {profile}: every artifact is up to date"
     counts = Counter(finding.stage for finding in findings)
     lines = [f"pvbuild check: profile {profile}: {len(findings)} stale artifact(s)"]
-    lines += [f"  {stage}: {counts[stage]}" for stage in (*DATA_STAGES, *MODEL_STAGES) if counts[stage]]
+    lines += [f"  {stage}: {counts[stage]}" for stage in ("prune", *DATA_STAGES, *MODEL_STAGES) if counts[stage]]
     lines.append("")
     for finding in findings:
-        lines.append(f"{finding.stage} {finding.key}: {finding.output}: {finding.reason}")
+        name = finding.stage if finding.key == finding.stage else f"{finding.stage} {finding.key}"
+        lines.append(f"{name}: {finding.output}: {finding.reason}")
         for change in finding.changes:
             detail = ", ".join(change["keys"]) if change.get("keys") else change.get("what", "changed")
             lines.append(f"    {change['input']}: {detail} ({change['old']} -> {change['new']})")

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pvbuild.errors import PvbuildError
+from pvbuild.pipeline import STAGES
 from pvbuild.plugins import load_plugins
 
 
@@ -40,8 +42,6 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    import os
-
     from doit.cmd_base import ModuleTaskLoader
     from doit.doit_cmd import DoitMain
 
@@ -95,10 +95,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pvbuild.check import STALE, UP_TO_DATE, as_json, check, summary
 
     pipeline = _pipeline(args, live=args.remote)
-    findings = check(pipeline)
+    until = {"data": "dataset"}.get(args.until, args.until)
+    findings = check(pipeline, until)
     profile = pipeline.config.profile
-    print(as_json(findings, profile) if args.json else summary(findings, profile))
+    _print(as_json(findings, profile) if args.json else summary(findings, profile))
     return STALE if findings else UP_TO_DATE
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from pvbuild.prune import describe, find_leftovers, remove_leftovers
+
+    pipeline = _pipeline(args, live=False)
+    leftovers = find_leftovers(pipeline)
+    if not args.dry_run:
+        remove_leftovers(pipeline, leftovers)
+    verb = "would remove" if args.dry_run else "removed"
+    _print("\n".join(f"{verb} {describe(pipeline, leftover)}" for leftover in leftovers)
+           or "nothing to prune")
+    return 0
+
+
+def _print(text: str) -> None:
+    """Print, and stay quiet when the reader went away (``pvbuild check | head``): the exit code
+    still says what was found."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _profile_option(command: argparse.ArgumentParser) -> None:
@@ -123,9 +146,16 @@ def parser() -> argparse.ArgumentParser:
                                 "2 on error; runs nothing")
     _profile_option(check)
     check.add_argument("--json", action="store_true", help="print the findings as JSON")
+    check.add_argument("--until", choices=[*STAGES[:4], "data", *STAGES[4:]], metavar="STAGE",
+                       help="check only the steps up to STAGE (e.g. 'data': the dataset and what it is built from)")
     check.add_argument("--remote", action="store_true", help="also verify the store objects, the training job "
                        "and the endpoint (needs the services and their credentials)")
     check.set_defaults(run=cmd_check)
+    prune = commands.add_parser("prune", help="remove orphans (articles no longer in the URL table) and leftovers "
+                                "of interrupted builds; doit does it too")
+    _profile_option(prune)
+    prune.add_argument("--dry-run", "-n", action="store_true", help="list what would be removed, remove nothing")
+    prune.set_defaults(run=cmd_prune)
     ask = commands.add_parser("ask", help="ask the deployed endpoint a question")
     _profile_option(ask)
     ask.add_argument("question")
@@ -159,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # exit 2, not Python's 1: for check, 1 means "stale"
         print(f"pvbuild: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("pvbuild: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import string
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ DATASET_OPTIONS: dict[str, Any] = {
     "seed": 42,
 }
 DATASET_FORMATS = ("instruction", "chat")
+TEMPLATE_FIELDS = ("context", "question", "answer")  # what an instruction line can hold
 
 # The model half. Backends: "local" (offline, default profile) or the AWS services.
 STORAGE_OPTIONS: dict[str, Any] = {"backend": "local", "root": ".pvbuild/object-store", "bucket": "",
@@ -167,7 +169,8 @@ def _resolve(name: str, embedded: Mapping[str, Any], project: Mapping[str, Any],
     return _deep_merge(_resolve(parent, embedded, project, label, (*seen, name)), own)
 
 
-def _suggest(word: str, choices: list[str]) -> str:
+def suggest(word: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` when a close match exists, else nothing."""
     close = difflib.get_close_matches(word, choices, n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -192,7 +195,7 @@ class _Validator:
                                 "environment (for example OPENAI_API_KEY) so they never reach an artifact")
             if option not in defaults:
                 known = sorted(defaults)
-                raise self.fail(f"{key}.{option}", f"unknown option{_suggest(option, known)}; "
+                raise self.fail(f"{key}.{option}", f"unknown option{suggest(option, known)}; "
                                 f"known options: {', '.join(known)}")
             resolved[option] = self.value(f"{key}.{option}", value, defaults[option])
         return resolved
@@ -214,7 +217,7 @@ class _Validator:
     def plugin(self, key: str, name: str, available: Mapping[str, Any], kind: str) -> None:
         if name not in available:
             names = sorted(available)
-            raise self.fail(key, f"unknown {kind} {name!r}{_suggest(name, names)}; available: {', '.join(names)}")
+            raise self.fail(key, f"unknown {kind} {name!r}{suggest(name, names)}; available: {', '.join(names)}")
 
 
 def _sources(check: _Validator, tables: Any, registry: Registry) -> tuple[SourceConfig, ...]:
@@ -263,6 +266,15 @@ def _dataset(check: _Validator, table: Any) -> dict[str, Any]:
     template = options["template"]
     if set(template) != {"prompt", "completion"} or not all(isinstance(v, str) for v in template.values()):
         raise check.fail("dataset.template", "needs exactly the string keys 'prompt' and 'completion'")
+    for text in template.values():
+        try:
+            names = {field for _, field, _, _ in string.Formatter().parse(text) if field}
+        except ValueError as error:
+            raise check.fail("dataset.template", f"{text!r} is not a valid template: {error}") from error
+        unknown = sorted(names - set(TEMPLATE_FIELDS))
+        if unknown:
+            raise check.fail("dataset.template", f"placeholders {unknown} cannot be filled from the data; use "
+                             f"only {', '.join('{' + name + '}' for name in TEMPLATE_FIELDS)}")
     return options
 
 
@@ -300,6 +312,19 @@ def _aws(check: _Validator, aws: Mapping[str, Any]) -> None:
                          f"arn:{partition}:iam::<account>:role/<name>")
 
 
+def _refuse_misspelled_profiles(embedded: Mapping[str, Any], project: Mapping[str, Any], label: str) -> None:
+    """``[profile.dfault]`` is almost surely ``default`` misspelled, not a new profile: a new profile
+    whose name is close to an existing one must say ``inherits`` to be taken as new."""
+    for name, table in project.items():
+        if name in embedded or not isinstance(table, Mapping) or "inherits" in table:
+            continue
+        others = sorted((set(embedded) | set(project)) - {name})
+        hint = suggest(name, others)
+        if hint:
+            raise ConfigError(f"{label}: [profile.{name}]: unknown profile{hint}; to define a new profile of "
+                              f"that name, give it an explicit inherits = \"default\" (or another profile)")
+
+
 def selected_profile(explicit: str | None = None) -> str:
     return explicit or os.environ.get("PVBUILD_PROFILE") or "default"
 
@@ -311,11 +336,13 @@ def load_config(project_dir: Path | str = ".", profile: str | None = None) -> Co
     label, project_profiles = _project_profiles(project)
     if not isinstance(project_profiles, Mapping):
         raise ConfigError(f"{label}: 'profile' must be a table of profiles")
-    raw = _resolve(name, _embedded_profiles(), project_profiles, label)
+    embedded = _embedded_profiles()
+    _refuse_misspelled_profiles(embedded, project_profiles, label)
+    raw = _resolve(name, embedded, project_profiles, label)
     check = _Validator(label, name)
     for key in raw:
         if key not in PROFILE_KEYS:
-            raise check.fail(key, f"unknown section{_suggest(key, sorted(PROFILE_KEYS))}; "
+            raise check.fail(key, f"unknown section{suggest(key, sorted(PROFILE_KEYS))}; "
                              f"known: {', '.join(sorted(PROFILE_KEYS))}")
     registry = load_plugins(project)
     artifacts = raw.get("artifacts", f"artifacts/{name}")

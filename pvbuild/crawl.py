@@ -17,7 +17,7 @@ from pvbuild.pipeline import Pipeline, StaleItem
 from pvbuild.plugin_types import CssSite
 from pvbuild.progress import Progress
 from pvbuild.records import atomic_write_bytes, atomic_write_text, digest
-from pvbuild.urls import UrlRow, file_id_for, merge_urls, normalize_date, read_urls, write_urls
+from pvbuild.urls import UrlRow, file_id_for, is_web_link, merge_urls, normalize_date, read_urls, write_urls
 
 UrlMap = Callable[[str], str]
 
@@ -31,13 +31,17 @@ def list_schema(site: CssSite) -> dict[str, Any]:
     ]}
 
 
-def _rows_from_list_page(page: Fetched, canonical_url: str, source: SourceConfig) -> list[UrlRow]:
+def _rows_from_list_page(page: Fetched, canonical_url: str, source: SourceConfig,
+                         skipped: list[str]) -> list[UrlRow]:
     rows = []
     for entry in json.loads(page.extracted or "[]"):
         href, title = (entry.get("link") or "").strip(), " ".join((entry.get("title") or "").split())
         if not href or not title:
             continue
         link = urljoin(canonical_url, href)
+        if not is_web_link(link):
+            skipped.append(link)  # javascript:, mailto:: not an article; counted in the summary
+            continue
         rows.append(UrlRow(title=title, link=link, date=normalize_date(entry.get("date") or ""),
                            file_id=file_id_for(link), source=source.name))
     return rows
@@ -62,7 +66,7 @@ async def _open(stack: contextlib.AsyncExitStack, pipeline: Pipeline,
     return maps, fetcher
 
 
-async def _crawl_lists(pipeline: Pipeline, result: StageResult) -> list[UrlRow]:
+async def _crawl_lists(pipeline: Pipeline, result: StageResult, skipped: list[str]) -> list[UrlRow]:
     sources = list(pipeline.config.sources)
     pages = [(source, url) for source in sources for url in _site(pipeline, source).list_urls(source.options)]
     progress = Progress("urls", len(pages))
@@ -72,7 +76,7 @@ async def _crawl_lists(pipeline: Pipeline, result: StageResult) -> list[UrlRow]:
         async def crawl_page(source: SourceConfig, url: str) -> list[UrlRow]:
             site = _site(pipeline, source)
             page = await fetcher.fetch(maps[source.name](url), source.options, schema=list_schema(site))
-            rows = _rows_from_list_page(page, url, source) if page.ok else []
+            rows = _rows_from_list_page(page, url, source, skipped) if page.ok else []
             if not rows:
                 why = page.error if not page.ok else f"no items matched {site.item_selector!r}"
                 result.failures.append(Failure(f"{source.name} list page", url, why or "fetch failed"))
@@ -85,11 +89,19 @@ async def _crawl_lists(pipeline: Pipeline, result: StageResult) -> list[UrlRow]:
 
 
 def run_urls_stage(pipeline: Pipeline) -> StageResult:
-    """Crawl every list page and merge the rows into the URL table."""
+    """Crawl every list page and merge the rows into the URL table (a hand-edited table that is
+    otherwise up to date is kept as it is)."""
     result = StageResult("urls")
-    crawled = asyncio.run(_crawl_lists(pipeline, result))
+    stale = pipeline.stale("urls")
+    if stale and not pipeline.adopt_edits("urls") and not pipeline.forced:
+        result.skipped = 1
+        return result
+    skipped: list[str] = []
+    crawled = asyncio.run(_crawl_lists(pipeline, result, skipped))
     atomic_write_text(pipeline.last_list_crawl_file, str(time.time()))
-    merged = merge_urls(read_urls(pipeline.urls_csv), crawled)
+    if skipped:
+        result.notes.append(f"{len(skipped)} non-HTTP link(s) left out (e.g. {skipped[0][:60]})")
+    merged = merge_urls(read_urls(pipeline.urls_csv), crawled, (source.name for source in pipeline.config.sources))
     write_urls(pipeline.urls_csv, merged)
     pipeline.forget_rows()
     records = pipeline.records("urls")
@@ -137,7 +149,7 @@ async def _crawl_articles(pipeline: Pipeline, stale: list[StaleItem], result: St
 
 def run_markdown_stage(pipeline: Pipeline) -> StageResult:
     """Crawl the article of every stale markdown item; failures write nothing."""
-    stale = pipeline.stale("markdown")
+    stale = pipeline.adopt_edits("markdown")
     result = StageResult("markdown", skipped=len(pipeline.rows()) - len(stale))
     if stale:
         with pipeline.finishing("markdown"):

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.annotate import read_conversation
+from pvbuild.config import TEMPLATE_FIELDS
 from pvbuild.errors import PvbuildError
 from pvbuild.outcomes import StageResult
 from pvbuild.pipeline import Pipeline
 from pvbuild.plugin_types import AnnotationError, Message
-from pvbuild.records import digest, replace_directory
+from pvbuild.records import DIRECTORY_MODE, TEMP_SUFFIX, digest, replace_directory
 from pvbuild.urls import UrlRow
-
-INSTRUCTION_FIELDS = ("context", "question", "answer")
 
 
 @dataclass(frozen=True)
@@ -61,15 +60,15 @@ def check_template_lines(template: Mapping[str, str], lines: Sequence[Mapping[st
 
 def instruction_lines(conversations: Sequence[Conversation], template: Mapping[str, str]) -> list[dict[str, str]]:
     wanted = placeholders(template)
-    unknown = sorted(wanted - set(INSTRUCTION_FIELDS))
+    unknown = sorted(wanted - set(TEMPLATE_FIELDS))
     if unknown:
         raise PvbuildError(f"dataset.template uses placeholders {unknown} that pvbuild cannot fill; "
-                           f"use only {', '.join('{' + name + '}' for name in INSTRUCTION_FIELDS)}")
+                           f"use only {', '.join('{' + name + '}' for name in TEMPLATE_FIELDS)}")
     lines = []
     for conversation in conversations:
         for question, answer in conversation.pairs():
             fields = {"context": conversation.row.title, "question": question, "answer": answer}
-            lines.append({name: fields[name] for name in INSTRUCTION_FIELDS if name in wanted})
+            lines.append({name: fields[name] for name in TEMPLATE_FIELDS if name in wanted})
     check_template_lines(template, lines, "train.jsonl")
     return lines
 
@@ -160,7 +159,8 @@ def run_dataset_stage(pipeline: Pipeline) -> StageResult:
     if not conversations:
         raise PvbuildError("no conversations to build a dataset from: every article failed or none was crawled")
     pipeline.dataset_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=".dataset-", dir=pipeline.dataset_dir.parent))
+    building = Path(tempfile.mkdtemp(prefix=".dataset-", suffix=TEMP_SUFFIX, dir=pipeline.dataset_dir.parent))
+    building.chmod(DIRECTORY_MODE)  # mkdtemp makes it 0700; the dataset is an ordinary folder
     try:
         manifest = write_dataset(building, conversations, pipeline.config.dataset)
         text = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True) + "\n"

@@ -8,7 +8,7 @@ and marks the record ``Deleted``. Backends (``EndpointBackend``): ``local`` and 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pvbuild.errors import PvbuildError
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 IN_SERVICE = "InService"
 DELETED = "Deleted"
+CREATING = "Creating"  # recorded the moment a deploy starts a server, before it serves
 
 
 class EndpointError(PvbuildError):
@@ -32,7 +33,7 @@ class EndpointBackend(Protocol):
     serves), say why a recorded endpoint is not serving, invoke it, delete it."""
 
     def deploy(self, name: str, model: Mapping[str, Any], previous: Mapping[str, Any] | None,
-               pipeline: Pipeline) -> dict[str, Any]: ...
+               pipeline: Pipeline, started: Callable[[dict[str, Any]], None]) -> dict[str, Any]: ...
 
     def problem(self, record: Mapping[str, Any]) -> str | None: ...
 
@@ -49,13 +50,29 @@ def run_deploy_stage(pipeline: Pipeline) -> StageResult:
         raise EndpointError("nothing to deploy: model.json or training.json is missing; run the package step first")
     backend = pipeline.endpoint_backend()
     previous = pipeline.read_artifact(pipeline.endpoint_record)
+    if previous and previous.get("status") == CREATING:
+        previous = _after_interrupted_deploy(backend, previous)
     live = previous if previous and previous.get("status") == IN_SERVICE else None
-    record = backend.deploy(str(training["job_name"]), model, live, pipeline)
+
+    def started(record: dict[str, Any]) -> None:
+        """Record the new server at once (and the one it replaces): a kill from now on leaks nothing."""
+        write_artifact(pipeline.endpoint_record, {**record, "previous": live})
+
+    record = backend.deploy(str(training["job_name"]), model, live, pipeline, started)
     write_artifact(pipeline.endpoint_record, record)
     with pipeline.finishing("deploy"):
         pipeline.record("deploy", item)
     say(f"deploy: endpoint {record['endpoint_name']} in service ({record.get('url') or record.get('arn')})")
     return StageResult("deploy", built=1)
+
+
+def _after_interrupted_deploy(backend: EndpointBackend, interrupted: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A deploy was killed after it started a server: stop that process (a cloud endpoint of the same
+    name is picked up again by the next deploy) and go on from the endpoint it was replacing."""
+    if interrupted.get("pid"):
+        backend.delete(interrupted)
+    previous = interrupted.get("previous")
+    return dict(previous) if isinstance(previous, Mapping) else None
 
 
 def teardown(pipeline: Pipeline) -> str:
@@ -65,7 +82,12 @@ def teardown(pipeline: Pipeline) -> str:
         return "no endpoint record: nothing to tear down"
     if record.get("status") == DELETED:
         return f"endpoint {record.get('endpoint_name')} was already torn down"
-    write_artifact(pipeline.endpoint_record, pipeline.endpoint_backend().delete(record))
+    backend = pipeline.endpoint_backend()
+    if record.get("status") == CREATING and isinstance(record.get("previous"), Mapping):
+        backend.delete(record["previous"])  # an interrupted deploy left the endpoint it was replacing
+    deleted = backend.delete(record)
+    deleted.pop("previous", None)
+    write_artifact(pipeline.endpoint_record, deleted)
     pipeline.rewrote("deploy", pipeline.items("deploy"))
     return f"endpoint {record.get('endpoint_name')} torn down"
 

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvbuild.endpoint import DELETED, IN_SERVICE, EndpointError
+from pvbuild.endpoint import CREATING, DELETED, IN_SERVICE, EndpointError
 from pvbuild.progress import say
 from pvbuild.records import atomic_write_text
 from pvbuild.storage import ObjectStore, download_prefix, key_of
@@ -45,6 +45,15 @@ def process_alive(pid: int | None) -> bool:
     return True
 
 
+def is_serve_process(pid: int | None) -> bool:
+    """Whether ``pid`` is a ``pvbuild serve`` process (a pid may have been reused since it was recorded)."""
+    try:
+        command = Path(f"/proc/{int(pid or 0)}/cmdline").read_bytes().split(b"\0")
+    except (OSError, ValueError):
+        return process_alive(pid)  # no /proc: trust the pid, as before
+    return b"pvbuild" in command and b"serve" in command
+
+
 def text_fields(lines: list[dict[str, Any]]) -> list[str]:
     """Every string in the dataset lines (the tiny model's tokenizer is trained on them)."""
     found: list[str] = []
@@ -62,6 +71,7 @@ class LocalTraining:
 
     def __init__(self, store: ObjectStore, cache_dir: Path) -> None:
         self.store = store
+        self.cache_dir = cache_dir
         self.jobs = cache_dir / "jobs"
 
     def _state_file(self, name: str) -> Path:
@@ -111,7 +121,9 @@ class LocalTraining:
         on_update(state)
         model_key = f"{request.output_key}/{request.job_name}/output/model"
         try:
-            with tempfile.TemporaryDirectory(prefix="pvbuild-train-") as scratch:
+            # In the profile's scratch folder, not $TMPDIR: a killed build's checkpoint is found and pruned.
+            (self.cache_dir / "scratch").mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="pvbuild-train-", dir=self.cache_dir / "scratch") as scratch:
                 work = Path(scratch)
                 train_dir = self._download(request.channels["training"], work / "input" / "training")
                 validation = request.channels.get("validation")
@@ -186,7 +198,7 @@ class LocalEndpoints:
         return ready
 
     def deploy(self, name: str, model: Mapping[str, Any], previous: Mapping[str, Any] | None,
-               pipeline: Pipeline) -> dict[str, Any]:
+               pipeline: Pipeline, started: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         options = pipeline.config.endpoint
         archive = self._archive(model)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -194,6 +206,9 @@ class LocalEndpoints:
         ready_file.unlink(missing_ok=True)
         say(f"deploy: starting the local endpoint for {name} (log: {log.relative_to(pipeline.config.project_dir)})")
         process = self._start(archive, options, ready_file, log)
+        started({"backend": "local", "endpoint_name": name, "url": None, "pid": process.pid,
+                 "model_sha256": model["sha256"], "model_uri": model["uri"], "status": CREATING,
+                 "instance_type": "local"})
         ready = self._await_ready(process, ready_file, log, float(options["startup_timeout"]))
         ping = http_json(f"{ready['url']}/ping", timeout=10)
         if ping.get("model_sha256") != model["sha256"]:
@@ -221,7 +236,8 @@ class LocalEndpoints:
 
     def delete(self, record: Mapping[str, Any]) -> dict[str, Any]:
         pid = record.get("pid")
-        if self.problem(record) is None and pid:  # only signal the process that is really our server
+        ours = is_serve_process(pid) if record.get("status") == CREATING else self.problem(record) is None
+        if ours and pid:  # only signal the process that is really our server
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGTERM)
             deadline = time.monotonic() + 10

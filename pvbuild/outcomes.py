@@ -29,9 +29,11 @@ class StageResult:
     built: int = 0
     skipped: int = 0
     failures: list[Failure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what else the user should know, e.g. rows left out
 
     def summary(self) -> str:
-        return f"{self.stage}: {self.built} built, {self.skipped} up to date, {len(self.failures)} failed"
+        counts = f"{self.stage}: {self.built} built, {self.skipped} up to date, {len(self.failures)} failed"
+        return "; ".join([counts, *self.notes])
 
 
 def failures_file(cache_dir: Path, stage: str) -> Path:

@@ -74,6 +74,6 @@ def _members(archive: Path) -> list[str]:
 
 
 def _scratch(pipeline: Pipeline) -> Path:
-    path = pipeline.config.cache_dir / "scratch"
+    path = pipeline.scratch_dir
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -16,9 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig
+from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig, suggest
 from pvbuild.errors import StateError
-from pvbuild.records import EDITED, FileHasher, IdentityStore, Item, StageRecords, digest, stale_items, strings_digest
+from pvbuild.progress import say
+from pvbuild.records import (
+    EDITED,
+    FileHasher,
+    IdentityStore,
+    Item,
+    StageRecords,
+    atomic_write_bytes,
+    digest,
+    stale_items,
+    strings_digest,
+)
 from pvbuild.urls import UrlRow, read_digested_urls
 
 if TYPE_CHECKING:
@@ -35,12 +46,22 @@ STAGES = DATA_STAGES + MODEL_STAGES
 KEEPS_EDITS = frozenset({"urls", "markdown", "conversations"})
 
 
+# Fields of the JSON records that differ between two builds of the same inputs (timings, process
+# ids, ports, service timestamps). The files keep them; every digest, and so every record under
+# .state and every staleness decision, leaves them out.
+VOLATILE_FIELDS = {"training.json": ("billable_seconds",),
+                   "endpoint.json": ("url", "pid", "creation_time", "previous")}
+
+
 @dataclass(frozen=True)
 class StaleItem:
     """An item to rebuild and the reason."""
 
     item: Item
     reason: str
+    # False when rebuilding restores what the records already say (a torn-down endpoint, a deleted
+    # store object, an edited dataset file): nothing downstream can change because of it.
+    propagates: bool = True
 
 
 class Pipeline:
@@ -51,7 +72,8 @@ class Pipeline:
         unless ``--remote``, and then decides from committed files alone."""
         self.config = config
         self.live = live
-        self.checking = False  # ``pvbuild check``: report hand edits instead of adopting them; verify jobs
+        self.forced = False  # the running action was forced by doit -a: do its work even if up to date
+        self.checking = False  # ``pvbuild check``: saves the stat cache once at its end; --remote verifies jobs
         self._store: ObjectStore | None = None
         self._training_backend: TrainingBackend | None = None
         self._endpoint_backend: EndpointBackend | None = None
@@ -68,31 +90,114 @@ class Pipeline:
         self.hasher = FileHasher(config.cache_dir / "stat-cache.marshal", config.project_dir)
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
+        self._table: list[tuple[UrlRow, str]] | None = None
         self._row_digests: dict[str, str] = {}
         self.identities: dict[str, Any] = {}
         self._markdown_prefix = os.path.join(self.markdown_dir, "")
         self._conversation_prefix = os.path.join(self.conversation_dir, "")
         self.identity_store = IdentityStore(config.state_dir / "identities.json")
+        self._artifacts_prefix = os.path.join(config.artifacts, "")
+        self.generation = self.read_generation()
 
     # -- inputs -----------------------------------------------------------------------------
     def records(self, stage: str) -> StageRecords:
         if stage not in self._records:
             self._records[stage] = StageRecords(self.config.state_dir, stage)
+            if stage == "conversations":
+                self._add_row_inputs(self._records[stage])
         return self._records[stage]
+
+    def _add_row_inputs(self, conversations: StageRecords) -> None:
+        """Records of versions before the row was an input of a conversation: take the row its markdown
+        was built from (the conversation was annotated from that markdown), rather than re-annotate all."""
+        markdown = None
+        for key, record in conversations.records.items():
+            inputs = record.get("inputs")
+            if isinstance(inputs, dict) and "row" not in inputs:
+                markdown = markdown or self.records("markdown")
+                built_from = (markdown.get(key) or {}).get("inputs", {})
+                if built_from.get("row"):
+                    inputs["row"] = built_from["row"]
 
     def rows(self) -> list[UrlRow]:
         """URL rows of the configured sources (rows of sources no longer configured are kept
         in the table but not built)."""
         if self._rows is None:
             configured = {source.name for source in self.config.sources}
-            digested = read_digested_urls(self.urls_csv, self.hasher.digest(self.urls_csv),
-                                          self.config.cache_dir / "urls-cache.marshal")
+            digested = self.table_rows()
+            unknown = {row.source for row, _ in digested} - configured
+            if unknown:
+                self._refuse_unknown_sources(unknown - self.unbuilt_sources(), configured)
             self._rows = [row for row, _ in digested if row.source in configured]
             self._row_digests = {row.file_id: row_digest for row, row_digest in digested}
         return self._rows
 
+    def _refuse_unknown_sources(self, unknown: set[str], configured: set[str]) -> None:
+        """A row whose source is not configured would silently never be built: name it."""
+        if not unknown:
+            return
+        from pvbuild.urls import line_of
+
+        source = sorted(unknown)[0]
+        line = line_of(self.urls_csv, lambda row: row.source == source)
+        raise StateError(f"{self.urls_csv}:{line}: source {source!r}{suggest(source, sorted(configured))} is not a "
+                         f"source of profile {self.config.profile!r} (configured: {', '.join(sorted(configured))}); "
+                         "fix the row's source or delete the row")
+
     def forget_rows(self) -> None:
         self._rows = None
+        self._table = None
+
+    def unbuilt_sources(self) -> set[str]:
+        """Sources in the URL table that the list crawl will drop: no longer configured, and the
+        lists are due to be crawled again because the source configuration changed."""
+        record = self.records("urls").get("urls")
+        if record is not None and record.get("inputs") == self.url_items()[0].inputs:
+            return set()
+        configured = {source.name for source in self.config.sources}
+        return {row.source for row, _ in self.table_rows()} - configured
+
+    def table_rows(self) -> list[tuple[UrlRow, str]]:
+        """Every row of the URL table with its digest, configured source or not."""
+        if self._table is None:
+            self._table = read_digested_urls(self.urls_csv, self.hasher.digest(self.urls_csv),
+                                             self.config.cache_dir / "urls-cache.marshal")
+        return self._table
+
+    # -- a fresh view after writes ---------------------------------------------------------
+    @property
+    def generation_file(self) -> Path:
+        """Rewritten whenever a stage action ends: a doit process that sees it change (its stages ran
+        in child processes, ``doit -n N``) forgets everything it had read."""
+        return self.config.cache_dir / "generation"
+
+    def read_generation(self) -> bytes:
+        try:
+            with open(self.generation_file, "rb") as stream:
+                return stream.read()
+        except OSError:
+            return b""
+
+    def bump_generation(self) -> None:
+        atomic_write_bytes(self.generation_file, os.urandom(8).hex().encode())  # this process too re-reads
+
+    def invalidate(self) -> None:
+        """Forget every record, row and digest read so far: files may have changed since."""
+        self._records.clear()
+        self.forget_rows()
+        self._row_digests = {}
+        self.hasher.forget()  # the up-to-date checks turn remembering on again; an action must not
+        self.generation = self.read_generation()
+
+    def refresh(self) -> None:
+        """Invalidate when another process (or an action) wrote since this pipeline last looked."""
+        if self.read_generation() != self.generation:
+            self.invalidate()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Machine-local work space of the running stage (emptied when a stage starts, pruned)."""
+        return self.config.cache_dir / "scratch"
 
     def identity(self, value: Any) -> str:
         """The digest of a configuration/plugin identity, remembered so ``check`` can name what changed."""
@@ -114,9 +219,18 @@ class Pipeline:
         finally:
             self.finish(stage)
 
+    def output_digest(self, file: str) -> str | None:
+        """The digest of an output as records keep it: its bytes, or for the JSON records with
+        volatile fields, its value without them."""
+        volatile = VOLATILE_FIELDS.get(os.path.basename(file)) if file.startswith(self._artifacts_prefix) else None
+        if volatile is None:
+            return self.hasher.digest(file)
+        value = self.read_artifact(Path(file))
+        return None if value is None else digest({k: v for k, v in value.items() if k not in volatile})
+
     def record(self, stage: str, item: Item, **extra: Any) -> None:
         """Record that ``item`` was built from its current inputs (its output is already written)."""
-        self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.hasher.digest(item.file),
+        self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.output_digest(item.file),
                                            **extra})
 
     def rewrote(self, stage: str, items: list[Item]) -> None:
@@ -126,7 +240,7 @@ class Pipeline:
             for item in items:
                 record = self.records(stage).get(item.key)
                 if record is not None:
-                    self.records(stage).put(item.key, {**record, "output": self.hasher.digest(item.file)})
+                    self.records(stage).put(item.key, {**record, "output": self.output_digest(item.file)})
 
     def source(self, name: str) -> SourceConfig:
         return next(source for source in self.config.sources if source.name == name)
@@ -180,11 +294,13 @@ class Pipeline:
         """One item per article whose markdown exists (an uncrawled article has nothing to annotate)."""
         annotator = self.annotator_identity()
         items = []
-        for row in self.rows():
+        rows = self.rows()
+        digests = self._row_digests
+        for row in rows:
             markdown = self.hasher.digest(self.markdown_file(row.file_id))
-            if markdown is not None:
-                items.append(Item(row.file_id, {"markdown": markdown, "annotator": annotator},
-                                  self.conversation_file(row.file_id)))
+            if markdown is not None:  # the annotator sees the title, date and link too: the row is an input
+                items.append(Item(row.file_id, {"markdown": markdown, "annotator": annotator,
+                                                "row": digests[row.file_id]}, self.conversation_file(row.file_id)))
         return items
 
     def dataset_members(self) -> list[tuple[UrlRow, str]]:
@@ -297,7 +413,7 @@ class Pipeline:
     def report_items(self) -> list[Item]:
         training = self.read_artifact(self.training_record)
         endpoint = self.read_artifact(self.endpoint_record)
-        return [Item("report", {"training": digest(training) if training else None,
+        return [Item("report", {"training": self.output_digest(str(self.training_record)) if training else None,
                                 "model": endpoint.get("model_sha256") if endpoint else None,
                                 "ask": self._identity(self.config.ask), "dataset": self.hasher.digest(self.manifest)},
                      str(self.report_dir / "report.html"))]
@@ -331,15 +447,8 @@ class Pipeline:
             unfinished = self._job_of_these_inputs_unfinished(items[0])
             if unfinished:
                 return unfinished
-        found: list[StaleItem] = []
-        edited: list[Item] = []
-        for item, reason in stale_items(items, self.records(stage), self.hasher):
-            if reason == EDITED and stage in KEEPS_EDITS and not self.checking:
-                edited.append(item)
-            else:
-                found.append(StaleItem(item, reason))
-        if edited:  # adopt the hand edits: their dependents see a changed input and rebuild
-            self.rewrote(stage, edited)
+        digest_of = self.hasher.digest if stage in DATA_STAGES else self.output_digest
+        found = [StaleItem(item, reason) for item, reason in stale_items(items, self.records(stage), digest_of)]
         if stage == "dataset" and not found:
             found = self._dataset_files_edited(items[0])
         if stage == "urls" and not found:
@@ -350,12 +459,23 @@ class Pipeline:
             self.hasher.save()
         return found
 
+    def adopt_edits(self, stage: str) -> list[StaleItem]:
+        """The build's explicit first step of a stage that keeps hand edits (make semantics): record
+        each edited output as built, so its dependents rebuild from it. Returns what is left to build."""
+        found = self.stale(stage)
+        kept = [entry.item for entry in found if entry.reason == EDITED]
+        if kept:
+            self.rewrote(stage, kept)
+            say(f"{stage}: kept {len(kept)} hand-edited file(s): " + ", ".join(item.key for item in kept[:5])
+                + (" ..." if len(kept) > 5 else ""))
+        return [entry for entry in found if entry.reason != EDITED]
+
     def _dataset_files_edited(self, item: Item) -> list[StaleItem]:
         """The manifest lists every dataset file's digest; an edited or missing file is stale."""
         manifest = json.loads(self.manifest.read_text(encoding="utf-8"))
         for name, expected in manifest.get("files", {}).items():
             if self.hasher.digest(self.dataset_dir / name) != expected:
-                return [StaleItem(item, f"dataset file {name} missing or edited since it was built")]
+                return [StaleItem(item, f"dataset file {name} missing or edited since it was built", False)]
         return []
 
     def _job_of_these_inputs_unfinished(self, item: Item) -> list[StaleItem]:
@@ -371,10 +491,11 @@ class Pipeline:
         if stage == "deploy":
             endpoint = self.read_artifact(self.endpoint_record) or {}
             if endpoint.get("status") != "InService":
-                return [StaleItem(item, f"endpoint {endpoint.get('endpoint_name')} is {endpoint.get('status')}")]
+                return [StaleItem(item, f"endpoint {endpoint.get('endpoint_name')} is {endpoint.get('status')}",
+                                  False)]
             problem = self.endpoint_backend().problem(endpoint) if self.live else None
             if problem:
-                return [StaleItem(item, problem)]
+                return [StaleItem(item, problem, False)]
         if stage == "train" and self.live and self.checking:  # check --remote: the job itself
             name = (self.read_artifact(self.training_record) or {}).get("job_name")
             state = self.training_backend().describe(str(name))
@@ -385,5 +506,5 @@ class Pipeline:
 
             missing = missing_objects(self.store(), self.read_artifact(self.upload_marker) or {})
             if missing:
-                return [StaleItem(item, f"not in the store any more: {'; '.join(missing)}")]
+                return [StaleItem(item, f"not in the store any more: {'; '.join(missing)}", False)]
         return []

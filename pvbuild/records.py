@@ -15,7 +15,7 @@ import marshal
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -56,11 +56,26 @@ def strings_digest(values: list[str] | list[list[str]]) -> str:
     return _hex(text.encode("utf-8"))
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates 0600 files; an artifact gets the mode any other file of the user's would get.
+FILE_MODE = 0o666 & ~_current_umask()
+DIRECTORY_MODE = 0o777 & ~_current_umask()
+# Temporary files and folders pvbuild makes inside the artifact tree end with this: a build killed
+# mid-write leaves one behind, and ``prune`` (and ``check``) find it by its name.
+TEMP_SUFFIX = ".pvbuild-tmp"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file beside ``path`` and rename it: readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
+        os.fchmod(handle, FILE_MODE)
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
         os.replace(temporary, path)
@@ -76,7 +91,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def replace_directory(built: Path, target: Path) -> None:
     """Put the finished directory ``built`` where ``target`` is, keeping the old one until the new is in place."""
-    old = target.with_name(target.name + ".old")
+    old = target.with_name(f".{target.name}.old{TEMP_SUFFIX}")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
@@ -261,9 +276,10 @@ def stale_reason(item: Item, record: Mapping[str, Any] | None, output_digest: st
     return None
 
 
-def stale_items(items: list[Item], records: StageRecords, hasher: FileHasher) -> Iterator[tuple[Item, str]]:
+def stale_items(items: list[Item], records: StageRecords,
+                digest_of: Callable[[str], str | None]) -> Iterator[tuple[Item, str]]:
     for item in items:
-        reason = stale_reason(item, records.get(item.key), hasher.digest(item.file))
+        reason = stale_reason(item, records.get(item.key), digest_of(item.file))
         if reason is not None:
             yield item, reason
 
@@ -283,9 +299,14 @@ class IdentityStore:
         return self._known
 
     def save(self, identities: Mapping[str, Any]) -> None:
-        known = self.known()
-        if all(key in known for key in identities):
+        """Add this run's identities and drop those no record refers to any more, so the file holds
+        what a clean build of the same inputs would hold."""
+        known = {**self.known(), **identities}
+        referenced = "".join(path.read_text(encoding="utf-8") for path in sorted(self.path.parent.iterdir())
+                             if path != self.path and path.suffix in (".json", ".journal"))
+        kept = {key: value for key, value in known.items() if key in referenced}
+        if kept == self._known and self.path.is_file():
             return
-        known.update(identities)
-        lines = [f"{json.dumps(key)}: {canonical_json(known[key])}" for key in sorted(known)]
-        atomic_write_text(self.path, "{\n" + ",\n".join(lines) + "\n}\n")
+        self._known = kept
+        lines = [f"{json.dumps(key)}: {canonical_json(kept[key])}" for key in sorted(kept)]
+        atomic_write_text(self.path, "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n"))

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 from pvbuild.ask import Asker
 from pvbuild.outcomes import StageResult
 from pvbuild.progress import say
-from pvbuild.records import replace_directory
+from pvbuild.records import TEMP_SUFFIX, replace_directory
 
 if TYPE_CHECKING:
     from pvbuild.pipeline import Pipeline
+
+
+REPORT_SEED = 0
 
 
 def plot_losses(history: Mapping[str, list[float]], path: Path) -> None:
@@ -56,7 +59,9 @@ def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapp
              ("final training loss", metrics.get("train_loss")),
              ("final validation loss", metrics.get("validation_loss")),
              ("model.tar.gz", f"{model.get('uri')} (sha256 {str(model.get('sha256'))[:12]})"),
-             ("endpoint", f"{endpoint.get('endpoint_name')} ({endpoint.get('url') or endpoint.get('arn')})")]
+             # No URL or pid: they change on every deploy, and the same inputs give the same report.
+             ("endpoint", f"{endpoint.get('endpoint_name')} ({endpoint.get('backend')}, "
+                          f"{endpoint.get('instance_type')})")]
     hyper = sorted((training.get("hyperparameters") or {}).items())
     qa = "\n".join(f"<dt>{html.escape(q)}</dt><dd>{html.escape(a) or '<i>(empty)</i>'}</dd>" for q, a in answers)
     return f"""<!doctype html>
@@ -79,10 +84,11 @@ def run_report_stage(pipeline: Pipeline) -> StageResult:
     model = pipeline.read_artifact(pipeline.model_record) or {}
     endpoint = pipeline.read_artifact(pipeline.endpoint_record) or {}
     asker = Asker(pipeline)
-    answers = [(question, asker.ask(question)) for question in pipeline.config.ask["questions"]]
+    # Seeded: the same model gives the same answers, so the same inputs give the same report.
+    answers = [(question, asker.ask(question, seed=REPORT_SEED)) for question in pipeline.config.ask["questions"]]
     target = pipeline.report_dir
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".report-") as scratch:
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".report-", suffix=TEMP_SUFFIX) as scratch:
         built = Path(scratch) / "report"
         built.mkdir()
         plot_losses(training.get("history") or {}, built / "loss.png")

@@ -17,6 +17,12 @@ class TimedReporter(ConsoleReporter):
         self.ran = 0
         self.up_to_date = 0
 
+    def initialize(self, tasks: Any, selected_tasks: list[str]) -> None:
+        from pvbuild.tasks import note_selection
+
+        super().initialize(tasks, selected_tasks)
+        note_selection(list(selected_tasks or []))
+
     def execute_task(self, task: Any) -> None:
         super().execute_task(task)
         self.ran += 1 if task.actions else 0

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pvbuild.endpoint import DELETED, IN_SERVICE, EndpointError
+from pvbuild.endpoint import CREATING, DELETED, IN_SERVICE, EndpointError
 from pvbuild.errors import PvbuildError
 from pvbuild.progress import say
 from pvbuild.storage import aws_client
@@ -250,7 +250,7 @@ class SageMakerEndpoints:
             time.sleep(self.poll_seconds)
 
     def deploy(self, name: str, model: Mapping[str, Any], previous: Mapping[str, Any] | None,
-               pipeline: Pipeline) -> dict[str, Any]:
+               pipeline: Pipeline, started: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         instance_type = pipeline.endpoint_instance_type()
         allowed = pipeline.base_model().inference_instance_types
         if instance_type not in allowed:
@@ -268,6 +268,9 @@ class SageMakerEndpoints:
             call(f"UpdateEndpoint {name}", self.client.update_endpoint, EndpointName=name,
                  EndpointConfigName=resource)
             say(f"deploy: updating endpoint {name} to {resource}")
+        started({"backend": "sagemaker", "endpoint_name": name, "model_name": resource,
+                 "endpoint_config_name": resource, "instance_type": instance_type, "model_sha256": model["sha256"],
+                 "model_uri": model["uri"], "status": CREATING})
         reply = self._wait_in_service(name)
         if previous and previous.get("endpoint_name") != name:
             self.delete(previous)

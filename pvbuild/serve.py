@@ -98,6 +98,17 @@ def parse_payload(body: bytes) -> Generation:
     return Generation(payload["inputs"], parameters)
 
 
+def complete_text(tokenizer: Any, token_ids: list[int]) -> str:
+    """The decoded tokens without a character cut in half at the end: byte-level tokens can end
+    mid-character when ``max_new_tokens`` runs out, which decodes to U+FFFD ("\ufffd")."""
+    text = str(tokenizer.decode(token_ids, skip_special_tokens=False))
+    end = len(token_ids)
+    while text.endswith("\ufffd") and end > 0:
+        end -= 1
+        text = str(tokenizer.decode(token_ids[:end], skip_special_tokens=False))
+    return text
+
+
 class ModelRunner:
     """A loaded causal LM that turns a ``Generation`` into text (one request at a time)."""
 
@@ -130,7 +141,7 @@ class ModelRunner:
             if "seed" in parameters:
                 torch.manual_seed(int(parameters["seed"]))
             output = self.model.generate(**encoded, **options)
-        text = str(self.tokenizer.decode(output[0][encoded["input_ids"].shape[1]:], skip_special_tokens=False))
+        text = complete_text(self.tokenizer, output[0][encoded["input_ids"].shape[1]:].tolist())
         for stop in [*parameters.get("stop", []), self.tokenizer.eos_token or ""]:
             if stop and stop in text:
                 text = text[:text.index(stop)]

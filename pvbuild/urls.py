@@ -8,7 +8,7 @@ import hashlib
 import io
 import marshal
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
@@ -49,10 +49,14 @@ def file_id_for(link: str) -> str:
 
 
 def read_urls(path: Path) -> list[UrlRow]:
-    """Read the URL table, naming the file and row of anything malformed."""
+    """Read the URL table, naming the file and row of anything malformed.
+
+    A link listed twice is one article: the later row wins (as a newer crawl does). Two links
+    with one ``file_id`` would write one file, and a row without a source would never be built:
+    both are errors naming the lines."""
     if not path.is_file():
         return []
-    rows = []
+    by_link: dict[str, tuple[int, UrlRow]] = {}
     with path.open(encoding="utf-8", newline="") as stream:
         reader = csv.reader(stream)
         header = next(reader, [])
@@ -67,13 +71,39 @@ def read_urls(path: Path) -> list[UrlRow]:
             if len(raw) < len(header):
                 raw += [""] * (len(header) - len(raw))
             row = UrlRow(*[raw[position].strip() for position in positions])
+            where = f"{path}:{reader.line_num}"
             if not row.link or not row.file_id:
-                raise PvbuildError(f"{path}:{reader.line_num}: empty link or file_id; fix or delete that row")
+                raise PvbuildError(f"{where}: empty link or file_id; fix or delete that row")
+            if not row.source:
+                raise PvbuildError(f"{where}: empty source; name the configured source the row belongs to")
             if not _SAFE_ID.fullmatch(row.file_id):
-                raise PvbuildError(f"{path}:{reader.line_num}: file_id {row.file_id!r} is not a safe file name; "
+                raise PvbuildError(f"{where}: file_id {row.file_id!r} is not a safe file name; "
                                    "use letters, digits, '_', '-' and '.'")
-            rows.append(row)
-    return rows
+            by_link.pop(row.link, None)  # re-inserted: the later row keeps the later position
+            by_link[row.link] = (reader.line_num, row)
+    owners: dict[str, tuple[int, UrlRow]] = {}
+    for line, row in by_link.values():
+        other = owners.setdefault(row.file_id, (line, row))
+        if other[1] is not row:
+            raise PvbuildError(f"{path}:{line}: file_id {row.file_id!r} is also the file_id of line {other[0]} "
+                               f"({other[1].link}), another link; give one of them another file_id")
+    return [row for _, row in sorted(by_link.values(), key=lambda entry: entry[0])]
+
+
+def line_of(path: Path, matches: Callable[[UrlRow], bool]) -> int:
+    """The line number of the first row that ``matches`` (for error messages), or 0."""
+    with path.open(encoding="utf-8", newline="") as stream:
+        reader = csv.DictReader(stream)
+        for raw in reader:
+            row = UrlRow(*[(raw.get(column) or "").strip() for column in COLUMNS])
+            if matches(row):
+                return reader.line_num
+    return 0
+
+
+def is_web_link(link: str) -> bool:
+    """Only http(s) links are articles; ``javascript:``, ``mailto:`` and the like are not."""
+    return urlsplit(link).scheme in ("http", "https")
 
 
 def row_digest(row: UrlRow) -> str:
@@ -109,10 +139,12 @@ def write_urls(path: Path, rows: Iterable[UrlRow]) -> None:
     atomic_write_text(path, format_urls(rows))
 
 
-def merge_urls(existing: list[UrlRow], crawled: Iterable[UrlRow]) -> list[UrlRow]:
+def merge_urls(existing: list[UrlRow], crawled: Iterable[UrlRow], sources: Iterable[str]) -> list[UrlRow]:
     """Merge new rows into the table: one row per link (the newest crawl wins, keeping its
-    file_id), file ids unique, sorted by date, newest first (ties by link)."""
-    by_link = {row.link: row for row in existing}
+    file_id), file ids unique, sorted by date, newest first (ties by link). Rows of sources no
+    longer configured leave the table (``prune`` then removes their files)."""
+    configured = set(sources)
+    by_link = {row.link: row for row in existing if row.source in configured}
     taken = {row.file_id: row.link for row in existing}
     for row in crawled:
         old = by_link.get(row.link)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tests.conftest import Project
 
-CHAIN = ["urls", "markdown", "conversations", "dataset", "data", "upload", "train", "package", "deploy", "report"]
+CHAIN = ["urls", "prune", "markdown", "conversations", "dataset", "data", "upload", "train", "package", "deploy",
+         "report"]
 
 
 def run(project: Path, *command: str) -> subprocess.CompletedProcess[str]:

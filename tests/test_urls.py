@@ -47,7 +47,7 @@ def test_merge_dedupes_latest_wins_and_sorts_newest_first() -> None:
     existing = [row("https://a.cn/1/100.shtml", "2025-01-01", "old")]
     merged = merge_urls(existing, [row("https://a.cn/1/100.shtml", "2025-01-01", "new"),
                                    row("https://a.cn/2/200.shtml", "2025-03-01"),
-                                   row("https://b.cn/9/100.shtml", "2025-02-01")])
+                                   row("https://b.cn/9/100.shtml", "2025-02-01")], ["bjx"])
     assert [r.title for r in merged if r.link.endswith("1/100.shtml")] == ["new"]
     assert [r.date for r in merged] == ["2025-03-01", "2025-02-01", "2025-01-01"]
     ids = [r.file_id for r in merged]
