@@ -149,7 +149,7 @@ class Model:
     table: str | None = None  # the URL table as the user wrote it
     markdown: dict[str, str] = field(default_factory=dict)  # file_id -> hand-written text
     conversations: dict[str, str] = field(default_factory=dict)
-    built: dict[str, object] = field(default_factory=dict)  # what the last build was built from
+    built: dict[object, object] = field(default_factory=dict)  # what the last build was built from
     relist: bool = True  # the next build crawls the list pages again
 
 
@@ -163,7 +163,7 @@ class Differential:
         self.project = workspace / "incremental"
         self.model = Model()
         self.steps: list[str] = []
-        self.references: dict[str, tuple[Tree, Tree, dict[str, dict[str, str]]]] = {}
+        self.references: dict[str, tuple[Tree, dict[str, dict[str, str]]]] = {}
         self.log = log
         self.project.mkdir(parents=True)
         shutil.copy(ROOT / "dodo.py", self.project / "dodo.py")
@@ -177,9 +177,9 @@ class Differential:
             project = self._fresh(inputs)
             self._build_reference(project)
             tree = snapshot(project)
-            self.references[key] = (tree, {}, parse_table(tree["urls.csv"].decode("utf-8")))
-        tree, _, rows = self.references[key]
-        return tree, rows
+            self.references[key] = (tree, parse_table(tree["urls.csv"].decode("utf-8")))
+            shutil.rmtree(project)
+        return self.references[key]
 
     def _fresh(self, inputs: Inputs) -> Path:
         project = self.workspace / f"clean-{len(list(self.workspace.iterdir()))}"

@@ -16,8 +16,9 @@ import pytest
 
 from pvbuild.builtins.sample import serve_directory
 from pvbuild.pipeline import VOLATILE_FIELDS
-from tests.conftest import ROOT
+from tests.conftest import ROOT, Project, site_and_llm_config
 from tests.differential import ARTIFACTS, Inputs, doit, env, pvbuild, snapshot
+from tests.standins import FakeOpenAI, FixtureSite
 
 
 @pytest.fixture
@@ -124,12 +125,10 @@ def test_an_unconfigured_source_names_the_line(offline: Path) -> None:
     assert result.returncode == 2 and "urls.csv:3: source 'smaple' (did you mean 'sample'?)" in result.stderr
 
 
-def test_a_list_page_that_keeps_failing_fails_doit_urls(project: object, site: object, llm: object) -> None:
-    from tests.conftest import Project, site_and_llm_config
-
-    assert isinstance(project, Project)
-    project.config(site_and_llm_config(site, llm).replace("last_page = 2", "last_page = 3"))  # type: ignore[arg-type]
+def test_a_list_page_that_keeps_failing_fails_doit_urls(project: Project, site: FixtureSite, llm: FakeOpenAI) -> None:
+    project.config(site_and_llm_config(site, llm).replace("last_page = 2", "last_page = 3"))  # page 3: HTTP 404
     assert project.build("-a", "urls") != 0
+    assert project.build("urls") != 0  # and again: it is retried, and still fails
 
 
 def test_a_template_placeholder_the_data_lacks_is_a_configuration_error(offline: Path) -> None:

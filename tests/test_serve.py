@@ -95,3 +95,20 @@ def test_a_bad_payload_gets_400_with_the_reason(server: str, body: bytes, messag
 def test_unknown_paths_get_404(server: str) -> None:
     assert request(f"{server}/predict", b"{}")[0] == 404
     assert request(f"{server}/health")[0] == 404
+
+
+def test_an_answer_cut_mid_character_ends_on_a_whole_character(tiny_base: Path) -> None:
+    """max_new_tokens can stop inside a character that byte-level tokens spell in pieces: the
+    answer drops the half character instead of ending in U+FFFD."""
+    from transformers import AutoTokenizer
+
+    from pvbuild.serve import complete_text
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    text = "光伏𠀀𪚥🌞鑫"  # characters the tiny tokenizer never saw: spelled byte by byte
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    cut = [end for end in range(1, len(ids)) if str(tokenizer.decode(ids[:end])).endswith("\ufffd")]
+    assert cut, "the tokenizer spells these characters whole; pick rarer ones"
+    for end in cut:
+        answer = complete_text(tokenizer, ids[:end])
+        assert not answer.endswith("\ufffd") and text.startswith(answer) and answer.encode("utf-8")
