@@ -274,7 +274,7 @@ class Differential:
         stages = {finding["stage"] for finding in before}
         for path in sorted(changed):
             stage = path.split("/")[0].replace(".state", "state")
-            covered = path in named or "urls" in stages or (
+            covered = path in named or "urls" in stages or any(path.startswith(f"{name}/") for name in named) or (
                 stage in ("dataset",) and "dataset" in stages) or (
                 path.startswith(".state/") and (path.split("/")[1].split(".")[0] in stages or "prune" in ran)) or (
                 path.startswith("conversations/") and f"markdown/{Path(path).stem}.md" in named)
