@@ -17,8 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pvbuild.config import load_config  # noqa: E402
-from pvbuild.pipeline import Pipeline  # noqa: E402
-from pvbuild.urls import UrlRow, write_urls  # noqa: E402
+from pvbuild.engine.url_table import UrlRow, write_urls  # noqa: E402
+from pvbuild.engine.workspace import Workspace  # noqa: E402
+from pvbuild.stages.catalog import stage_named  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +56,7 @@ def synthesize(project: Path, count: int) -> None:
     """A built default-profile tree of ``count`` articles, with records, as pvbuild leaves it."""
     shutil.copy(ROOT / "dodo.py", project / "dodo.py")
     (project / "plugins").mkdir()
-    pipeline = Pipeline(load_config(project))
+    pipeline = Workspace(load_config(project))
     rows = [UrlRow(f"文章{i}", f"http://sample.pvbuild.invalid/zc/2025/{100000 + i}.shtml",
                    f"2025-{1 + i % 12:02d}-{1 + i % 28:02d}", str(100000 + i), "sample") for i in range(count)]
     write_urls(pipeline.urls_csv, rows)
@@ -67,13 +68,11 @@ def synthesize(project: Path, count: int) -> None:
             f"role,content\nuser,问{row.file_id}\nassistant,答{row.file_id}\n", encoding="utf-8")
     for stage in ("urls", "markdown", "conversations"):
         records = pipeline.records(stage)
-        for item in pipeline.items(stage):
+        for item in stage_named(stage).items(pipeline):
             records.put(item.key, {"inputs": dict(item.inputs), "output": pipeline.hasher.digest(item.output)})
         records.commit()
     # Build the (small) dataset for real so its record matches.
-    from pvbuild.dataset import run_dataset_stage
-
-    run_dataset_stage(pipeline)
+    stage_named("dataset").run(pipeline)
 
 
 # Commands run as on a user's machine, where Python caches bytecode: some environments (this

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.errors import PvbuildError
-from pvbuild.pipeline import STAGES
 from pvbuild.plugins import load_plugins
+from pvbuild.stages.catalog import CATALOG
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
@@ -55,19 +55,19 @@ def cmd_build(args: argparse.Namespace) -> int:
     return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
 
 
-def _pipeline(args: argparse.Namespace, live: bool = True) -> Any:
+def _workspace(args: argparse.Namespace, live: bool = True) -> Any:
     from pvbuild.config import load_config
-    from pvbuild.pipeline import Pipeline
+    from pvbuild.engine.workspace import Workspace
 
-    return Pipeline(load_config(args.project, args.profile), live=live)
+    return Workspace(load_config(args.project, args.profile), live=live)
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from pvbuild.ask import Asker
+    from pvbuild.stages.asking import Asker
 
     overrides = {key: value for key, value in (("system_prompt", args.system), ("max_new_tokens", args.max_new_tokens),
                                                ("temperature", args.temperature)) if value is not None}
-    answer = Asker(_pipeline(args), overrides).ask(args.question)
+    answer = Asker(_workspace(args), overrides).ask(args.question)
     print(answer)
     if not answer:
         print("pvbuild: the model's answer was empty (it stopped at once)", file=sys.stderr)
@@ -75,14 +75,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def cmd_teardown(args: argparse.Namespace) -> int:
-    from pvbuild.endpoint import teardown
+    from pvbuild.stages.deploy import teardown
 
-    print(teardown(_pipeline(args)))
+    print(teardown(_workspace(args)))
     return 0
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from pvbuild.serve import serve
+    from pvbuild.services.serve import serve
 
     archive = Path(args.model)
     if not archive.is_file():
@@ -94,23 +94,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from pvbuild.check import STALE, UP_TO_DATE, as_json, check, summary
 
-    pipeline = _pipeline(args, live=args.remote)
-    until = {"data": "dataset"}.get(args.until, args.until)
-    findings = check(pipeline, until)
-    profile = pipeline.config.profile
+    workspace = _workspace(args, live=args.remote)
+    findings = check(workspace, args.until)
+    profile = workspace.config.profile
     _print(as_json(findings, profile) if args.json else summary(findings, profile))
     return STALE if findings else UP_TO_DATE
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from pvbuild.prune import describe, find_leftovers, remove_leftovers
+    from pvbuild.stages.prune import describe, find_leftovers, remove_leftovers
 
-    pipeline = _pipeline(args, live=False)
-    leftovers = find_leftovers(pipeline)
+    workspace = _workspace(args, live=False)
+    leftovers = find_leftovers(workspace)
     if not args.dry_run:
-        remove_leftovers(pipeline, leftovers)
+        remove_leftovers(workspace, leftovers)
     verb = "would remove" if args.dry_run else "removed"
-    _print("\n".join(f"{verb} {describe(pipeline, leftover)}" for leftover in leftovers)
+    _print("\n".join(f"{verb} {describe(workspace, leftover)}" for leftover in leftovers)
            or "nothing to prune")
     return 0
 
@@ -146,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
                                 "2 on error; runs nothing")
     _profile_option(check)
     check.add_argument("--json", action="store_true", help="print the findings as JSON")
-    check.add_argument("--until", choices=[*STAGES[:4], "data", *STAGES[4:]], metavar="STAGE",
+    check.add_argument("--until", choices=[stage.name for stage in CATALOG], metavar="STAGE",
                        help="check only the steps up to STAGE (e.g. 'data': the dataset and what it is built from)")
     check.add_argument("--remote", action="store_true", help="also verify the store objects, the training job "
                        "and the endpoint (needs the services and their credentials)")

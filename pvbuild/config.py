@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.errors import ConfigError
+from pvbuild.plugin_types import BACKEND_KINDS
 from pvbuild.plugins import Registry, load_plugins
 
 EMBEDDED = "pvbuild/profiles.toml (embedded)"
@@ -50,7 +51,6 @@ TEMPLATE_FIELDS = ("context", "question", "answer")  # what an instruction line 
 # The model half. Backends: "local" (offline, default profile) or the AWS services.
 STORAGE_OPTIONS: dict[str, Any] = {"backend": "local", "root": ".pvbuild/object-store", "bucket": "",
                                    "prefix": "llm-fine-tuning"}
-STORAGE_BACKENDS = ("local", "s3")
 AWS_OPTIONS: dict[str, Any] = {"region": "", "partition": "aws", "role_arn": "", "endpoint_url": ""}
 AWS_PARTITIONS = {"aws": "", "aws-cn": "cn-", "aws-us-gov": "us-gov-"}  # partition → its regions' prefix
 TRAINING_OPTIONS: dict[str, Any] = {
@@ -58,7 +58,6 @@ TRAINING_OPTIONS: dict[str, Any] = {
     "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
     "max_runtime_seconds": 86400,
 }
-TRAINING_BACKENDS = ("local", "sagemaker")
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
                                     "startup_timeout": 300.0, "poll_seconds": 30.0}
 ASK_OPTIONS: dict[str, Any] = {
@@ -282,11 +281,9 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
     tables = {name: check.options(name, raw.get(name) or {}, defaults) for name, defaults in (
         ("storage", STORAGE_OPTIONS), ("aws", AWS_OPTIONS), ("training", TRAINING_OPTIONS),
         ("endpoint", ENDPOINT_OPTIONS), ("ask", ASK_OPTIONS))}
-    for key, allowed in (("storage.backend", STORAGE_BACKENDS), ("training.backend", TRAINING_BACKENDS),
-                         ("endpoint.backend", TRAINING_BACKENDS)):
-        section, option = key.split(".")
-        if tables[section][option] not in allowed:
-            raise check.fail(key, f"must be one of {', '.join(allowed)}")
+    for kind, section in BACKEND_KINDS.items():  # backends are plugins: the registry says what exists
+        names = registry.backend_names(kind)
+        check.plugin(f"{section}.backend", tables[section]["backend"], dict.fromkeys(names), f"{kind} backend")
     if tables["training"]["backend"] == "sagemaker" and tables["storage"]["backend"] != "s3":
         raise check.fail("storage.backend", "must be 's3' when training.backend is 'sagemaker' (the job reads S3)")
     if tables["endpoint"]["backend"] != tables["training"]["backend"]:

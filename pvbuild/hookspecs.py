@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from pvbuild.plugin_types import Annotator, BaseModel, CssSite
+    from pvbuild.plugin_types import Annotator, Backend, BaseModel, CssSite
 
 hookspec = pluggy.HookspecMarker("pvbuild")
 hookimpl = pluggy.HookimplMarker("pvbuild")
@@ -32,3 +32,9 @@ def register_annotators(register: Callable[[Annotator], None]) -> None:
 @hookspec
 def register_base_models(register: Callable[[BaseModel], None]) -> None:
     """Register base models for fine-tuning: call ``register(BaseModel(...))``."""
+
+
+@hookspec
+def register_backends(register: Callable[[Backend], None]) -> None:
+    """Register service backends: call ``register(Backend(kind, name, make))`` for an object store,
+    a training service or an endpoint service."""

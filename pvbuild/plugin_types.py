@@ -140,3 +140,42 @@ class BaseModel:
     description: str = ""
     local_model: str = ""
     build_local: Callable[[Sequence[str], Path, int], None] | None = None
+
+
+BACKEND_KINDS = {"store": "storage", "training": "training", "endpoint": "endpoint"}  # kind -> config section
+
+
+@dataclass(frozen=True)
+class ServiceContext:
+    """What a backend factory is given: its configuration section, the AWS section (credentials come
+    from boto3's chain, never from here), where the project and its machine-local cache are, and for
+    training and endpoint backends the profile's object store."""
+
+    options: Mapping[str, Any]
+    aws: Mapping[str, Any]
+    project_dir: Path
+    cache_dir: Path
+    store: Any = None
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A service a plugin provides: an object store (``kind="store"``), a training service
+    (``"training"``) or an endpoint service (``"endpoint"``), chosen by ``storage.backend``,
+    ``training.backend`` or ``endpoint.backend``. ``make`` builds it from a ``ServiceContext``; it
+    must satisfy ``pvbuild.services.stores.ObjectStore``, ``pvbuild.services.training.TrainingBackend``
+    or ``pvbuild.services.endpoints.EndpointBackend``."""
+
+    kind: str
+    name: str
+    make: Callable[[ServiceContext], Any]
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKEND_KINDS:
+            raise ValueError(f"backend kind must be one of {', '.join(BACKEND_KINDS)}, not {self.kind!r}")
+
+    @property
+    def key(self) -> str:
+        """Names are per kind ("local" is a store, a trainer and an endpoint): the registry key."""
+        return f"{self.kind}:{self.name}"

@@ -26,7 +26,7 @@ import pluggy
 
 from pvbuild import hookspecs
 from pvbuild.errors import PluginError
-from pvbuild.plugin_types import Annotator, BaseModel, CssSite
+from pvbuild.plugin_types import Annotator, Backend, BaseModel, CssSite
 
 BUILTIN_PLUGINS = (
     "pvbuild.builtins.sample",
@@ -35,11 +35,13 @@ BUILTIN_PLUGINS = (
     "pvbuild.builtins.openai_annotator",
     "pvbuild.builtins.base_models",
     "pvbuild.builtins.tiny",
+    "pvbuild.builtins.backends",
 )
-HOOK_NAMES = ("register_crawlers", "register_annotators", "register_base_models")
+HOOK_NAMES = ("register_crawlers", "register_annotators", "register_base_models", "register_backends")
 KINDS = {"register_crawlers": "crawlers", "register_annotators": "annotators",
-         "register_base_models": "base_models"}
-EXPECTED_TYPES: dict[str, type] = {"crawlers": CssSite, "annotators": Annotator, "base_models": BaseModel}
+         "register_base_models": "base_models", "register_backends": "backends"}
+EXPECTED_TYPES: dict[str, type] = {"crawlers": CssSite, "annotators": Annotator, "base_models": BaseModel,
+                                   "backends": Backend}
 
 T = TypeVar("T")
 
@@ -93,6 +95,10 @@ class Registry:
     crawlers: dict[str, Registered[CssSite]] = field(default_factory=dict)
     annotators: dict[str, Registered[Annotator]] = field(default_factory=dict)
     base_models: dict[str, Registered[BaseModel]] = field(default_factory=dict)
+    backends: dict[str, Registered[Backend]] = field(default_factory=dict)  # by Backend.key, "kind:name"
+
+    def backend_names(self, kind: str) -> list[str]:
+        return sorted(entry.item.name for entry in self.backends.values() if entry.item.kind == kind)
 
     def table(self, kind: str) -> dict[str, Registered[Any]]:
         table: dict[str, Registered[Any]] = getattr(self, kind)
@@ -209,7 +215,7 @@ class PluginLoader:
         def register(item: Any) -> None:
             if not isinstance(item, expected):
                 raise PluginError(f"{kind} must be {expected.__name__} instances, got {type(item).__name__}")
-            name = str(getattr(item, "name", ""))
+            name = str(getattr(item, "key", None) or getattr(item, "name", ""))
             if not name:
                 raise PluginError(f"a {expected.__name__} registered without a name")
             if name in table:

@@ -7,6 +7,10 @@ from typing import Any
 
 from doit.reporter import ConsoleReporter
 
+# The tasks named on doit's command line (or its default tasks), as doit tells its reporter: the
+# stage actions read it to know whether the run goes on to the data gate.
+SELECTED: list[str] = []
+
 
 class TimedReporter(ConsoleReporter):
     """Prints ``pvbuild: N step(s) ran, M up to date, in X s`` after every run."""
@@ -18,10 +22,8 @@ class TimedReporter(ConsoleReporter):
         self.up_to_date = 0
 
     def initialize(self, tasks: Any, selected_tasks: list[str]) -> None:
-        from pvbuild.tasks import note_selection
-
         super().initialize(tasks, selected_tasks)
-        note_selection(list(selected_tasks or []))
+        SELECTED[:] = list(selected_tasks or [])
 
     def execute_task(self, task: Any) -> None:
         super().execute_task(task)

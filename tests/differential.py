@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pvbuild.records import TEMP_SUFFIX
+from pvbuild.files import TEMP_SUFFIX
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = Path("artifacts/default")

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.builtins.tiny import TINY_HYPERPARAMETERS, build_tiny_model
-from pvbuild.local_services import text_fields
+from pvbuild.services.local_training import text_fields
 
 TEMPLATE = {"prompt": "关于光伏政策<{context}>, 提问: {question}", "completion": "{answer}"}
 

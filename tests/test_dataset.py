@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from pvbuild.dataset import Conversation, check_template_lines, split, write_dataset
+from pvbuild.engine.url_table import UrlRow
 from pvbuild.errors import PvbuildError
 from pvbuild.plugin_types import Message
-from pvbuild.urls import UrlRow
+from pvbuild.stages.dataset import Conversation, check_template_lines, split, write_dataset
 from tests.conftest import Project
 
 OPTIONS: dict[str, Any] = {

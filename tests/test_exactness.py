@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pvbuild.builtins.sample import serve_directory
-from pvbuild.pipeline import VOLATILE_FIELDS
+from pvbuild.engine.workspace import VOLATILE_FIELDS
 from tests.conftest import ROOT, Project, site_and_llm_config
 from tests.differential import ARTIFACTS, Inputs, doit, env, pvbuild, snapshot
 from tests.standins import FakeOpenAI, FixtureSite

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pvbuild.finetune import IGNORE, TrainingDataError, encode_chat, encode_instruction, finetune
+from pvbuild.services.finetune import IGNORE, TrainingDataError, encode_chat, encode_instruction, finetune
 from tests.models import TEMPLATE, chat_lines, hyperparameters, instruction_lines, write_channel
 
 

@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
-from pvbuild.ask import Asker
 from pvbuild.cli import main
 from pvbuild.config import load_config
-from pvbuild.local_services import process_alive
-from pvbuild.pipeline import Pipeline
+from pvbuild.engine import staleness
+from pvbuild.engine.stage import StaleItem
+from pvbuild.engine.workspace import Workspace
+from pvbuild.services.processes import process_alive
+from pvbuild.stages.asking import Asker
+from pvbuild.stages.catalog import stage_named
 from tests.conftest import Project
 
 CONFIG = """
@@ -48,6 +51,10 @@ def register_base_models(register):
         tokenizer="", build_local=build))
 '''
 
+def stale(workspace: Workspace, stage: str) -> list[StaleItem]:
+    return staleness.stale(workspace, stage_named(stage))
+
+
 
 def record(project: Project, name: str) -> dict[str, Any]:
     loaded: dict[str, Any] = json.loads((project.artifacts() / name).read_text(encoding="utf-8"))
@@ -58,8 +65,8 @@ def jobs(project: Project) -> list[str]:
     return sorted(path.stem for path in (project.path / ".pvbuild" / "test" / "jobs").glob("*.json"))
 
 
-def pipeline(project: Project) -> Pipeline:
-    return Pipeline(load_config(project.path, "test"))
+def pipeline(project: Project) -> Workspace:
+    return Workspace(load_config(project.path, "test"))
 
 
 @pytest.fixture
@@ -81,7 +88,7 @@ def test_the_chain_runs_once_and_then_only_what_changed(chain: Project) -> None:
 
     assert chain.build_all() == 0  # nothing changed: no job, no redeploy
     assert len(jobs(chain)) == 1 and record(chain, "endpoint.json") == endpoint
-    assert all(not pipeline(chain).stale(stage) for stage in ("upload", "train", "package", "deploy", "report"))
+    assert all(not stale(pipeline(chain), stage) for stage in ("upload", "train", "package", "deploy", "report"))
 
 
 def test_a_deleted_object_is_uploaded_again_without_retraining(chain: Project) -> None:
@@ -90,7 +97,7 @@ def test_a_deleted_object_is_uploaded_again_without_retraining(chain: Project) -
     store = chain.path / ".pvbuild" / "object-store"
     victim = store / marker["objects"][0]["key"]
     victim.unlink()
-    assert "not in the store any more" in pipeline(chain).stale("upload")[0].reason
+    assert "not in the store any more" in stale(pipeline(chain), "upload")[0].reason
     assert chain.build_all() == 0
     assert victim.is_file() and record(chain, "upload.json") == marker and len(jobs(chain)) == 1
 
@@ -102,7 +109,7 @@ def test_a_killed_endpoint_is_detected_and_redeployed(chain: Project) -> None:
     os.waitpid(old["pid"], 0)  # the server is this test process's child: reap it
     with pytest.raises(Exception, match="stale pid"):
         Asker(pipeline(chain))
-    assert "stale pid" in pipeline(chain).stale("deploy")[0].reason
+    assert "stale pid" in stale(pipeline(chain), "deploy")[0].reason
     assert chain.build_all() == 0
     new = record(chain, "endpoint.json")
     assert new["pid"] != old["pid"] and new["model_sha256"] == old["model_sha256"] and len(jobs(chain)) == 1
@@ -122,7 +129,7 @@ def test_changed_data_trains_one_new_job_and_replaces_the_endpoint(chain: Projec
     assert not process_alive(old["pid"]) or pipeline(chain).endpoint_backend().problem(old)  # the old one stopped
     assert main(["--project", str(chain.path), "teardown", "--profile", "test"]) == 0
     assert record(chain, "endpoint.json")["status"] == "Deleted"
-    assert "is Deleted" in pipeline(chain).stale("deploy")[0].reason
+    assert "is Deleted" in stale(pipeline(chain), "deploy")[0].reason
 
 
 def test_a_failed_job_stops_the_chain_and_the_rerun_starts_a_new_one(project: Project) -> None:
@@ -135,7 +142,7 @@ def test_a_failed_job_stops_the_chain_and_the_rerun_starts_a_new_one(project: Pr
         assert failed["status"] == "Failed" and "GPU fell off the bus" in failed["failure_reason"]
         assert not (project.artifacts() / "model.json").exists()
         assert not (project.artifacts() / "endpoint.json").exists()
-        assert "GPU fell off the bus" in pipeline(project).stale("train")[0].reason
+        assert "GPU fell off the bus" in stale(pipeline(project), "train")[0].reason
 
         (project.path / "fail-training").unlink()
         assert project.build_all() == 0

@@ -16,11 +16,14 @@ from typing import Any
 
 import pytest
 
-from pvbuild.ask import Asker
 from pvbuild.cli import main
 from pvbuild.config import load_config
+from pvbuild.engine import staleness
+from pvbuild.engine.stage import StaleItem
+from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import ConfigError
-from pvbuild.pipeline import Pipeline
+from pvbuild.stages.asking import Asker
+from pvbuild.stages.catalog import stage_named
 from tests.aws import FAKE_CREDENTIALS, fake_credentials
 from tests.conftest import Project
 from tests.sagemaker_shim import HUB, SageMakerShim, model_files, serve_with_shim
@@ -52,6 +55,10 @@ tokenizer = "{tokenizer}"
 """
 
 
+def stale(workspace: Workspace, stage: str) -> list[StaleItem]:
+    return staleness.stale(workspace, stage_named(stage))
+
+
 class Cloud:
     """A project wired to moto + shim, and the boto3 clients to look behind pvbuild's back."""
 
@@ -74,8 +81,8 @@ class Cloud:
         loaded: dict[str, Any] = json.loads((self.project.artifacts() / name).read_text(encoding="utf-8"))
         return loaded
 
-    def pipeline(self) -> Pipeline:
-        return Pipeline(load_config(self.project.path, "test"))
+    def pipeline(self) -> Workspace:
+        return Workspace(load_config(self.project.path, "test"))
 
     def endpoints(self) -> list[str]:
         return sorted(e["EndpointName"] for e in self.sagemaker.list_endpoints()["Endpoints"])
@@ -213,7 +220,7 @@ def test_a_failed_job_stops_the_chain_with_its_reason_and_the_rerun_starts_one_n
     failed = cloud.record("training.json")
     assert failed["status"] == "Failed" and failed["failure_reason"] == "AlgorithmError: CUDA out of memory"
     assert "Failed (AlgorithmError: CUDA out of memory)" in capsys.readouterr().err
-    assert "CUDA out of memory" in cloud.pipeline().stale("train")[0].reason
+    assert "CUDA out of memory" in stale(cloud.pipeline(), "train")[0].reason
     assert not (cloud.project.artifacts() / "model.json").exists()
     assert "CreateModel" not in cloud.shim.created and "CreateEndpoint" not in cloud.shim.created
 

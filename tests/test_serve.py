@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from pvbuild.package import pack_directory
-from pvbuild.serve import Generation, ModelRunner, sha256_file, unpack
+from pvbuild.files import sha256_file
+from pvbuild.services.serve import Generation, ModelRunner, unpack
+from pvbuild.stages.package import pack_directory
 
 
 def request(url: str, body: bytes | None = None) -> tuple[int, Any]:
@@ -102,7 +103,7 @@ def test_an_answer_cut_mid_character_ends_on_a_whole_character(tiny_base: Path) 
     answer drops the half character instead of ending in U+FFFD."""
     from transformers import AutoTokenizer
 
-    from pvbuild.serve import complete_text
+    from pvbuild.services.serve import complete_text
 
     tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
     text = "光伏𠀀𪚥🌞鑫"  # characters the tiny tokenizer never saw: spelled byte by byte

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pvbuild.errors import PvbuildError
-from pvbuild.urls import (
+from pvbuild.engine.url_table import (
     UrlRow,
     file_id_for,
     merge_urls,
@@ -17,6 +16,7 @@ from pvbuild.urls import (
     row_digest,
     write_urls,
 )
+from pvbuild.errors import PvbuildError
 
 
 @pytest.mark.parametrize(("link", "expected"), [

@@ -34,7 +34,7 @@ def build_tiny_model(texts: Sequence[str], directory: Path, seed: int) -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from pvbuild.finetune import quiet_transformers
+    from pvbuild.services.finetune import quiet_transformers
 
     quiet_transformers()
     bpe = Tokenizer(models.BPE())

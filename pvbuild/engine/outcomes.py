@@ -1,0 +1,53 @@
+"""What a stage run produced: counts and per-item failures, kept for the end-of-run report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pvbuild.files import atomic_write_text
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One item that failed, where (URL or file) and why; it is retried on the next run."""
+
+    key: str
+    where: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.key} ({self.where}): {self.reason}"
+
+
+@dataclass
+class StageResult:
+    """Counts of one stage run and its failures."""
+
+    stage: str
+    built: int = 0
+    skipped: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what else the user should know, e.g. rows left out
+
+    def summary(self) -> str:
+        counts = f"{self.stage}: {self.built} built, {self.skipped} up to date, {len(self.failures)} failed"
+        return "; ".join([counts, *self.notes])
+
+
+def failures_file(cache_dir: Path, stage: str) -> Path:
+    return cache_dir / "failures" / f"{stage}.json"
+
+
+def save_failures(cache_dir: Path, result: StageResult) -> None:
+    """Remember this run's failures of the stage (an empty list clears the previous ones)."""
+    data = [asdict(failure) for failure in result.failures]
+    atomic_write_text(failures_file(cache_dir, result.stage), json.dumps(data, ensure_ascii=False, indent=1))
+
+
+def load_failures(cache_dir: Path, stage: str) -> list[Failure]:
+    path = failures_file(cache_dir, stage)
+    if not path.is_file():
+        return []
+    return [Failure(**entry) for entry in json.loads(path.read_text(encoding="utf-8"))]

@@ -1,0 +1,75 @@
+"""What a stage is: a name, a doc line, its items, its own reasons to rebuild beyond the records, and
+the action that rebuilds what is stale. The ordered catalog of stages (``pvbuild.stages.catalog``) is
+the build graph."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from pvbuild.engine.records import Item
+
+if TYPE_CHECKING:
+    from pvbuild.engine.outcomes import StageResult
+    from pvbuild.engine.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class StaleItem:
+    """An item to rebuild and the reason."""
+
+    item: Item
+    reason: str
+    # False when rebuilding restores what the records already say (a torn-down endpoint, a deleted
+    # store object, an edited dataset file): nothing downstream can change because of it.
+    propagates: bool = True
+    # True when the reason comes from an upstream output that may itself be rebuilt first (an orphan
+    # while the URL table is about to be crawled again): then it is a "may", not a "will".
+    derived: bool = False
+    owner: str = ""  # the stage whose file this is, when another stage acts on it (prune)
+
+
+class Stage(Protocol):
+    """One step of the build. Items are computed from the workspace; the engine compares them with
+    the stage's records; ``refine`` adds the stage's own reasons (a job that failed, an endpoint that
+    is down); ``run`` rebuilds what is stale and records it."""
+
+    name: ClassVar[str]
+    doc: ClassVar[str]
+    per_article: ClassVar[bool]  # items are keyed by file_id: staleness passes key by key to the next such stage
+    keeps_edits: ClassVar[bool]  # a hand-edited output is kept and taken as built (make semantics)
+    record_output: ClassVar[bool]  # the output is a JSON record with volatile fields (workspace.VOLATILE_FIELDS)
+    derived_inputs: ClassVar[frozenset[str]]  # inputs that are digests of upstream outputs, not configuration
+    is_gate: ClassVar[bool]  # the data gate: a run that reaches it reports failures there, not stage by stage
+
+    def items(self, workspace: Workspace) -> list[Item]: ...
+
+    def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]: ...
+
+    def file(self, workspace: Workspace, key: str) -> str: ...
+
+    def run(self, workspace: Workspace) -> StageResult: ...
+
+
+class StageBase:
+    """Defaults for a stage of one item whose staleness is its records' alone."""
+
+    name: ClassVar[str] = ""
+    doc: ClassVar[str] = ""
+    per_article: ClassVar[bool] = False
+    keeps_edits: ClassVar[bool] = False
+    record_output: ClassVar[bool] = False
+    derived_inputs: ClassVar[frozenset[str]] = frozenset()
+    is_gate: ClassVar[bool] = False
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        raise NotImplementedError
+
+    def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
+        return found
+
+    def run(self, workspace: Workspace) -> StageResult:
+        raise NotImplementedError
+
+    def file(self, workspace: Workspace, key: str) -> str:
+        return next(item.file for item in self.items(workspace) if item.key == key)

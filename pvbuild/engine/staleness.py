@@ -1,0 +1,103 @@
+"""The one staleness engine: which items of a stage are stale and why (what doit's up-to-date checks
+ask), the build's explicit adoption of hand edits, and the transitive view over a list of stages
+(what ``pvbuild check`` reports). No stage is named here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from pvbuild.engine.records import EDITED, stale_items
+from pvbuild.engine.stage import Stage, StaleItem
+from pvbuild.engine.workspace import Workspace
+from pvbuild.progress import say
+
+
+def stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
+    """The stage's stale items: its records against its items, then the stage's own reasons."""
+    items = stage.items(workspace)
+    digest_of = _record_digest(workspace, stage) if stage.record_output else workspace.hasher.digest
+    found = [StaleItem(item, reason) for item, reason in stale_items(items, workspace.records(stage.name), digest_of)]
+    found = stage.refine(workspace, items, found)
+    if not workspace.checking:  # check saves the stat cache once, at its end
+        workspace.hasher.save()
+    return found
+
+
+def _record_digest(workspace: Workspace, stage: Stage) -> Callable[[str], str | None]:
+    """Digests of JSON-record outputs without their volatile fields; a record written by pvbuild 0.1,
+    which digested the whole file, still matches the file it recorded (no retraining on upgrade)."""
+    def digest_of(file: str) -> str | None:
+        stable = workspace.output_digest(file)
+        recorded = {record.get("output") for record in workspace.records(stage.name).records.values()}
+        legacy = workspace.hasher.digest(file)
+        return legacy if stable not in recorded and legacy in recorded else stable
+    return digest_of
+
+
+def adopt_edits(workspace: Workspace, stage: Stage) -> list[StaleItem]:
+    """The build's explicit first step of a stage that keeps hand edits (make semantics): record each
+    edited output as built, so its dependents rebuild from it. Returns what is left to build."""
+    found = stale(workspace, stage)
+    if not stage.keeps_edits:
+        return found
+    kept = [entry.item for entry in found if entry.reason == EDITED]
+    if kept:
+        workspace.rewrote(stage.name, kept)
+        say(f"{stage.name}: kept {len(kept)} hand-edited file(s): " + ", ".join(item.key for item in kept[:5])
+            + (" ..." if len(kept) > 5 else ""))
+    return [entry for entry in found if entry.reason != EDITED]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A stale item as the whole graph sees it: ``upstream`` names the stale stage it follows from
+    when the finding is a "may" (rebuilding upstream can give the same bytes, and doit stops there)."""
+
+    stage: str
+    stale: StaleItem
+    upstream: str | None = None
+
+
+def _only_derived(workspace: Workspace, stage: Stage, entry: StaleItem) -> bool:
+    """Whether the entry's changed inputs are all upstream outputs (no configuration changed)."""
+    if entry.derived:
+        return True
+    record = workspace.records(stage.name).get(entry.item.key)
+    if record is None or not stage.derived_inputs:
+        return False
+    recorded = record.get("inputs", {})
+    changed = {name for name in set(entry.item.inputs) | set(recorded)
+               if entry.item.inputs.get(name) != recorded.get(name)}
+    return bool(changed) and changed <= stage.derived_inputs
+
+
+def walk(workspace: Workspace, stages: Sequence[Stage]) -> list[Finding]:
+    """Every stale item of ``stages`` (in order), own and transitive: a stale per-article item makes
+    the same key of the next per-article stage stale; any stale stage makes every later stage stale."""
+    findings: list[Finding] = []
+    changing: dict[str, set[str]] = {}  # per stage, the keys whose rebuild may change what follows
+    previous_per_article: Stage | None = None
+    for index, stage in enumerate(stages):
+        own = stale(workspace, stage)
+        upstream = [s.name for s in stages[:index] if changing.get(s.name)]
+        for entry in own:
+            may = upstream and not stage.per_article and _only_derived(workspace, stage, entry)
+            findings.append(Finding(entry.owner or stage.name, entry, upstream[-1] if may else None))
+        changing[stage.name] = {entry.item.key for entry in own if entry.propagates}
+        own_keys = {entry.item.key for entry in own}
+        if stage.per_article and previous_per_article is not None:
+            for key in sorted(changing[previous_per_article.name] - own_keys):
+                item_file = stage.file(workspace, key)
+                from pvbuild.engine.records import Item
+
+                entry = StaleItem(Item(key, {}, item_file), f"upstream: {previous_per_article.name} {key} is stale")
+                findings.append(Finding(stage.name, entry))
+                changing[stage.name].add(key)
+        elif not stage.per_article and not own and upstream:
+            for item in stage.items(workspace):
+                findings.append(Finding(stage.name, StaleItem(item, f"upstream: {upstream[-1]} is stale")))
+                changing[stage.name].add(item.key)
+        if stage.per_article:
+            previous_per_article = stage
+    return findings

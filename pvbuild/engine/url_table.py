@@ -1,0 +1,161 @@
+"""The URL table: one row per article, merged across crawls, with stable, safe file ids."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import marshal
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
+from urllib.parse import unquote, urlsplit
+
+from pvbuild.engine.records import strings_digest
+from pvbuild.errors import PvbuildError
+from pvbuild.files import atomic_write_bytes, atomic_write_text
+
+COLUMNS = ("title", "link", "date", "file_id", "source")
+_UNSAFE = re.compile(r"[^0-9A-Za-z_.-]+")
+_SAFE_ID = re.compile(r"[0-9A-Za-z_-][0-9A-Za-z_.-]{0,120}")
+_DATE = re.compile(r"(\d{4})\D{1,3}(\d{1,2})\D{1,3}(\d{1,2})")
+
+
+class UrlRow(NamedTuple):
+    """One article of the URL table (a named tuple: 10,000 are read at every check)."""
+
+    title: str
+    link: str
+    date: str
+    file_id: str
+    source: str
+
+
+def normalize_date(text: str) -> str:
+    """``2025/8/1``, ``2025年8月1日`` and ``2025-08-01 10:00`` all become ``2025-08-01``."""
+    match = _DATE.search(text)
+    if not match:
+        return text.strip()
+    year, month, day = match.groups()
+    return f"{year}-{int(month):02d}-{int(day):02d}"
+
+
+def file_id_for(link: str) -> str:
+    """The stem of the link's path, made safe as a file name (no separators, no leading dots)."""
+    stem = PurePosixPath(unquote(urlsplit(link).path)).stem
+    safe = _UNSAFE.sub("_", stem).lstrip(".")[:100].strip("_")
+    return safe or "url-" + hashlib.sha256(link.encode("utf-8")).hexdigest()[:12]
+
+
+def read_urls(path: Path) -> list[UrlRow]:
+    """Read the URL table, naming the file and row of anything malformed.
+
+    A link listed twice is one article: the later row wins (as a newer crawl does). Two links
+    with one ``file_id`` would write one file, and a row without a source would never be built:
+    both are errors naming the lines."""
+    if not path.is_file():
+        return []
+    by_link: dict[str, tuple[int, UrlRow]] = {}
+    with path.open(encoding="utf-8", newline="") as stream:
+        reader = csv.reader(stream)
+        header = next(reader, [])
+        missing = set(COLUMNS) - set(header)
+        if missing:
+            raise PvbuildError(f"{path}: missing columns {', '.join(sorted(missing))}; "
+                               f"the header must be {','.join(COLUMNS)}")
+        positions = [header.index(column) for column in COLUMNS]
+        for raw in reader:
+            if not raw:
+                continue  # a blank line, as csv.DictReader skips it
+            if len(raw) < len(header):
+                raw += [""] * (len(header) - len(raw))
+            row = UrlRow(*[raw[position].strip() for position in positions])
+            where = f"{path}:{reader.line_num}"
+            if not row.link or not row.file_id:
+                raise PvbuildError(f"{where}: empty link or file_id; fix or delete that row")
+            if not row.source:
+                raise PvbuildError(f"{where}: empty source; name the configured source the row belongs to")
+            if not _SAFE_ID.fullmatch(row.file_id):
+                raise PvbuildError(f"{where}: file_id {row.file_id!r} is not a safe file name; "
+                                   "use letters, digits, '_', '-' and '.'")
+            by_link.pop(row.link, None)  # re-inserted: the later row keeps the later position
+            by_link[row.link] = (reader.line_num, row)
+    owners: dict[str, tuple[int, UrlRow]] = {}
+    for line, row in by_link.values():
+        other = owners.setdefault(row.file_id, (line, row))
+        if other[1] is not row:
+            raise PvbuildError(f"{path}:{line}: file_id {row.file_id!r} is also the file_id of line {other[0]} "
+                               f"({other[1].link}), another link; give one of them another file_id")
+    return [row for _, row in sorted(by_link.values(), key=lambda entry: entry[0])]
+
+
+def line_of(path: Path, matches: Callable[[UrlRow], bool]) -> int:
+    """The line number of the first row that ``matches`` (for error messages), or 0."""
+    with path.open(encoding="utf-8", newline="") as stream:
+        reader = csv.DictReader(stream)
+        for raw in reader:
+            row = UrlRow(*[(raw.get(column) or "").strip() for column in COLUMNS])
+            if matches(row):
+                return reader.line_num
+    return 0
+
+
+def is_web_link(link: str) -> bool:
+    """Only http(s) links are articles; ``javascript:``, ``mailto:`` and the like are not."""
+    return urlsplit(link).scheme in ("http", "https")
+
+
+def row_digest(row: UrlRow) -> str:
+    """What an article's markdown is built from in its row (the file_id says where it goes, not what it holds)."""
+    return strings_digest([row.title, row.link, row.date, row.source])
+
+
+def read_digested_urls(path: Path, table_digest: str | None, cache_file: Path) -> list[tuple[UrlRow, str]]:
+    """The table's rows, each with its ``row_digest``, kept in a machine-local cache for as long as the
+    table's digest holds: parsing and hashing 10,000 rows cost a sixth of a no-op doit."""
+    if table_digest is None:
+        return []
+    with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+        cached_digest, cached_rows = marshal.loads(cache_file.read_bytes())
+        if cached_digest == table_digest:
+            return [(UrlRow._make(fields), digest) for fields, digest in cached_rows]
+    digested = [(row, row_digest(row)) for row in read_urls(path)]
+    with contextlib.suppress(OSError):  # a cache: not being able to write it costs time, not correctness
+        atomic_write_bytes(cache_file, marshal.dumps((table_digest, [(tuple(row), d) for row, d in digested])))
+    return digested
+
+
+def format_urls(rows: Iterable[UrlRow]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row._asdict())
+    return buffer.getvalue()
+
+
+def write_urls(path: Path, rows: Iterable[UrlRow]) -> None:
+    atomic_write_text(path, format_urls(rows))
+
+
+def merge_urls(existing: list[UrlRow], crawled: Iterable[UrlRow], sources: Iterable[str]) -> list[UrlRow]:
+    """Merge new rows into the table: one row per link (the newest crawl wins, keeping its
+    file_id), file ids unique, sorted by date, newest first (ties by link). Rows of sources no
+    longer configured leave the table (``prune`` then removes their files)."""
+    configured = set(sources)
+    by_link = {row.link: row for row in existing if row.source in configured}
+    taken = {row.file_id: row.link for row in existing}
+    for row in crawled:
+        old = by_link.get(row.link)
+        if old is not None:
+            by_link[row.link] = row._replace(file_id=old.file_id)
+            continue
+        file_id = row.file_id
+        if taken.get(file_id, row.link) != row.link:
+            file_id = f"{file_id}-{hashlib.sha256(row.link.encode('utf-8')).hexdigest()[:8]}"
+        taken[file_id] = row.link
+        by_link[row.link] = row._replace(file_id=file_id)
+    ordered = sorted(by_link.values(), key=lambda row: row.link)
+    return sorted(ordered, key=lambda row: normalize_date(row.date), reverse=True)

@@ -1,0 +1,299 @@
+"""The workspace of one profile: where each artifact lives, its build records, the URL table, the
+identities of configuration and plugins, the machine-local cache, and the services (object store,
+trainer, endpoint) the configuration selects. Stages read and write through it; it knows no stage."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig, suggest
+from pvbuild.engine.records import (
+    FileHasher,
+    IdentityStore,
+    Item,
+    StageRecords,
+    digest,
+)
+from pvbuild.engine.url_table import UrlRow, read_digested_urls
+from pvbuild.errors import StateError
+from pvbuild.files import atomic_write_bytes
+from pvbuild.plugin_types import BACKEND_KINDS, ServiceContext
+
+if TYPE_CHECKING:
+    from pvbuild.plugin_types import BaseModel
+    from pvbuild.services.endpoints import EndpointBackend
+    from pvbuild.services.stores import ObjectStore
+    from pvbuild.services.training import TrainingBackend
+
+# Fields of the JSON records that differ between two builds of the same inputs (timings, process
+# ids, ports, service timestamps). The files keep them; every digest, and so every record under
+# .state and every staleness decision, leaves them out.
+VOLATILE_FIELDS = {"training.json": ("billable_seconds",),
+                   "endpoint.json": ("url", "pid", "creation_time", "previous")}
+
+
+class Workspace:
+    """One validated profile's artifact tree: paths, records, the URL table, identities, services."""
+
+    def __init__(self, config: Config, live: bool = True, services: Mapping[str, Any] | None = None) -> None:
+        """``live``: staleness may ask the object store and the endpoint (doit); ``check`` passes False
+        unless ``--remote``, and then decides from committed files alone. ``services``: backends by
+        kind (``store``, ``training``, ``endpoint``) to use instead of the configured ones."""
+        self.config = config
+        self.live = live
+        self.forced = False  # the running action was forced by doit -a: do its work even if up to date
+        self.checking = False  # ``pvbuild check``: saves the stat cache once at its end; --remote verifies jobs
+        # Made on first use from the configured backend plugins; tests may hand in their own.
+        self._services: dict[str, Any] = dict(services or {})
+        self.urls_csv = config.artifacts / "urls.csv"
+        self.markdown_dir = config.artifacts / "markdown"
+        self.conversation_dir = config.artifacts / "conversations"
+        self.dataset_dir = config.artifacts / "dataset"
+        self.manifest = self.dataset_dir / "manifest.json"
+        self.upload_marker = config.artifacts / "upload.json"
+        self.training_record = config.artifacts / "training.json"
+        self.model_record = config.artifacts / "model.json"
+        self.endpoint_record = config.artifacts / "endpoint.json"
+        self.report_dir = config.artifacts / "report"
+        self.hasher = FileHasher(config.cache_dir / "stat-cache.marshal", config.project_dir)
+        self._records: dict[str, StageRecords] = {}
+        self._rows: list[UrlRow] | None = None
+        self._table: list[tuple[UrlRow, str]] | None = None
+        self._row_digests: dict[str, str] = {}
+        self.identities: dict[str, Any] = {}
+        self._markdown_prefix = os.path.join(self.markdown_dir, "")
+        self._conversation_prefix = os.path.join(self.conversation_dir, "")
+        self.identity_store = IdentityStore(config.state_dir / "identities.json")
+        self._artifacts_prefix = os.path.join(config.artifacts, "")
+        self.generation = self.read_generation()
+
+    # -- inputs -----------------------------------------------------------------------------
+    def records(self, stage: str) -> StageRecords:
+        if stage not in self._records:
+            self._records[stage] = StageRecords(self.config.state_dir, stage)
+            if stage == "conversations":
+                self._add_row_inputs(self._records[stage])
+        return self._records[stage]
+
+    def _add_row_inputs(self, conversations: StageRecords) -> None:
+        """Records of versions before the row was an input of a conversation: take the row its markdown
+        was built from (the conversation was annotated from that markdown), rather than re-annotate all."""
+        markdown = None
+        for key, record in conversations.records.items():
+            inputs = record.get("inputs")
+            if isinstance(inputs, dict) and "row" not in inputs:
+                markdown = markdown or self.records("markdown")
+                built_from = (markdown.get(key) or {}).get("inputs", {})
+                if built_from.get("row"):
+                    inputs["row"] = built_from["row"]
+
+    def rows(self) -> list[UrlRow]:
+        """URL rows of the configured sources (rows of sources no longer configured are kept
+        in the table but not built)."""
+        if self._rows is None:
+            configured = {source.name for source in self.config.sources}
+            digested = self.table_rows()
+            unknown = {row.source for row, _ in digested} - configured
+            if unknown:
+                self._refuse_unknown_sources(unknown - self.unbuilt_sources(), configured)
+            self._rows = [row for row, _ in digested if row.source in configured]
+            self._row_digests = {row.file_id: row_digest for row, row_digest in digested}
+        return self._rows
+
+    @property
+    def row_digests(self) -> dict[str, str]:
+        """What each article's row holds, digested (``urls.row_digest``), by file_id."""
+        self.rows()
+        return self._row_digests
+
+    def _refuse_unknown_sources(self, unknown: set[str], configured: set[str]) -> None:
+        """A row whose source is not configured would silently never be built: name it."""
+        if not unknown:
+            return
+        from pvbuild.engine.url_table import line_of
+
+        source = sorted(unknown)[0]
+        line = line_of(self.urls_csv, lambda row: row.source == source)
+        raise StateError(f"{self.urls_csv}:{line}: source {source!r}{suggest(source, sorted(configured))} is not a "
+                         f"source of profile {self.config.profile!r} (configured: {', '.join(sorted(configured))}); "
+                         "fix the row's source or delete the row")
+
+    def forget_rows(self) -> None:
+        self._rows = None
+        self._table = None
+
+    def unbuilt_sources(self) -> set[str]:
+        """Sources in the URL table that the list crawl will drop: no longer configured, and the
+        lists are due to be crawled again because the source configuration changed."""
+        record = self.records("urls").get("urls")
+        if record is not None and record.get("inputs") == {"sources": self.sources_identity()}:
+            return set()
+        configured = {source.name for source in self.config.sources}
+        return {row.source for row, _ in self.table_rows()} - configured
+
+    def table_rows(self) -> list[tuple[UrlRow, str]]:
+        """Every row of the URL table with its digest, configured source or not."""
+        if self._table is None:
+            self._table = read_digested_urls(self.urls_csv, self.hasher.digest(self.urls_csv),
+                                             self.config.cache_dir / "urls-cache.marshal")
+        return self._table
+
+    # -- a fresh view after writes ---------------------------------------------------------
+    @property
+    def generation_file(self) -> Path:
+        """Rewritten whenever a stage action ends: a doit process that sees it change (its stages ran
+        in child processes, ``doit -n N``) forgets everything it had read."""
+        return self.config.cache_dir / "generation"
+
+    def read_generation(self) -> bytes:
+        try:
+            with open(self.generation_file, "rb") as stream:
+                return stream.read()
+        except OSError:
+            return b""
+
+    def bump_generation(self) -> None:
+        atomic_write_bytes(self.generation_file, os.urandom(8).hex().encode())  # this process too re-reads
+
+    def invalidate(self) -> None:
+        """Forget every record, row and digest read so far: files may have changed since."""
+        self._records.clear()
+        self.forget_rows()
+        self._row_digests = {}
+        self.hasher.forget()  # the up-to-date checks turn remembering on again; an action must not
+        self.generation = self.read_generation()
+
+    def refresh(self) -> None:
+        """Invalidate when another process (or an action) wrote since this pipeline last looked."""
+        if self.read_generation() != self.generation:
+            self.invalidate()
+
+    @property
+    def scratch_dir(self) -> Path:
+        """Machine-local work space of the running stage (emptied when a stage starts, pruned)."""
+        return self.config.cache_dir / "scratch"
+
+    def identity(self, value: Any) -> str:
+        """The digest of a configuration/plugin identity, remembered so ``check`` can name what changed."""
+        key = digest(value)
+        self.identities[key] = value
+        return key
+
+    def finish(self, stage: str) -> None:
+        """Fold the stage's journal into its records file; save the stat cache and the identities."""
+        self.records(stage).commit()
+        self.hasher.save()
+        self.identity_store.save(self.identities)
+
+    @contextlib.contextmanager
+    def finishing(self, stage: str) -> Iterator[None]:
+        """Run a stage body and finish the stage even when it fails or is interrupted."""
+        try:
+            yield
+        finally:
+            self.finish(stage)
+
+    def output_digest(self, file: str) -> str | None:
+        """The digest of an output as records keep it: its bytes, or for the JSON records with
+        volatile fields, its value without them."""
+        volatile = VOLATILE_FIELDS.get(os.path.basename(file)) if file.startswith(self._artifacts_prefix) else None
+        if volatile is None:
+            return self.hasher.digest(file)
+        value = self.read_artifact(Path(file))
+        return None if value is None else digest({k: v for k, v in value.items() if k not in volatile})
+
+    def record(self, stage: str, item: Item, **extra: Any) -> None:
+        """Record that ``item`` was built from its current inputs (its output is already written)."""
+        self.records(stage).put(item.key, {"inputs": dict(item.inputs), "output": self.output_digest(item.file),
+                                           **extra})
+
+    def rewrote(self, stage: str, items: list[Item]) -> None:
+        """Take the outputs' new digests but keep the records' inputs: teardown marked the endpoint
+        Deleted, or hand edits of intermediates are adopted (make semantics)."""
+        with self.finishing(stage):
+            for item in items:
+                record = self.records(stage).get(item.key)
+                if record is not None:
+                    self.records(stage).put(item.key, {**record, "output": self.output_digest(item.file)})
+
+    def source(self, name: str) -> SourceConfig:
+        return next(source for source in self.config.sources if source.name == name)
+
+    def sources_identity(self) -> str:
+        """What decides the URL table: each source's plugin, version and output-affecting options."""
+        return self.identity([self.plugin_identity("crawlers", s.plugin) | {"name": s.name, "options": {
+            k: v for k, v in s.options.items() if k not in RUNTIME_CRAWL_OPTIONS}} for s in self.config.sources])
+
+    def plugin_identity(self, kind: str, name: str) -> dict[str, Any]:
+        registered = self.config.registry.table(kind)[name]
+        return {"name": name, **registered.identity}
+
+    # -- paths ------------------------------------------------------------------------------
+    def markdown_path(self, file_id: str) -> Path:
+        return Path(self.markdown_file(file_id))
+
+    def conversation_path(self, file_id: str) -> Path:
+        return Path(self.conversation_file(file_id))
+
+    # The same as strings, for per-article loops (see ``records.Item``).
+    def markdown_file(self, file_id: str) -> str:
+        return f"{self._markdown_prefix}{file_id}.md"
+
+    def conversation_file(self, file_id: str) -> str:
+        return f"{self._conversation_prefix}{file_id}.csv"
+
+    def read_artifact(self, path: Path) -> dict[str, Any] | None:
+        """A JSON artifact (marker, record), or None when it does not exist yet."""
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as error:
+            raise StateError(f"{path}: unreadable ({error}); delete it and run doit to rebuild it") from error
+        if not isinstance(value, dict):
+            raise StateError(f"{path}: expected a JSON object; delete it and run doit to rebuild it")
+        return value
+
+    # -- services ---------------------------------------------------------------------------
+    def _service(self, kind: str) -> Any:
+        """The backend of ``kind`` the configuration selects, made once per workspace (one boto3 client
+        per run, not per staleness check), from the plugin that registered it."""
+        if kind not in self._services:
+            section = BACKEND_KINDS[kind]
+            options = getattr(self.config, section)
+            backend = self.config.registry.backends[f"{kind}:{options['backend']}"].item
+            store = self.store() if kind != "store" else None
+            self._services[kind] = backend.make(ServiceContext(options, self.config.aws, self.config.project_dir,
+                                                               self.config.cache_dir, store))
+        return self._services[kind]
+
+    def store(self) -> ObjectStore:
+        store: ObjectStore = self._service("store")
+        return store
+
+    def training_backend(self) -> TrainingBackend:
+        backend: TrainingBackend = self._service("training")
+        return backend
+
+    def endpoint_backend(self) -> EndpointBackend:
+        backend: EndpointBackend = self._service("endpoint")
+        return backend
+
+    def base_model(self) -> BaseModel:
+        return self.config.registry.base_models[self.config.training["base_model"]].item
+
+    def options_identity(self, options: Mapping[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
+        """The identity of a model-half configuration section, without the options that change how a
+        step runs, not what it makes."""
+        return self.identity({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out})
+
+    @property
+    def last_list_crawl_file(self) -> Path:
+        """When the lists were last crawled: machine-local, so committed state has no timestamps."""
+        return self.config.cache_dir / "last-list-crawl"
+

@@ -1,0 +1,116 @@
+"""The local training backend: fine-tunes with ``finetune`` in this process, laid out like SageMaker.
+
+The job's state lives in ``<cache>/jobs/<job>.json`` with the pid that runs it, so a job whose
+process died (Ctrl-C) is reported ``Stopped``. Its output goes to
+``<prefix>/output/<job>/output/model/`` in the object store, as a SageMaker job's does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from pvbuild.files import atomic_write_text
+from pvbuild.services.processes import process_alive
+from pvbuild.services.stores import ObjectStore, download_prefix
+from pvbuild.services.training import COMPLETED, RUNNING, JobState, JobStatus, TrainingRequest
+
+
+def text_fields(lines: list[dict[str, Any]]) -> list[str]:
+    """Every string in the dataset lines (the tiny model's tokenizer is trained on them)."""
+    found: list[str] = []
+    for line in lines:
+        for value in line.values():
+            if isinstance(value, str):
+                found.append(value)
+            elif isinstance(value, list):
+                found += [m.get("content", "") for m in value if isinstance(m, dict)]
+    return found
+
+
+class LocalTraining:
+    """Fine-tunes with ``finetune`` (transformers, + peft LoRA when ``training.lora``)."""
+
+    def __init__(self, store: ObjectStore, cache_dir: Path) -> None:
+        self.store = store
+        self.cache_dir = cache_dir
+        self.jobs = cache_dir / "jobs"
+
+    def _state_file(self, name: str) -> Path:
+        return self.jobs / f"{name}.json"
+
+    def _save(self, state: JobState, pid: int | None) -> JobState:
+        atomic_write_text(self._state_file(state.name), json.dumps({**asdict(state), "pid": pid}))
+        return state
+
+    def describe(self, job_name: str) -> JobState | None:
+        try:
+            saved = json.loads(self._state_file(job_name).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        pid = saved.pop("pid", None)
+        state = JobState(**saved)
+        if state.status == RUNNING and pid != os.getpid() and not process_alive(pid):
+            state.status = JobStatus.STOPPED
+            state.failure_reason = f"interrupted: process {pid} ended before the job finished"
+        return state
+
+    def create(self, request: TrainingRequest) -> JobState:
+        return self._save(JobState(name=request.job_name, status=RUNNING, secondary_status="Starting"), os.getpid())
+
+    def _download(self, uri: str, directory: Path) -> Path:
+        download_prefix(self.store, self.store.key(uri), directory)
+        return directory
+
+    def _base_model(self, request: TrainingRequest, train_dir: Path, work: Path) -> Path | str:
+        from pvbuild.services.finetune import channel_lines
+
+        base = request.base_model
+        configured = str(request.options.get("model_path") or "")
+        if configured or not base.build_local:
+            return configured or base.local_model or base.tokenizer
+        lines, template = channel_lines(train_dir)
+        texts = text_fields(lines) + list((template or {}).values())
+        base.build_local(texts, work / "base", int(request.hyperparameters.get("seed", 42)))
+        return work / "base"
+
+    def wait(self, request: TrainingRequest, on_update: Callable[[JobState], None]) -> JobState:
+        from pvbuild.services.finetune import finetune
+
+        state = self.describe(request.job_name)
+        if state is not None and state.status == COMPLETED:
+            return state
+        state = self._save(JobState(name=request.job_name, status=RUNNING, secondary_status="Training"), os.getpid())
+        on_update(state)
+        model_key = f"{request.output_key}/{request.job_name}/output/model"
+        try:
+            # In the profile's scratch folder, not $TMPDIR: a killed build's checkpoint is found and pruned.
+            (self.cache_dir / "scratch").mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix="pvbuild-train-", dir=self.cache_dir / "scratch") as scratch:
+                work = Path(scratch)
+                train_dir = self._download(request.channels["training"], work / "input" / "training")
+                validation = request.channels.get("validation")
+                validation_dir = self._download(validation, work / "input" / "validation") if validation else None
+                source = self._base_model(request, train_dir, work)
+                result = finetune(source, train_dir, validation_dir, request.hyperparameters, work / "model",
+                                  lora=bool(request.options.get("lora")), device=str(request.options["device"]))
+                for path in sorted((work / "model").rglob("*")):
+                    if path.is_file():
+                        self.store.put(f"{model_key}/{path.relative_to(work / 'model')}", path)
+        except Exception as error:  # noqa: BLE001 - a failed job is recorded with its reason, like SageMaker's
+            state = JobState(name=request.job_name, status=JobStatus.FAILED,
+                             failure_reason=f"{type(error).__name__}: {error}")
+            return self._save(state, None)
+        state = JobState(
+            name=request.job_name, status=COMPLETED, secondary_status=COMPLETED,
+            model_artifacts=self.store.uri(model_key + "/"), billable_seconds=round(result.seconds),
+            metrics={**result.metrics(), "train_examples": result.train_examples,
+                     "validation_examples": result.validation_examples, "train_tokens": result.train_tokens},
+            history={"step_loss": result.step_losses, "epoch_train_loss": result.epoch_train_loss,
+                     "epoch_validation_loss": result.epoch_validation_loss})
+        return self._save(state, None)

@@ -1,0 +1,209 @@
+"""Object stores: where the dataset and the trained model live between steps.
+
+``ObjectStore`` is the seam: ``LocalObjectStore`` keeps objects in a directory (the default
+profile, no network), ``S3ObjectStore`` talks to S3 or any S3-compatible endpoint through
+boto3. Both report an object's size and ETag (the MD5 of its bytes, or S3's multipart form),
+so the upload marker can be verified the same way against either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from pvbuild.errors import PvbuildError
+from pvbuild.files import atomic_write_bytes
+
+# Uploads above this size go in parts of this size; the expected ETag is computed the same way.
+PART_SIZE = 64 * 1024 * 1024
+
+
+class StorageError(PvbuildError):
+    """An object store call failed; the message carries the service's own reason."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What the store says about one object."""
+
+    size: int
+    etag: str
+
+
+def file_etag(path: Path, part_size: int = PART_SIZE) -> str:
+    """The ETag S3 gives ``path`` uploaded with ``part_size`` parts: MD5, or MD5 of part MD5s + ``-N``."""
+    parts = []
+    with path.open("rb") as stream:
+        while chunk := stream.read(part_size):
+            parts.append(hashlib.md5(chunk, usedforsecurity=False).digest())
+    if len(parts) <= 1:
+        return (parts[0] if parts else hashlib.md5(b"", usedforsecurity=False).digest()).hex()
+    return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
+class ObjectStore(Protocol):
+    """A bucket-like store addressed by keys; ``uri`` is what records show."""
+
+    def uri(self, key: str) -> str: ...
+
+    def key(self, uri: str) -> str: ...
+
+    def head(self, key: str) -> ObjectInfo | None: ...
+
+    def put(self, key: str, path: Path) -> ObjectInfo: ...
+
+    def keys(self, prefix: str) -> list[str]: ...
+
+    def get(self, key: str, path: Path) -> None: ...
+
+
+class LocalObjectStore:
+    """Objects as files under a root directory. URIs read ``local://<key>`` so records hold no
+    machine-specific path."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise StorageError(f"object key {key!r} leaves the store {self.root}")
+        return path
+
+    def uri(self, key: str) -> str:
+        return f"local://{key}"
+
+    def key(self, uri: str) -> str:
+        if not uri.startswith("local://"):
+            raise StorageError(f"{uri} is not an object of the local store (local://...)")
+        return uri[len("local://"):]
+
+    def head(self, key: str) -> ObjectInfo | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        return ObjectInfo(size=path.stat().st_size, etag=file_etag(path))
+
+    def put(self, key: str, path: Path) -> ObjectInfo:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.uploading")
+        shutil.copyfile(path, temporary)
+        temporary.replace(target)
+        info = self.head(key)
+        assert info is not None
+        return info
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self._path(prefix)
+        if base.is_file():
+            return [prefix]
+        return sorted(str(p.relative_to(self.root.resolve())) for p in base.rglob("*")
+                      if p.is_file() and not p.name.startswith("."))
+
+    def get(self, key: str, path: Path) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise StorageError(f"{self.uri(key)}: no such object")
+        atomic_write_bytes(path, source.read_bytes())
+
+
+class S3ObjectStore:
+    """Objects in an S3 bucket (``s3://`` URIs); ``client`` is a boto3 S3 client."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def key(self, uri: str) -> str:
+        prefix = f"s3://{self.bucket}/"
+        if not uri.startswith(prefix):
+            raise StorageError(f"{uri} is not an object of this store's bucket ({prefix}...)")
+        return uri[len(prefix):]
+
+    def _call(self, what: str, key: str, method: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return method(**kwargs)
+        except ClientError as error:
+            raise StorageError(f"{what} {self.uri(key)}: {error.response.get('Error', {}).get('Message', error)}") \
+                from error
+        except BotoCoreError as error:
+            raise StorageError(f"{what} {self.uri(key)}: {error}") from error
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            reply = self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageError(f"head {self.uri(key)}: {error}") from error
+        return ObjectInfo(size=int(reply["ContentLength"]), etag=str(reply["ETag"]).strip('"'))
+
+    def put(self, key: str, path: Path) -> ObjectInfo:
+        from boto3.s3.transfer import TransferConfig
+
+        config = TransferConfig(multipart_threshold=PART_SIZE + 1, multipart_chunksize=PART_SIZE)
+        self._call("upload to", key, self.client.upload_file, Filename=str(path), Bucket=self.bucket, Key=key,
+                   Config=config)
+        info = self.head(key)
+        if info is None:
+            raise StorageError(f"{self.uri(key)}: uploaded but not found afterwards")
+        return info
+
+    def keys(self, prefix: str) -> list[str]:
+        found: list[str] = []
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+        for page in self._call("list", prefix, lambda: list(pages)):
+            found += [entry["Key"] for entry in page.get("Contents", [])]
+        return sorted(found)
+
+    def get(self, key: str, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.downloading")
+        self._call("download", key, self.client.download_file, Bucket=self.bucket, Key=key, Filename=str(temporary))
+        temporary.replace(path)
+
+
+def put_verified(store: ObjectStore, key: str, path: Path) -> tuple[dict[str, Any], bool]:
+    """Upload ``path`` unless an identical object (size and ETag) is there, and verify it; return
+    ``{"uri", "size", "etag"}`` and whether it was sent."""
+    expected = {"size": path.stat().st_size, "etag": file_etag(path)}
+    present = store.head(key)
+    sent = present is None or {"size": present.size, "etag": present.etag} != expected
+    if sent:
+        present = store.put(key, path)
+        if {"size": present.size, "etag": present.etag} != expected:
+            raise StorageError(f"{store.uri(key)}: verification failed after upload: expected {expected}, "
+                               f"the store has size {present.size} and ETag {present.etag}")
+    return {"uri": store.uri(key), **expected}, sent
+
+
+def download_prefix(store: ObjectStore, prefix: str, directory: Path) -> list[str]:
+    """Every object under ``prefix`` into ``directory``, at its key relative to the prefix; the keys."""
+    keys = store.keys(prefix)
+    for key in keys:
+        store.get(key, directory / key[len(prefix):].lstrip("/"))
+    return keys
+
+
+def aws_client(service: str, aws: Mapping[str, Any]) -> Any:
+    """A boto3 client from the credentials chain; ``aws.endpoint_url`` points it at any compatible service."""
+    import boto3
+
+    kwargs: dict[str, Any] = {}
+    if aws.get("region"):
+        kwargs["region_name"] = aws["region"]
+    if aws.get("endpoint_url"):
+        kwargs["endpoint_url"] = aws["endpoint_url"]
+    return boto3.session.Session().client(service, **kwargs)

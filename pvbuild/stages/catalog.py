@@ -1,0 +1,33 @@
+"""The build graph: every stage in the order doit runs them, each depending on the one before.
+Adding a stage is one module in this package and one line here."""
+
+from __future__ import annotations
+
+from pvbuild.engine.stage import Stage
+from pvbuild.stages import conversations, dataset, deploy, gate, markdown, package, prune, report, train, upload, urls
+
+CATALOG: tuple[Stage, ...] = (
+    urls.STAGE,           # list pages -> urls.csv
+    prune.STAGE,          # orphans and leftovers of interrupted builds removed
+    markdown.STAGE,       # article pages -> markdown/<file_id>.md
+    conversations.STAGE,  # markdown -> conversations/<file_id>.csv (the annotator)
+    dataset.STAGE,        # conversations -> dataset/ (JSONL, template, Arrow)
+    gate.STAGE,           # "data": no model half on incomplete data
+    upload.STAGE,         # dataset -> object store, upload.json
+    train.STAGE,          # -> training.json (one job per distinct inputs)
+    package.STAGE,        # job output -> model.tar.gz, model.json
+    deploy.STAGE,         # -> endpoint.json
+    report.STAGE,         # -> report/
+)
+
+
+def stage_named(name: str, catalog: tuple[Stage, ...] = CATALOG) -> Stage:
+    return next(stage for stage in catalog if stage.name == name)
+
+
+def up_to(name: str | None, catalog: tuple[Stage, ...] = CATALOG) -> tuple[Stage, ...]:
+    """The stages up to and including ``name`` (all of them for None)."""
+    if name is None:
+        return catalog
+    names = [stage.name for stage in catalog]
+    return catalog[:names.index(name) + 1]

@@ -1,0 +1,159 @@
+"""The ``conversations`` stage: annotate each new or changed article into ``conversations/<file_id>.csv``
+(columns ``role,content``, alternating user/assistant), written only when it is valid.
+
+A conversation is built from its markdown, the annotator (plugin, version, output-affecting
+options) and its URL row (the annotator sees the title, date and link). A failed article writes
+nothing (so it is retried next run) and the others go on; a fatal error (no credentials, no quota)
+stops the stage and marks the rest as not attempted.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+
+from pvbuild.engine import staleness
+from pvbuild.engine.outcomes import Failure, StageResult
+from pvbuild.engine.records import Item, digest
+from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.workspace import Workspace
+from pvbuild.files import atomic_write_text
+from pvbuild.plugin_types import AnnotationError, Article, FatalAnnotationError, Message
+from pvbuild.progress import Progress
+
+ROLES = ("user", "assistant")
+
+
+def validate_conversation(messages: Iterable[Message]) -> list[Message]:
+    """At least one pair, roles alternating user/assistant from a user turn, nothing empty."""
+    checked = list(messages)
+    if not checked:
+        raise AnnotationError("the conversation is empty")
+    for index, message in enumerate(checked):
+        expected = ROLES[index % 2]
+        if message.role != expected:
+            raise AnnotationError(f"message {index + 1} has role {message.role!r}, expected {expected!r} "
+                                  "(roles must alternate user, assistant)")
+        if not isinstance(message.content, str) or not message.content.strip():
+            raise AnnotationError(f"message {index + 1} ({message.role}) is empty")
+    if len(checked) % 2:
+        raise AnnotationError("the conversation ends with a user turn that has no answer")
+    return checked
+
+
+def format_conversation(messages: Iterable[Message]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["role", "content"])
+    for message in messages:
+        writer.writerow([message.role, message.content.strip()])
+    return buffer.getvalue()
+
+
+def read_conversation(text: str, where: str) -> list[Message]:
+    """Parse a conversation CSV, naming the file and row of anything malformed."""
+    reader = csv.DictReader(io.StringIO(text))
+    if reader.fieldnames != ["role", "content"]:
+        raise AnnotationError(f"{where}: the header must be 'role,content'")
+    messages = [Message(row["role"], row["content"]) for row in reader]
+    try:
+        return validate_conversation(messages)
+    except AnnotationError as error:
+        raise AnnotationError(f"{where}: {error}") from error
+
+
+async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageResult) -> None:
+    config = workspace.config
+    rows = {row.file_id: row for row in workspace.rows()}
+    annotator = config.registry.annotators[config.annotator.plugin].item
+    records = workspace.records("conversations")
+    progress = Progress("conversations", len(stale))
+    import asyncio
+
+    slots = asyncio.Semaphore(int(config.annotator.options["concurrency"]))
+    fatal: list[str] = []
+    run = annotator.start(config.annotator.options)
+
+    async def annotate_one(entry: StaleItem) -> None:
+        row = rows[entry.item.key]
+        markdown_path = workspace.markdown_path(row.file_id)
+        where = str(markdown_path.relative_to(config.project_dir))
+
+        def fail(reason: str) -> None:
+            result.failures.append(Failure(row.file_id, where, reason))
+            progress.advance(False)
+
+        async with slots:
+            if fatal:
+                return fail(f"not attempted: {fatal[0]}")
+            article = Article(row.file_id, row.title, row.link, row.date, row.source,
+                              markdown_path.read_text(encoding="utf-8"))
+            try:
+                annotation = await run.annotate(article)
+                messages = validate_conversation(annotation.messages)
+            except FatalAnnotationError as error:
+                fatal.append(str(error))
+                return fail(str(error))
+            except AnnotationError as error:
+                return fail(str(error))
+            except Exception as error:  # noqa: BLE001 - a plugin bug fails this article, not the run
+                return fail(f"annotator {config.annotator.plugin!r} raised {type(error).__name__}: {error}")
+        text = format_conversation(messages)
+        atomic_write_text(entry.item.output, text)
+        records.put(row.file_id, {"inputs": dict(entry.item.inputs), "output": digest(text.encode("utf-8")),
+                                  "pairs": len(messages) // 2, "usage": dict(sorted(annotation.usage.items()))})
+        result.built += 1
+        progress.advance(True)
+
+    try:
+        await asyncio.gather(*(annotate_one(entry) for entry in stale))
+    finally:
+        await run.aclose()
+        progress.close()
+
+
+def annotator_identity(workspace: Workspace) -> str:
+    """What decides a conversation besides its markdown and row: the annotator plugin, its version and
+    its output-affecting options."""
+    config = workspace.config
+    annotator = config.registry.annotators[config.annotator.plugin].item
+    return workspace.identity(workspace.plugin_identity("annotators", config.annotator.plugin)
+                              | {"options": annotator.identity(config.annotator.options)})
+
+
+class ConversationsStage(StageBase):
+    name = "conversations"
+    doc = "annotate each new or changed article into a conversation CSV"
+    per_article = True
+    keeps_edits = True
+    derived_inputs = frozenset({"markdown"})
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        """One item per article whose markdown exists (an uncrawled article has nothing to annotate)."""
+        annotator = annotator_identity(workspace)
+        rows, digests = workspace.rows(), workspace.row_digests
+        items = []
+        for row in rows:
+            markdown = workspace.hasher.digest(workspace.markdown_file(row.file_id))
+            if markdown is not None:
+                items.append(Item(row.file_id, {"markdown": markdown, "annotator": annotator,
+                                                "row": digests[row.file_id]}, workspace.conversation_file(row.file_id)))
+        return items
+
+    def file(self, workspace: Workspace, key: str) -> str:
+        return workspace.conversation_file(key)
+
+    def run(self, workspace: Workspace) -> StageResult:
+        """Annotate every article whose conversation is stale."""
+        stale = staleness.adopt_edits(workspace, self)
+        result = StageResult(self.name, skipped=len(self.items(workspace)) - len(stale))
+        if stale:
+            import asyncio
+
+            with workspace.finishing(self.name):
+                asyncio.run(_annotate(workspace, stale, result))
+        return result
+
+
+STAGE = ConversationsStage()

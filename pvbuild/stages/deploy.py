@@ -1,0 +1,120 @@
+"""The ``deploy`` stage and ``pvbuild teardown``: the packed model behind an endpoint, and its record.
+
+The endpoint is named after the training job. An unchanged model is not redeployed; a new
+model replaces the old one (the old endpoint is removed once the new one serves). The record
+(``endpoint.json``) says which model serves where; ``teardown`` deletes what deploy created
+and marks the record ``Deleted``. Backends (``EndpointBackend``) are plugins: ``local`` and ``sagemaker`` are built in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.records import Item
+from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.workspace import Workspace
+from pvbuild.files import write_artifact
+from pvbuild.progress import say
+from pvbuild.services.endpoints import CREATING, DELETED, IN_SERVICE, DeployRequest, EndpointBackend, EndpointError
+
+
+def _after_interrupted_deploy(backend: EndpointBackend, interrupted: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A deploy was killed after it started a server: stop that process (a cloud endpoint of the same
+    name is picked up again by the next deploy) and go on from the endpoint it was replacing."""
+    if interrupted.get("pid"):
+        backend.delete(interrupted)
+    previous = interrupted.get("previous")
+    return dict(previous) if isinstance(previous, Mapping) else None
+
+
+def teardown(workspace: Workspace) -> str:
+    """Delete the recorded endpoint (and, on SageMaker, its config and model); update the record."""
+    record = workspace.read_artifact(workspace.endpoint_record)
+    if not record:
+        return "no endpoint record: nothing to tear down"
+    if record.get("status") == DELETED:
+        return f"endpoint {record.get('endpoint_name')} was already torn down"
+    backend = workspace.endpoint_backend()
+    if record.get("status") == CREATING and isinstance(record.get("previous"), Mapping):
+        backend.delete(record["previous"])  # an interrupted deploy left the endpoint it was replacing
+    deleted = backend.delete(record)
+    deleted.pop("previous", None)
+    write_artifact(workspace.endpoint_record, deleted)
+    workspace.rewrote("deploy", STAGE.items(workspace))
+    return f"endpoint {record.get('endpoint_name')} torn down"
+
+
+def live_endpoint(workspace: Workspace) -> tuple[EndpointBackend, dict[str, Any]]:
+    """The recorded endpoint and its backend, or an error saying how to get one."""
+    record = workspace.read_artifact(workspace.endpoint_record)
+    if not record:
+        raise EndpointError(f"no endpoint yet ({workspace.endpoint_record} is missing); run doit to deploy one")
+    if record.get("status") != IN_SERVICE:
+        raise EndpointError(f"endpoint {record.get('endpoint_name')} is {record.get('status')}; run doit to deploy")
+    backend = workspace.endpoint_backend()
+    problem = backend.problem(record)
+    if problem:
+        raise EndpointError(f"{problem}; run doit to redeploy")
+    return backend, record
+
+
+def endpoint_instance_type(workspace: Workspace) -> str:
+    instance_type = str(workspace.config.endpoint["instance_type"])
+    return instance_type or next(iter(workspace.base_model().inference_instance_types), "")
+
+
+class DeployStage(StageBase):
+    name = "deploy"
+    doc = "serve model.tar.gz from an endpoint (unchanged model: no redeploy)"
+    record_output = True
+    derived_inputs = frozenset({"model"})
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        model = workspace.read_artifact(workspace.model_record)
+        return [Item("deploy", {"model": model.get("sha256") if model else None,
+                                "endpoint": workspace.options_identity(workspace.config.endpoint)},
+                     str(workspace.endpoint_record))]
+
+    def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
+        """Beyond the records: a torn-down or dead endpoint is deployed again (nothing after it changes)."""
+        if found:
+            return found
+        endpoint = workspace.read_artifact(workspace.endpoint_record) or {}
+        if endpoint.get("status") != IN_SERVICE:
+            return [StaleItem(items[0], f"endpoint {endpoint.get('endpoint_name')} is {endpoint.get('status')}",
+                              False)]
+        problem = workspace.endpoint_backend().problem(endpoint) if workspace.live else None
+        return [StaleItem(items[0], problem, False)] if problem else []
+
+    def run(self, workspace: Workspace) -> StageResult:
+        item = self.items(workspace)[0]
+        model = workspace.read_artifact(workspace.model_record)
+        training = workspace.read_artifact(workspace.training_record)
+        if not model or not training:
+            raise EndpointError("nothing to deploy: model.json or training.json is missing; run the package step first")
+        backend = workspace.endpoint_backend()
+        previous = workspace.read_artifact(workspace.endpoint_record)
+        if previous and previous.get("status") == CREATING:
+            previous = _after_interrupted_deploy(backend, previous)
+        live = previous if previous and previous.get("status") == IN_SERVICE else None
+
+        def started(record: dict[str, Any]) -> None:
+            """Record the new server at once (and the one it replaces): a kill from now on leaks nothing."""
+            write_artifact(workspace.endpoint_record, {**record, "previous": live})
+
+        config = workspace.config
+        request = DeployRequest(name=str(training["job_name"]), model=model, previous=live,
+                                instance_type=endpoint_instance_type(workspace), base_model=workspace.base_model(),
+                                accept_eula=bool(config.training["accept_eula"]), options=config.endpoint,
+                                where=config.config_file)
+        record = backend.deploy(request, started)
+        write_artifact(workspace.endpoint_record, record)
+        with workspace.finishing("deploy"):
+            workspace.record("deploy", item)
+        say(f"deploy: endpoint {record['endpoint_name']} in service ({record.get('url') or record.get('arn')})")
+        return StageResult("deploy", built=1)
+
+
+STAGE = DeployStage()

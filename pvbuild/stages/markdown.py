@@ -1,0 +1,54 @@
+"""The ``markdown`` stage: crawl each new or changed article into ``markdown/<file_id>.md``.
+
+An article's markdown is built from its URL row and its source's crawler (plugin, version, article
+selector, strategy). A failed article writes nothing and is retried next run; a hand-edited
+markdown is kept and its conversation rebuilt from it.
+"""
+
+from __future__ import annotations
+
+from pvbuild.config import SourceConfig
+from pvbuild.engine import staleness
+from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.records import Item
+from pvbuild.engine.stage import StageBase
+from pvbuild.engine.workspace import Workspace
+
+
+def crawler_identity(workspace: Workspace, source: SourceConfig) -> str:
+    """What decides an article's markdown besides its row: the plugin, its version, selector and strategy."""
+    site = workspace.config.registry.crawlers[source.plugin].item
+    return workspace.identity(workspace.plugin_identity("crawlers", source.plugin) | {
+        "article_selector": site.article_selector, "strategy": source.options["strategy"]})
+
+
+class MarkdownStage(StageBase):
+    name = "markdown"
+    doc = "crawl each new or changed article into markdown"
+    per_article = True
+    keeps_edits = True
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        crawlers = {source.name: crawler_identity(workspace, source) for source in workspace.config.sources}
+        rows, digests = workspace.rows(), workspace.row_digests
+        return [Item(row.file_id, {"row": digests[row.file_id], "crawler": crawlers[row.source]},
+                     workspace.markdown_file(row.file_id)) for row in rows]
+
+    def file(self, workspace: Workspace, key: str) -> str:
+        return workspace.markdown_file(key)
+
+    def run(self, workspace: Workspace) -> StageResult:
+        """Crawl the article of every stale markdown item; failures write nothing."""
+        stale = staleness.adopt_edits(workspace, self)
+        result = StageResult("markdown", skipped=len(workspace.rows()) - len(stale))
+        if stale:
+            with workspace.finishing("markdown"):
+                import asyncio
+
+                from pvbuild.stages.sites import crawl_articles
+
+                asyncio.run(crawl_articles(workspace, stale, result))
+        return result
+
+
+STAGE = MarkdownStage()

@@ -1,0 +1,93 @@
+"""The package step: the training job's model artifacts → one ``model.tar.gz`` next to the job output.
+
+The job's ``ModelArtifacts`` is either an (uncompressed) prefix, which is downloaded and
+packed here with a streaming ``tarfile`` in a fixed order with fixed metadata (the same files
+give the same archive bytes), or already a tarball, which is used as it is. The record
+(``model.json``) holds the archive's URI, size, ETag and SHA-256.
+"""
+
+from __future__ import annotations
+
+import gzip
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.records import Item, digest
+from pvbuild.engine.stage import StageBase
+from pvbuild.engine.workspace import Workspace
+from pvbuild.errors import PvbuildError
+from pvbuild.files import sha256_file, write_artifact
+from pvbuild.progress import say
+from pvbuild.services.stores import StorageError, download_prefix, file_etag, put_verified
+
+
+def pack_directory(directory: Path, archive: Path) -> list[str]:
+    """Pack every file under ``directory`` into a reproducible gzip tarball; return the member names."""
+    names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
+    with archive.open("wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name in names:
+            info = tar.gettarinfo(str(directory / name), arcname=name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname, info.mode = 0, 0, 0, "", "", 0o644
+            with (directory / name).open("rb") as stream:
+                tar.addfile(info, stream)
+    return names
+
+
+def _members(archive: Path) -> list[str]:
+    with tarfile.open(archive, "r:*") as tar:
+        return sorted(member.name for member in tar.getmembers() if member.isfile())
+
+
+def _scratch(workspace: Workspace) -> Path:
+    path = workspace.scratch_dir
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+class PackageStage(StageBase):
+    name = "package"
+    doc = "pack the job's model artifacts into model.tar.gz beside the job output"
+    record_output = True
+    derived_inputs = frozenset({"job"})
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        record = workspace.read_artifact(workspace.training_record)
+        job = [record.get("job_name"), record.get("model_artifacts")] if record else None
+        return [Item("package", {"job": digest(job) if job else None}, str(workspace.model_record))]
+
+    def run(self, workspace: Workspace) -> StageResult:
+        item = self.items(workspace)[0]
+        training = workspace.read_artifact(workspace.training_record) or {}
+        artifacts = str(training.get("model_artifacts") or "")
+        if training.get("status") != "Completed" or not artifacts:
+            raise PvbuildError(f"{workspace.training_record}: no completed training job with model artifacts "
+                               "to package")
+        store = workspace.store()
+        source_key = store.key(artifacts)
+        with tempfile.TemporaryDirectory(prefix="pvbuild-package-", dir=_scratch(workspace)) as scratch:
+            archive = Path(scratch) / "model.tar.gz"
+            if source_key.endswith(".tar.gz"):
+                store.get(source_key, archive)
+                members = _members(archive)
+                stored = {"uri": store.uri(source_key), "size": archive.stat().st_size, "etag": file_etag(archive)}
+            else:
+                prefix = source_key.rstrip("/") + "/"
+                if not download_prefix(store, prefix, Path(scratch) / "model"):
+                    raise StorageError(f"{store.uri(prefix)}: the training job left no model files there")
+                members = pack_directory(Path(scratch) / "model", archive)
+                target_key = f"{prefix.rstrip('/').rsplit('/', 1)[0]}/model.tar.gz"  # beside output/model/
+                stored = put_verified(store, target_key, archive)[0]
+            record: dict[str, Any] = {**stored, "sha256": sha256_file(archive), "job_name": training["job_name"],
+                                      "source": artifacts, "members": members}
+        write_artifact(workspace.model_record, record)
+        with workspace.finishing("package"):
+            workspace.record("package", item)
+        say(f"package: {record['uri']} ({record['size'] / 1e6:.1f} MB, sha256 {record['sha256'][:12]})")
+        return StageResult("package", built=1)
+
+
+STAGE = PackageStage()

@@ -1,0 +1,175 @@
+"""What a build left that a clean build would not have, and how ``doit`` removes it.
+
+- orphans: markdown and conversation files (and their records) whose URL row is gone, or whose
+  source is no longer configured;
+- temporary files and folders of a build that was killed mid-write (their names end with
+  ``records.TEMP_SUFFIX``; older versions' ``.NAME.XXXX.tmp`` and ``.dataset-XXXX`` too);
+- a stage's journal that was never folded into its records file;
+- the machine-local scratch folder of a killed stage (a training checkpoint can be large).
+
+The ``prune`` stage runs right after the URL table, so ``doit`` removes all of it, ``pvbuild check``
+reports it (exit 1) and ``pvbuild prune [--dry-run]`` does it on demand.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+
+from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.records import Item
+from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.workspace import Workspace
+from pvbuild.files import TEMP_SUFFIX
+from pvbuild.progress import say
+
+PER_ARTICLE = (("markdown", ".md"), ("conversations", ".csv"))
+# What earlier versions left: ``.urls.csv.XXXX.tmp``, ``.dataset-XXXX/``, ``dataset.old/``.
+_OLD_TEMPORARY = re.compile(r"^\..+\.[A-Za-z0-9_]{6,}\.tmp$|^\.(dataset|report)-[A-Za-z0-9_]{6,}$"
+                            r"|^(dataset|report)\.old$")
+
+
+class Kind(StrEnum):
+    ORPHAN = "orphan"
+    TEMPORARY = "temporary"
+    JOURNAL = "journal"
+    RECORD = "record"
+    SCRATCH = "scratch"
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """One thing to remove: what it is, where, and why it is there."""
+
+    kind: Kind
+    stage: str
+    key: str
+    path: Path
+    reason: str
+
+
+def _is_temporary(name: str) -> bool:
+    return name.endswith(TEMP_SUFFIX) or bool(_OLD_TEMPORARY.match(name))
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _article_leftovers(workspace: Workspace, ids: set[str], gone_sources: dict[str, str]) -> list[Leftover]:
+    found = []
+    for stage, suffix in PER_ARTICLE:
+        directory = workspace.config.artifacts / stage
+        for name in _names(directory):
+            key = name.removesuffix(suffix)
+            if _is_temporary(name):
+                found.append(Leftover(Kind.TEMPORARY, stage, key, directory / name, "temporary file of an "
+                                      "interrupted build"))
+            elif name.endswith(suffix) and key not in ids:
+                found.append(Leftover(Kind.ORPHAN, stage, key, directory / name, _why_orphan(key, gone_sources)))
+        records = workspace.records(stage)
+        for key in sorted(set(records.records) - ids):
+            found.append(Leftover(Kind.RECORD, stage, key, records.path, f"record of {key}: "
+                                  + _why_orphan(key, gone_sources)))
+    return found
+
+
+def _why_orphan(key: str, gone_sources: dict[str, str]) -> str:
+    if key in gone_sources:
+        return f"orphan: its source {gone_sources[key]!r} is no longer configured"
+    return "orphan: its URL row is no longer in urls.csv"
+
+
+def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
+    """Temporaries in the artifact folder, its .state, and unfolded journals."""
+    artifacts, state = workspace.config.artifacts, workspace.config.state_dir
+    found = []
+    for directory in (artifacts, state, artifacts / "dataset", artifacts / "report"):
+        for name in _names(directory):
+            if _is_temporary(name):
+                found.append(Leftover(Kind.TEMPORARY, "prune", name, directory / name,
+                                      "temporary file of an interrupted build"))
+    for name in _names(state):
+        if name.endswith(".journal"):
+            stage = name.removesuffix(".journal")
+            found.append(Leftover(Kind.JOURNAL, stage, stage, state / name, f"journal of an interrupted {stage} "
+                                  f"step, not yet folded into {stage}.json"))
+    if _names(workspace.scratch_dir):
+        found.append(Leftover(Kind.SCRATCH, "prune", "scratch", workspace.scratch_dir,
+                              "work files of an interrupted step"))
+    return found
+
+
+def find_leftovers(workspace: Workspace) -> list[Leftover]:
+    """Everything ``prune`` would remove, in a stable order."""
+    ids = {row.file_id for row in workspace.rows()}
+    configured = {source.name for source in workspace.config.sources}
+    gone_sources = {row.file_id: row.source for row, _ in workspace.table_rows() if row.source not in configured}
+    return _tree_leftovers(workspace) + _article_leftovers(workspace, ids, gone_sources)
+
+
+def remove_leftovers(workspace: Workspace, leftovers: list[Leftover]) -> None:
+    """Remove them: files and folders deleted, records dropped, journals folded in."""
+    stages = set()
+    for leftover in leftovers:
+        if leftover.kind is Kind.RECORD:
+            workspace.records(leftover.stage).drop(leftover.key)
+            stages.add(leftover.stage)
+        elif leftover.kind is Kind.JOURNAL:
+            stages.add(leftover.stage)  # loading the records replays it; finishing folds it in
+        elif leftover.kind is Kind.SCRATCH:
+            empty_scratch(workspace.scratch_dir)
+        elif leftover.path.is_dir() and not leftover.path.is_symlink():
+            shutil.rmtree(leftover.path, ignore_errors=True)
+        else:
+            leftover.path.unlink(missing_ok=True)
+    for stage in sorted(stages):
+        workspace.records(stage).commit()
+
+
+def empty_scratch(scratch: Path) -> None:
+    for name in _names(scratch):
+        path = scratch / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def describe(workspace: Workspace, leftover: Leftover) -> str:
+    relative = os.path.relpath(leftover.path, workspace.config.project_dir)
+    return f"{leftover.kind} {relative}: {leftover.reason}"
+
+
+class PruneStage(StageBase):
+    name = "prune"
+    doc = "remove orphans (articles no longer in the URL table) and leftovers of interrupted builds"
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        return []  # nothing is built: what is stale is what is there and should not be
+
+    def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
+        record = workspace.records("urls").get("urls")
+        relisting = record is None or record.get("inputs") != {"sources": workspace.sources_identity()}
+        return [StaleItem(Item(leftover.key, {}, str(leftover.path)), f"{leftover.reason}; doit's prune step "
+                          "removes it", derived=relisting and leftover.kind in (Kind.ORPHAN, Kind.RECORD),
+                          owner=leftover.stage if leftover.stage != "prune" else "")
+                for leftover in find_leftovers(workspace)]
+
+    def run(self, workspace: Workspace) -> StageResult:
+        """Remove every leftover, saying what went."""
+        leftovers = find_leftovers(workspace)
+        remove_leftovers(workspace, leftovers)
+        for leftover in leftovers:
+            say(f"prune: removed {describe(workspace, leftover)}")
+        return StageResult(self.name, built=len(leftovers))
+
+
+STAGE = PruneStage()

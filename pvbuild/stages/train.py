@@ -1,0 +1,202 @@
+"""The ``train`` stage: one fine-tuning job per distinct (dataset, base model, hyperparameters).
+
+The job is keyed by the digest of its inputs. Its record (``training.json``) is written the
+moment the job exists, so an interrupted wait loses nothing: the next run finds the record,
+asks the backend about the job and re-attaches to it instead of starting a second. A failed
+or stopped job is recorded with the service's reason, stops the chain, and the next run
+starts a new attempt. Backends (``TrainingBackend``): ``local`` (``local_services``) and
+``sagemaker`` (``sagemaker``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
+from typing import Any
+
+from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.records import Item, digest
+from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.workspace import Workspace
+from pvbuild.errors import ConfigError, PvbuildError
+from pvbuild.files import write_artifact
+from pvbuild.plugin_types import BaseModel
+from pvbuild.progress import say
+from pvbuild.services.training import COMPLETED, RUNNING, JobState, TrainingBackend, TrainingRequest
+
+FORMAT_FLAGS = {"instruction": "instruction_tuned", "chat": "chat_dataset"}
+
+
+class TrainingFailed(PvbuildError):
+    """The job failed or was stopped; the message carries its FailureReason."""
+
+
+def _as_hyperparameter(value: Any) -> str:
+    return str(value) if not isinstance(value, bool) else ("True" if value else "False")
+
+
+def resolve_hyperparameters(base: BaseModel, overrides: Mapping[str, Any], dataset_format: str,
+                            where: str) -> dict[str, str]:
+    """The base model's defaults, the configured overrides and the format flag, as JumpStart strings.
+
+    Exactly one of ``instruction_tuned`` / ``chat_dataset`` is True, the one of the dataset's format.
+    """
+    if base.dataset_format != dataset_format:
+        raise ConfigError(f"{where}: dataset.format is {dataset_format!r} but base model {base.name!r} trains "
+                          f"on {base.dataset_format!r} data; set dataset.format = {base.dataset_format!r}")
+    merged = {name: _as_hyperparameter(value) for name, value in {**base.hyperparameters, **overrides}.items()}
+    for fmt, flag in FORMAT_FLAGS.items():
+        wanted = "True" if fmt == dataset_format else "False"
+        given = merged.setdefault(flag, wanted)
+        if given != wanted:
+            raise ConfigError(f"{where}: training.hyperparameters.{flag} = {given} disagrees with dataset.format = "
+                              f"{dataset_format!r}: exactly one of instruction_tuned / chat_dataset is True, the "
+                              "one matching the dataset's format (leave both unset to have it derived)")
+    return dict(sorted(merged.items()))
+
+
+def check_before_spending(workspace: Workspace, base: BaseModel, instance_type: str) -> None:
+    """A paid job only starts with an allowed instance type, an accepted EULA and a role."""
+    training, where = workspace.config.training, workspace.config.config_file
+    if training["backend"] != "sagemaker":
+        return
+    if not base.jumpstart_model_id:
+        raise ConfigError(f"{where}: training.base_model {base.name!r} has no JumpStart model; it trains locally only")
+    if instance_type not in base.training_instance_types:
+        raise ConfigError(f"{where}: training.instance_type {instance_type!r} is not allowed for {base.name}; "
+                          f"allowed: {', '.join(base.training_instance_types)}")
+    if training["accept_eula"] is not True:
+        raise ConfigError(f"{where}: training.accept_eula: {base.name} needs its EULA accepted explicitly; read it "
+                          "and set accept_eula = true")
+    if not workspace.config.aws["role_arn"]:
+        raise ConfigError(f"{where}: aws.role_arn: SageMaker needs an execution role ARN")
+
+
+def job_name(base: BaseModel, input_digest: str, attempt: int) -> str:
+    """``pv-<model>-<digest>-<attempt>``: at most 63 of [a-zA-Z0-9-], as SageMaker requires."""
+    model = re.sub(r"[^a-zA-Z0-9]+", "-", base.name).strip("-")[:36]
+    return f"pv-{model}-{input_digest[:10]}-{attempt}"
+
+
+def read_record(workspace: Workspace) -> dict[str, Any] | None:
+    return workspace.read_artifact(workspace.training_record)
+
+
+HEARTBEAT_SECONDS = 60.0  # a cloud job sits in "Training" for an hour: say it is still alive
+
+
+def _reporter(started: float) -> Callable[[JobState], None]:
+    last: dict[str, Any] = {"line": "", "at": 0.0}
+
+    def on_update(state: JobState) -> None:
+        line = f"train: job {state.name} {state.status}"
+        line += f" / {state.secondary_status}" if state.secondary_status not in ("", state.status) else ""
+        line += f" ({state.failure_reason})" if state.failure_reason else ""
+        now = time.monotonic()
+        if line != last["line"] or now - last["at"] >= HEARTBEAT_SECONDS:
+            last.update(line=line, at=now)
+            say(f"{line}, {now - started:.0f}s elapsed")
+    return on_update
+
+
+def _attach_or_create(backend: TrainingBackend, request: TrainingRequest) -> JobState:
+    """Attach to a job of this name if one exists (its record was lost), else create it."""
+    existing = backend.describe(request.job_name)
+    if existing is not None and existing.status in (RUNNING, COMPLETED):
+        say(f"train: attaching to existing job {request.job_name} ({existing.status})")
+        return existing
+    return backend.create(request)
+
+
+def _state_fields(state: JobState) -> dict[str, Any]:
+    fields = asdict(state)
+    fields["job_name"] = fields.pop("name")
+    fields["arn"] = fields["arn"] or None
+    return fields
+
+
+def resolved_hyperparameters(workspace: Workspace) -> dict[str, str]:
+    return resolve_hyperparameters(workspace.base_model(), workspace.config.training["hyperparameters"],
+                                   workspace.config.dataset["format"], workspace.config.config_file)
+
+
+def training_instance_type(workspace: Workspace) -> str:
+    instance_type = str(workspace.config.training["instance_type"])
+    return instance_type or next(iter(workspace.base_model().training_instance_types), "")
+
+
+class TrainStage(StageBase):
+    name = "train"
+    doc = "fine-tune the base model (one job per distinct data, model and hyperparameters)"
+    record_output = True
+    derived_inputs = frozenset({"data"})
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        marker = workspace.read_artifact(workspace.upload_marker)
+        name = workspace.config.training["base_model"]
+        training = {**workspace.config.training, "instance_type": training_instance_type(workspace)}
+        return [Item("train", {
+            "data": marker.get("dataset") if marker else None,
+            "base_model": workspace.identity(workspace.plugin_identity("base_models", name)),
+            "hyperparameters": workspace.identity(resolved_hyperparameters(workspace)),
+            "training": workspace.options_identity(training, frozenset({"hyperparameters", "accept_eula"})),
+        }, str(workspace.training_record))]
+
+    def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
+        """The job for exactly these inputs failed or was interrupted: say so (the record says why);
+        with ``check --remote``, also ask the service about the recorded job."""
+        record = workspace.read_artifact(workspace.training_record) or {}
+        if record.get("input_digest") == digest(items[0].inputs) and record.get("status") != COMPLETED:
+            return [StaleItem(items[0], f"last job {record.get('job_name')} {record.get('status')}: "
+                                        f"{record.get('failure_reason') or 'no reason given'}")]
+        if found or not (workspace.live and workspace.checking):
+            return found
+        name = record.get("job_name")
+        state = workspace.training_backend().describe(str(name))
+        if state is None or state.status != COMPLETED:
+            return [StaleItem(items[0], f"job {name} is {state.status if state else 'unknown'} at the service")]
+        return []
+
+    def run(self, workspace: Workspace) -> StageResult:
+        item = self.items(workspace)[0]
+        base = workspace.base_model()
+        hyperparameters = resolved_hyperparameters(workspace)
+        instance_type = training_instance_type(workspace)
+        check_before_spending(workspace, base, instance_type)
+        marker = workspace.read_artifact(workspace.upload_marker) or {}
+        input_digest = digest(item.inputs)
+        backend = workspace.training_backend()
+        previous = read_record(workspace)
+        attempt = 1
+        if previous and previous.get("input_digest") == input_digest:
+            attempt = int(previous.get("attempt", 0)) + 1
+            state = backend.describe(previous["job_name"])
+            if state is not None and state.status in (RUNNING, COMPLETED):
+                attempt = int(previous["attempt"])  # re-attach: the job of the last run is still ours
+        output_key = f"{str(workspace.config.storage['prefix']).strip('/')}/output"
+        request = TrainingRequest(
+            job_name=job_name(base, input_digest, attempt), base_model=base, hyperparameters=hyperparameters,
+            channels=marker.get("channels", {}), output_key=output_key, output_uri=workspace.store().uri(output_key),
+            instance_type=instance_type, options=workspace.config.training)
+        record = {"attempt": attempt, "backend": workspace.config.training["backend"], "input_digest": input_digest,
+                  "base_model": {"name": base.name, "jumpstart_model_id": base.jumpstart_model_id,
+                                 "jumpstart_model_version": base.jumpstart_model_version},
+                  "hyperparameters": hyperparameters, "instance_type": instance_type, "channels": request.channels,
+                  "output_uri": request.output_uri}
+        state = _attach_or_create(backend, request)
+        # Before waiting: Ctrl-C loses nothing.
+        write_artifact(workspace.training_record, {**record, **_state_fields(state)})
+        state = backend.wait(request, _reporter(time.monotonic()))
+        write_artifact(workspace.training_record, {**record, **_state_fields(state)})
+        if state.status != COMPLETED:
+            raise TrainingFailed(f"training job {state.name} {state.status}: "
+                                 f"{state.failure_reason or 'no reason given'}; the next run starts a new job")
+        with workspace.finishing("train"):
+            workspace.record("train", item)
+        say(f"train: job {state.name} completed, model at {state.model_artifacts}")
+        return StageResult("train", built=1)
+
+
+STAGE = TrainStage()

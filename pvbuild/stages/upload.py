@@ -1,0 +1,102 @@
+"""The ``upload`` stage: dataset files → object store, verified, with a marker listing what is where.
+
+Keys are content-addressed (``<prefix>/train-data/<dataset digest>/<channel>/<file>``), so
+different data never overwrite each other and the training job's input is fixed by its
+URI. An object already present with the right size and ETag is not sent again; every object
+is verified after upload (``storage.put_verified``), and the marker is written only when all
+of them check out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.records import Item, digest
+from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.workspace import Workspace
+from pvbuild.files import write_artifact
+from pvbuild.progress import say
+from pvbuild.services.stores import ObjectStore, StorageError, put_verified
+
+# The files of each dataset format, by SageMaker input channel.
+CHANNEL_FILES: dict[str, dict[str, tuple[str, ...]]] = {
+    "instruction": {"training": ("train.jsonl", "template.json"), "validation": ("validation.jsonl", "template.json")},
+    "chat": {"training": ("chat.jsonl",), "validation": ("chat_validation.jsonl",)},
+}
+
+
+def upload_plan(manifest: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """``{channel: {file name: file digest}}`` for the files of the dataset's format that exist."""
+    plan: dict[str, dict[str, str]] = {}
+    files = manifest["files"]
+    for channel, names in CHANNEL_FILES[manifest["format"]].items():
+        if names[0] in files:
+            plan[channel] = {name: files[name] for name in names}
+    return plan
+
+
+def object_key(prefix: str, dataset_digest: str, channel: str, name: str) -> str:
+    return f"{prefix.strip('/')}/train-data/{dataset_digest}/{channel}/{name}"
+
+
+def missing_objects(store: ObjectStore, marker: Mapping[str, Any]) -> list[str]:
+    """The marker's objects that are gone or differ in the store (network: only when asked to look)."""
+    wrong = []
+    for entry in marker.get("objects", []):
+        info = store.head(entry["key"])
+        if info is None or (info.size, info.etag) != (entry["size"], entry["etag"]):
+            wrong.append(f"{entry['uri']} {'missing' if info is None else 'changed'}")
+    return wrong
+
+
+class UploadStage(StageBase):
+    name = "upload"
+    doc = "upload the dataset files to the object store and write the verified upload marker"
+    record_output = True
+    derived_inputs = frozenset({"dataset"})
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        manifest = workspace.read_artifact(workspace.manifest)
+        store = {**workspace.config.storage, "region": workspace.config.aws["region"]}
+        return [Item("upload", {"dataset": digest(upload_plan(manifest)) if manifest else None,
+                                "store": workspace.options_identity(store)}, str(workspace.upload_marker))]
+
+    def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
+        """Beyond the records (when the services may be asked): objects gone from the store."""
+        if found or not workspace.live:
+            return found
+        missing = missing_objects(workspace.store(), workspace.read_artifact(workspace.upload_marker) or {})
+        return [StaleItem(items[0], f"not in the store any more: {'; '.join(missing)}", False)] if missing else []
+
+    def run(self, workspace: Workspace) -> StageResult:
+        result = StageResult("upload")
+        manifest = json.loads(workspace.manifest.read_text(encoding="utf-8"))
+        plan = upload_plan(manifest)
+        if "training" not in plan:
+            raise StorageError(f"{workspace.manifest}: the dataset has no training file to upload; "
+                               "are there any conversations?")
+        dataset_digest = digest(plan)
+        prefix = str(workspace.config.storage["prefix"])
+        store = workspace.store()
+        objects, channels = [], {}
+        for channel, files in plan.items():
+            for name in files:
+                key = object_key(prefix, dataset_digest, channel, name)
+                entry, sent = put_verified(store, key, workspace.dataset_dir / name)
+                objects.append({"key": key, "channel": channel, **entry})
+                result.built += int(sent)
+                result.skipped += int(not sent)
+            channels[channel] = store.uri(object_key(prefix, dataset_digest, channel, ""))
+        marker = {"dataset": dataset_digest, "format": manifest["format"], "channels": channels, "objects": objects}
+        item = self.items(workspace)[0]
+        write_artifact(workspace.upload_marker, marker)
+        with workspace.finishing("upload"):
+            workspace.record("upload", item)
+        say(f"upload: dataset {dataset_digest[:12]} at {channels['training']}")
+        return result
+
+
+STAGE = UploadStage()

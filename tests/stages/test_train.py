@@ -1,0 +1,45 @@
+"""The train stage against an in-memory training service."""
+
+from __future__ import annotations
+
+import pytest
+
+from pvbuild.engine import staleness
+from pvbuild.stages import upload
+from pvbuild.stages.train import STAGE, TrainingFailed
+from tests.stages.conftest import Bench
+
+
+def uploaded(bench: Bench) -> Bench:
+    upload.STAGE.run(bench.workspace())
+    return bench
+
+
+def test_one_job_per_distinct_inputs_with_the_jumpstart_request(bench: Bench) -> None:
+    STAGE.run(uploaded(bench).workspace())
+    request = bench.training.created[0]
+    assert request.hyperparameters["instruction_tuned"] == "True" and request.hyperparameters["chat_dataset"] == "False"
+    assert set(request.channels) == {"training", "validation"}
+    record = bench.record("training.json")
+    assert record["status"] == "Completed" and record["job_name"] == request.job_name
+    assert staleness.stale(bench.workspace(), STAGE) == []
+    assert len(bench.training.created) == 1
+
+
+def test_a_failed_job_is_recorded_stops_and_the_next_run_is_attempt_two(bench: Bench) -> None:
+    bench.training.fail = "CUDA out of memory"
+    with pytest.raises(TrainingFailed, match="CUDA out of memory"):
+        STAGE.run(uploaded(bench).workspace())
+    assert bench.record("training.json")["status"] == "Failed"
+    assert "CUDA out of memory" in staleness.stale(bench.workspace(), STAGE)[0].reason
+    bench.training.fail = ""
+    STAGE.run(bench.workspace())
+    assert bench.record("training.json")["attempt"] == 2 and len(bench.training.created) == 2
+
+
+def test_billable_seconds_are_kept_in_the_record_but_not_in_its_digest(bench: Bench) -> None:
+    STAGE.run(uploaded(bench).workspace())
+    path = bench.path / "artifacts/default/training.json"
+    path.write_text(path.read_text(encoding="utf-8").replace('"billable_seconds": 7', '"billable_seconds": 9'),
+                    encoding="utf-8")
+    assert staleness.stale(bench.workspace(), STAGE) == []
