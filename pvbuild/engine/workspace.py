@@ -11,6 +11,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pvbuild.artifacts import EndpointRecord, ModelRecord, TrainingRecord, UploadMarker
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig, suggest
 from pvbuild.engine.records import (
     FileHasher,
@@ -246,6 +247,19 @@ class Workspace:
 
     def conversation_file(self, file_id: str) -> str:
         return f"{self._conversation_prefix}{file_id}.csv"
+
+    # -- the model half's records, typed -----------------------------------------------------
+    def read_upload(self) -> UploadMarker | None:
+        return UploadMarker.read(self.upload_marker)
+
+    def read_training(self) -> TrainingRecord | None:
+        return TrainingRecord.read(self.training_record)
+
+    def read_model(self) -> ModelRecord | None:
+        return ModelRecord.read(self.model_record)
+
+    def read_endpoint(self) -> EndpointRecord | None:
+        return EndpointRecord.read(self.endpoint_record)
 
     def read_artifact(self, path: Path) -> dict[str, Any] | None:
         """A JSON artifact (marker, record), or None when it does not exist yet."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pvbuild.artifacts import EndpointRecord
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item
 from pvbuild.engine.stage import StageBase, StaleItem
@@ -72,8 +73,8 @@ class DeployStage(StageBase):
     derived_inputs = frozenset({"model"})
 
     def items(self, workspace: Workspace) -> list[Item]:
-        model = workspace.read_artifact(workspace.model_record)
-        return [Item("deploy", {"model": model.get("sha256") if model else None,
+        model = workspace.read_model()
+        return [Item("deploy", {"model": model.sha256 if model else None,
                                 "endpoint": workspace.options_identity(workspace.config.endpoint)},
                      str(workspace.endpoint_record))]
 
@@ -81,18 +82,17 @@ class DeployStage(StageBase):
         """Beyond the records: a torn-down or dead endpoint is deployed again (nothing after it changes)."""
         if found:
             return found
-        endpoint = workspace.read_artifact(workspace.endpoint_record) or {}
-        if endpoint.get("status") != IN_SERVICE:
-            return [StaleItem(items[0], f"endpoint {endpoint.get('endpoint_name')} is {endpoint.get('status')}",
-                              False)]
-        problem = workspace.endpoint_backend().problem(endpoint) if workspace.live else None
+        endpoint = workspace.read_endpoint()
+        if endpoint is None or endpoint.status != IN_SERVICE:
+            name, status = (endpoint.endpoint_name, endpoint.status) if endpoint else (None, None)
+            return [StaleItem(items[0], f"endpoint {name} is {status}", False)]
+        problem = workspace.endpoint_backend().problem(endpoint.to_json()) if workspace.live else None
         return [StaleItem(items[0], problem, False)] if problem else []
 
     def run(self, workspace: Workspace) -> StageResult:
         item = self.items(workspace)[0]
-        model = workspace.read_artifact(workspace.model_record)
-        training = workspace.read_artifact(workspace.training_record)
-        if not model or not training:
+        model, training = workspace.read_model(), workspace.read_training()
+        if model is None or training is None:
             raise EndpointError("nothing to deploy: model.json or training.json is missing; run the package step first")
         backend = workspace.endpoint_backend()
         previous = workspace.read_artifact(workspace.endpoint_record)
@@ -105,15 +105,15 @@ class DeployStage(StageBase):
             write_artifact(workspace.endpoint_record, {**record, "previous": live})
 
         config = workspace.config
-        request = DeployRequest(name=str(training["job_name"]), model=model, previous=live,
+        request = DeployRequest(name=training.job_name, model=model.to_json(), previous=live,
                                 instance_type=endpoint_instance_type(workspace), base_model=workspace.base_model(),
                                 accept_eula=bool(config.training["accept_eula"]), options=config.endpoint,
                                 where=config.config_file)
-        record = backend.deploy(request, started)
-        write_artifact(workspace.endpoint_record, record)
+        record = EndpointRecord.from_json(backend.deploy(request, started))
+        record.write(workspace.endpoint_record)
         with workspace.finishing("deploy"):
             workspace.record("deploy", item)
-        say(f"deploy: endpoint {record['endpoint_name']} in service ({record.get('url') or record.get('arn')})")
+        say(f"deploy: endpoint {record.endpoint_name} in service ({record.url or record.arn or record.backend})")
         return StageResult("deploy", built=1)
 
 

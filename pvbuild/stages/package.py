@@ -14,14 +14,16 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from pvbuild.artifacts import ModelRecord
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
-from pvbuild.files import sha256_file, write_artifact
+from pvbuild.files import sha256_file
 from pvbuild.progress import say
 from pvbuild.services.stores import StorageError, download_prefix, file_etag, put_verified
+from pvbuild.services.training import JobStatus
 
 
 def pack_directory(directory: Path, archive: Path) -> list[str]:
@@ -55,25 +57,25 @@ class PackageStage(StageBase):
     derived_inputs = frozenset({"job"})
 
     def items(self, workspace: Workspace) -> list[Item]:
-        record = workspace.read_artifact(workspace.training_record)
-        job = [record.get("job_name"), record.get("model_artifacts")] if record else None
+        record = workspace.read_training()
+        job = [record.job_name, record.model_artifacts] if record else None
         return [Item("package", {"job": digest(job) if job else None}, str(workspace.model_record))]
 
     def run(self, workspace: Workspace) -> StageResult:
         item = self.items(workspace)[0]
-        training = workspace.read_artifact(workspace.training_record) or {}
-        artifacts = str(training.get("model_artifacts") or "")
-        if training.get("status") != "Completed" or not artifacts:
+        training = workspace.read_training()
+        if training is None or training.status != JobStatus.COMPLETED or not training.model_artifacts:
             raise PvbuildError(f"{workspace.training_record}: no completed training job with model artifacts "
                                "to package")
-        store = workspace.store()
+        store, artifacts = workspace.store(), training.model_artifacts
         source_key = store.key(artifacts)
         with tempfile.TemporaryDirectory(prefix="pvbuild-package-", dir=_scratch(workspace)) as scratch:
             archive = Path(scratch) / "model.tar.gz"
             if source_key.endswith(".tar.gz"):
                 store.get(source_key, archive)
                 members = _members(archive)
-                stored = {"uri": store.uri(source_key), "size": archive.stat().st_size, "etag": file_etag(archive)}
+                stored: dict[str, Any] = {"uri": store.uri(source_key), "size": archive.stat().st_size,
+                                          "etag": file_etag(archive)}
             else:
                 prefix = source_key.rstrip("/") + "/"
                 if not download_prefix(store, prefix, Path(scratch) / "model"):
@@ -81,12 +83,13 @@ class PackageStage(StageBase):
                 members = pack_directory(Path(scratch) / "model", archive)
                 target_key = f"{prefix.rstrip('/').rsplit('/', 1)[0]}/model.tar.gz"  # beside output/model/
                 stored = put_verified(store, target_key, archive)[0]
-            record: dict[str, Any] = {**stored, "sha256": sha256_file(archive), "job_name": training["job_name"],
-                                      "source": artifacts, "members": members}
-        write_artifact(workspace.model_record, record)
+            record = ModelRecord(uri=stored["uri"], size=stored["size"], etag=stored["etag"],
+                                 sha256=sha256_file(archive), job_name=training.job_name, source=artifacts,
+                                 members=members)
+        record.write(workspace.model_record)
         with workspace.finishing("package"):
             workspace.record("package", item)
-        say(f"package: {record['uri']} ({record['size'] / 1e6:.1f} MB, sha256 {record['sha256'][:12]})")
+        say(f"package: {record.uri} ({record.size / 1e6:.1f} MB, sha256 {record.sha256[:12]})")
         return StageResult("package", built=1)
 
 

@@ -10,21 +10,22 @@ starts a new attempt. Backends (``TrainingBackend``): ``local`` (``local_service
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
+from pvbuild.artifacts import TrainingRecord
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import ConfigError, PvbuildError
-from pvbuild.files import write_artifact
 from pvbuild.plugin_types import BaseModel
 from pvbuild.progress import say
-from pvbuild.services.training import COMPLETED, RUNNING, JobState, TrainingBackend, TrainingRequest
+from pvbuild.services.training import COMPLETED, RUNNING, JobState, JobStatus, TrainingBackend, TrainingRequest
 
 FORMAT_FLAGS = {"instruction": "instruction_tuned", "chat": "chat_dataset"}
 
@@ -80,10 +81,6 @@ def job_name(base: BaseModel, input_digest: str, attempt: int) -> str:
     return f"pv-{model}-{input_digest[:10]}-{attempt}"
 
 
-def read_record(workspace: Workspace) -> dict[str, Any] | None:
-    return workspace.read_artifact(workspace.training_record)
-
-
 HEARTBEAT_SECONDS = 60.0  # a cloud job sits in "Training" for an hour: say it is still alive
 
 
@@ -110,11 +107,12 @@ def _attach_or_create(backend: TrainingBackend, request: TrainingRequest) -> Job
     return backend.create(request)
 
 
-def _state_fields(state: JobState) -> dict[str, Any]:
+def _with_state(record: TrainingRecord, state: JobState) -> TrainingRecord:
+    """The record with what the service now says about the job."""
     fields = asdict(state)
     fields["job_name"] = fields.pop("name")
     fields["arn"] = fields["arn"] or None
-    return fields
+    return dataclasses.replace(record, **fields)
 
 
 def resolved_hyperparameters(workspace: Workspace) -> dict[str, str]:
@@ -134,11 +132,11 @@ class TrainStage(StageBase):
     derived_inputs = frozenset({"data"})
 
     def items(self, workspace: Workspace) -> list[Item]:
-        marker = workspace.read_artifact(workspace.upload_marker)
+        marker = workspace.read_upload()
         name = workspace.config.training["base_model"]
         training = {**workspace.config.training, "instance_type": training_instance_type(workspace)}
         return [Item("train", {
-            "data": marker.get("dataset") if marker else None,
+            "data": marker.dataset if marker else None,
             "base_model": workspace.identity(workspace.plugin_identity("base_models", name)),
             "hyperparameters": workspace.identity(resolved_hyperparameters(workspace)),
             "training": workspace.options_identity(training, frozenset({"hyperparameters", "accept_eula"})),
@@ -147,13 +145,13 @@ class TrainStage(StageBase):
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
         """The job for exactly these inputs failed or was interrupted: say so (the record says why);
         with ``check --remote``, also ask the service about the recorded job."""
-        record = workspace.read_artifact(workspace.training_record) or {}
-        if record.get("input_digest") == digest(items[0].inputs) and record.get("status") != COMPLETED:
-            return [StaleItem(items[0], f"last job {record.get('job_name')} {record.get('status')}: "
-                                        f"{record.get('failure_reason') or 'no reason given'}")]
+        record = workspace.read_training()
+        if record and record.input_digest == digest(items[0].inputs) and record.status != COMPLETED:
+            return [StaleItem(items[0], f"last job {record.job_name} {record.status}: "
+                                        f"{record.failure_reason or 'no reason given'}")]
         if found or not (workspace.live and workspace.checking):
             return found
-        name = record.get("job_name")
+        name = record.job_name if record else None
         state = workspace.training_backend().describe(str(name))
         if state is None or state.status != COMPLETED:
             return [StaleItem(items[0], f"job {name} is {state.status if state else 'unknown'} at the service")]
@@ -165,31 +163,33 @@ class TrainStage(StageBase):
         hyperparameters = resolved_hyperparameters(workspace)
         instance_type = training_instance_type(workspace)
         check_before_spending(workspace, base, instance_type)
-        marker = workspace.read_artifact(workspace.upload_marker) or {}
+        marker = workspace.read_upload()
         input_digest = digest(item.inputs)
         backend = workspace.training_backend()
-        previous = read_record(workspace)
+        previous = workspace.read_training()
         attempt = 1
-        if previous and previous.get("input_digest") == input_digest:
-            attempt = int(previous.get("attempt", 0)) + 1
-            state = backend.describe(previous["job_name"])
+        if previous and previous.input_digest == input_digest:
+            attempt = previous.attempt + 1
+            state = backend.describe(previous.job_name)
             if state is not None and state.status in (RUNNING, COMPLETED):
-                attempt = int(previous["attempt"])  # re-attach: the job of the last run is still ours
+                attempt = previous.attempt  # re-attach: the job of the last run is still ours
         output_key = f"{str(workspace.config.storage['prefix']).strip('/')}/output"
         request = TrainingRequest(
             job_name=job_name(base, input_digest, attempt), base_model=base, hyperparameters=hyperparameters,
-            channels=marker.get("channels", {}), output_key=output_key, output_uri=workspace.store().uri(output_key),
-            instance_type=instance_type, options=workspace.config.training)
-        record = {"attempt": attempt, "backend": workspace.config.training["backend"], "input_digest": input_digest,
-                  "base_model": {"name": base.name, "jumpstart_model_id": base.jumpstart_model_id,
-                                 "jumpstart_model_version": base.jumpstart_model_version},
-                  "hyperparameters": hyperparameters, "instance_type": instance_type, "channels": request.channels,
-                  "output_uri": request.output_uri}
+            channels=marker.channels if marker else {}, output_key=output_key,
+            output_uri=workspace.store().uri(output_key), instance_type=instance_type,
+            options=workspace.config.training)
+        record = TrainingRecord(
+            job_name=request.job_name, status=JobStatus.IN_PROGRESS, attempt=attempt,
+            backend=workspace.config.training["backend"], input_digest=input_digest,
+            base_model={"name": base.name, "jumpstart_model_id": base.jumpstart_model_id,
+                        "jumpstart_model_version": base.jumpstart_model_version},
+            hyperparameters=hyperparameters, instance_type=instance_type, channels=dict(request.channels),
+            output_uri=request.output_uri)
         state = _attach_or_create(backend, request)
-        # Before waiting: Ctrl-C loses nothing.
-        write_artifact(workspace.training_record, {**record, **_state_fields(state)})
+        _with_state(record, state).write(workspace.training_record)  # before waiting: Ctrl-C loses nothing
         state = backend.wait(request, _reporter(time.monotonic()))
-        write_artifact(workspace.training_record, {**record, **_state_fields(state)})
+        _with_state(record, state).write(workspace.training_record)
         if state.status != COMPLETED:
             raise TrainingFailed(f"training job {state.name} {state.status}: "
                                  f"{state.failure_reason or 'no reason given'}; the next run starts a new job")

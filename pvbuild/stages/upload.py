@@ -13,11 +13,11 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from pvbuild.artifacts import UploadMarker
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
-from pvbuild.files import write_artifact
 from pvbuild.progress import say
 from pvbuild.services.stores import ObjectStore, StorageError, put_verified
 
@@ -42,10 +42,10 @@ def object_key(prefix: str, dataset_digest: str, channel: str, name: str) -> str
     return f"{prefix.strip('/')}/train-data/{dataset_digest}/{channel}/{name}"
 
 
-def missing_objects(store: ObjectStore, marker: Mapping[str, Any]) -> list[str]:
+def missing_objects(store: ObjectStore, objects: list[dict[str, Any]]) -> list[str]:
     """The marker's objects that are gone or differ in the store (network: only when asked to look)."""
     wrong = []
-    for entry in marker.get("objects", []):
+    for entry in objects:
         info = store.head(entry["key"])
         if info is None or (info.size, info.etag) != (entry["size"], entry["etag"]):
             wrong.append(f"{entry['uri']} {'missing' if info is None else 'changed'}")
@@ -68,7 +68,8 @@ class UploadStage(StageBase):
         """Beyond the records (when the services may be asked): objects gone from the store."""
         if found or not workspace.live:
             return found
-        missing = missing_objects(workspace.store(), workspace.read_artifact(workspace.upload_marker) or {})
+        marker = workspace.read_upload()
+        missing = missing_objects(workspace.store(), marker.objects if marker else [])
         return [StaleItem(items[0], f"not in the store any more: {'; '.join(missing)}", False)] if missing else []
 
     def run(self, workspace: Workspace) -> StageResult:
@@ -90,9 +91,9 @@ class UploadStage(StageBase):
                 result.built += int(sent)
                 result.skipped += int(not sent)
             channels[channel] = store.uri(object_key(prefix, dataset_digest, channel, ""))
-        marker = {"dataset": dataset_digest, "format": manifest["format"], "channels": channels, "objects": objects}
+        marker = UploadMarker(dataset=dataset_digest, format=manifest["format"], channels=channels, objects=objects)
         item = self.items(workspace)[0]
-        write_artifact(workspace.upload_marker, marker)
+        marker.write(workspace.upload_marker)
         with workspace.finishing("upload"):
             workspace.record("upload", item)
         say(f"upload: dataset {dataset_digest[:12]} at {channels['training']}")
