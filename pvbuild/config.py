@@ -45,7 +45,6 @@ DATASET_OPTIONS: dict[str, Any] = {
     "validation_ratio": 0.0,
     "seed": 42,
 }
-DATASET_FORMATS = ("instruction", "chat")
 TEMPLATE_FIELDS = ("context", "question", "answer")  # what an instruction line can hold
 
 # The model half. Backends: "local" (offline, default profile) or the AWS services.
@@ -256,10 +255,11 @@ def _annotator(check: _Validator, table: Any, registry: Registry, project_dir: P
     return StageConfig(plugin=plugin, options=options)
 
 
-def _dataset(check: _Validator, table: Any) -> dict[str, Any]:
+def _dataset(check: _Validator, table: Any, registry: Registry) -> dict[str, Any]:
     options = check.options("dataset", table or {}, DATASET_OPTIONS)
-    if options["format"] not in DATASET_FORMATS:
-        raise check.fail("dataset.format", f"must be one of {', '.join(DATASET_FORMATS)}")
+    formats = list(registry.dataset_formats)  # dataset formats are plugins, in registration order
+    if options["format"] not in formats:
+        raise check.fail("dataset.format", f"must be one of {', '.join(formats)}{suggest(options['format'], formats)}")
     if not 0.0 <= options["validation_ratio"] < 1.0:
         raise check.fail("dataset.validation_ratio", "must be at least 0 and below 1")
     template = options["template"]
@@ -349,5 +349,5 @@ def load_config(project_dir: Path | str = ".", profile: str | None = None) -> Co
         profile=name, project_dir=project, config_file=label, artifacts=project / artifacts,
         sources=_sources(check, raw.get("sources"), registry),
         annotator=_annotator(check, raw.get("annotator"), registry, project),
-        dataset=_dataset(check, raw.get("dataset")), registry=registry, **_model_half(check, raw, registry),
+        dataset=_dataset(check, raw.get("dataset"), registry), registry=registry, **_model_half(check, raw, registry),
     )

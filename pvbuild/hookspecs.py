@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
-    from pvbuild.plugin_types import Annotator, Backend, BaseModel, CssSite
+    from pvbuild.plugin_types import Annotator, Backend, BaseModel, CssSite, DatasetFormat
 
 hookspec = pluggy.HookspecMarker("pvbuild")
 hookimpl = pluggy.HookimplMarker("pvbuild")
@@ -38,3 +38,8 @@ def register_base_models(register: Callable[[BaseModel], None]) -> None:
 def register_backends(register: Callable[[Backend], None]) -> None:
     """Register service backends: call ``register(Backend(kind, name, make))`` for an object store,
     a training service or an endpoint service."""
+
+
+@hookspec
+def register_dataset_formats(register: Callable[[DatasetFormat], None]) -> None:
+    """Register dataset formats: call ``register(DatasetFormat(name, hyperparameter, channels, write))``."""

@@ -179,3 +179,28 @@ class Backend:
     def key(self) -> str:
         """Names are per kind ("local" is a store, a trainer and an endpoint): the registry key."""
         return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Dialogue:
+    """One article's conversation as a dataset format sees it: the article's title and the turns."""
+
+    title: str
+    messages: Sequence[Message]
+
+    def pairs(self) -> list[tuple[str, str]]:
+        return [(self.messages[i].content, self.messages[i + 1].content) for i in range(0, len(self.messages), 2)]
+
+
+@dataclass(frozen=True)
+class DatasetFormat:
+    """A training data format, chosen by ``dataset.format``. ``write(train, validation, options)``
+    returns ``{file name: text}`` (an empty validation split writes no validation file);
+    ``channels`` names the files each SageMaker input channel gets, the data file first;
+    ``hyperparameter`` is the JumpStart flag that is True for this format (and False for the others)."""
+
+    name: str
+    hyperparameter: str
+    channels: Mapping[str, tuple[str, ...]]
+    write: Callable[[Sequence[Dialogue], Sequence[Dialogue], Mapping[str, Any]], dict[str, str]]
+    description: str = ""

@@ -26,7 +26,7 @@ import pluggy
 
 from pvbuild import hookspecs
 from pvbuild.errors import PluginError
-from pvbuild.plugin_types import Annotator, Backend, BaseModel, CssSite
+from pvbuild.plugin_types import Annotator, Backend, BaseModel, CssSite, DatasetFormat
 
 BUILTIN_PLUGINS = (
     "pvbuild.builtins.sample",
@@ -36,12 +36,14 @@ BUILTIN_PLUGINS = (
     "pvbuild.builtins.base_models",
     "pvbuild.builtins.tiny",
     "pvbuild.builtins.backends",
+    "pvbuild.builtins.formats",
 )
-HOOK_NAMES = ("register_crawlers", "register_annotators", "register_base_models", "register_backends")
 KINDS = {"register_crawlers": "crawlers", "register_annotators": "annotators",
-         "register_base_models": "base_models", "register_backends": "backends"}
+         "register_base_models": "base_models", "register_backends": "backends",
+         "register_dataset_formats": "dataset_formats"}
+HOOK_NAMES = tuple(KINDS)
 EXPECTED_TYPES: dict[str, type] = {"crawlers": CssSite, "annotators": Annotator, "base_models": BaseModel,
-                                   "backends": Backend}
+                                   "backends": Backend, "dataset_formats": DatasetFormat}
 
 T = TypeVar("T")
 
@@ -96,6 +98,7 @@ class Registry:
     annotators: dict[str, Registered[Annotator]] = field(default_factory=dict)
     base_models: dict[str, Registered[BaseModel]] = field(default_factory=dict)
     backends: dict[str, Registered[Backend]] = field(default_factory=dict)  # by Backend.key, "kind:name"
+    dataset_formats: dict[str, Registered[DatasetFormat]] = field(default_factory=dict)
 
     def backend_names(self, kind: str) -> list[str]:
         return sorted(entry.item.name for entry in self.backends.values() if entry.item.kind == kind)

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
+from pvbuild.builtins.formats import check_template_lines
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.errors import PvbuildError
 from pvbuild.plugin_types import Message
-from pvbuild.stages.dataset import Conversation, check_template_lines, split, write_dataset
+from pvbuild.stages.dataset import Conversation, split, write_dataset
 from tests.conftest import Project
 
 OPTIONS: dict[str, Any] = {

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import string
 import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pvbuild.config import TEMPLATE_FIELDS
+from pvbuild.builtins.formats import BUILTIN_FORMATS, jsonl
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest, strings_digest
@@ -25,7 +24,7 @@ from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
 from pvbuild.files import DIRECTORY_MODE, TEMP_SUFFIX, replace_directory
-from pvbuild.plugin_types import AnnotationError, Message
+from pvbuild.plugin_types import AnnotationError, DatasetFormat, Dialogue, Message
 from pvbuild.stages.conversations import read_conversation
 
 
@@ -37,55 +36,11 @@ class Conversation:
     messages: list[Message]
 
     def pairs(self) -> list[tuple[str, str]]:
-        return [(self.messages[i].content, self.messages[i + 1].content) for i in range(0, len(self.messages), 2)]
+        return self.dialogue().pairs()
 
-
-def placeholders(template: Mapping[str, str]) -> set[str]:
-    """The ``{names}`` used by the prompt and completion templates."""
-    names: set[str] = set()
-    for text in template.values():
-        try:
-            names |= {field for _, field, _, _ in string.Formatter().parse(text) if field}
-        except ValueError as error:
-            raise PvbuildError(f"dataset.template: {text!r} is not a valid template: {error}") from error
-    return names
-
-
-def check_template_lines(template: Mapping[str, str], lines: Sequence[Mapping[str, Any]], where: str) -> None:
-    """Every placeholder of template.json must be a key of every line (and nothing else)."""
-    wanted = placeholders(template)
-    for number, line in enumerate(lines, start=1):
-        if set(line) != wanted:
-            missing, extra = sorted(wanted - set(line)), sorted(set(line) - wanted)
-            raise PvbuildError(f"{where} line {number}: keys {sorted(line)} do not match the placeholders "
-                               f"{sorted(wanted)} of template.json (missing {missing}, extra {extra})")
-
-
-def instruction_lines(conversations: Sequence[Conversation], template: Mapping[str, str]) -> list[dict[str, str]]:
-    wanted = placeholders(template)
-    unknown = sorted(wanted - set(TEMPLATE_FIELDS))
-    if unknown:
-        raise PvbuildError(f"dataset.template uses placeholders {unknown} that pvbuild cannot fill; "
-                           f"use only {', '.join('{' + name + '}' for name in TEMPLATE_FIELDS)}")
-    lines = []
-    for conversation in conversations:
-        for question, answer in conversation.pairs():
-            fields = {"context": conversation.row.title, "question": question, "answer": answer}
-            lines.append({name: fields[name] for name in TEMPLATE_FIELDS if name in wanted})
-    check_template_lines(template, lines, "train.jsonl")
-    return lines
-
-
-def chat_lines(conversations: Sequence[Conversation], options: Mapping[str, Any]) -> list[dict[str, Any]]:
-    lines = []
-    for conversation in conversations:
-        prefix = str(options["chat_user_prefix"]).format(title=conversation.row.title)
-        dialog = [{"role": "system", "content": options["system_prompt"]}] if options["system_prompt"] else []
-        for message in conversation.messages:
-            content = prefix + message.content if message.role == "user" else message.content
-            dialog.append({"role": message.role, "content": content})
-        lines.append({"dialog": dialog})
-    return lines
+    def dialogue(self) -> Dialogue:
+        """What a dataset format sees of it."""
+        return Dialogue(self.row.title, self.messages)
 
 
 def canonical_lines(conversations: Sequence[Conversation]) -> list[dict[str, Any]]:
@@ -105,10 +60,6 @@ def split(conversations: list[Conversation], ratio: float, seed: int) -> tuple[l
             [c for c in conversations if c.row.file_id in held_out])
 
 
-def _jsonl(lines: Sequence[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n" for line in lines)
-
-
 def _save_arrow(directory: Path, splits: Mapping[str, list[Conversation]], fingerprint: str) -> None:
     import datasets
     import pyarrow as pa
@@ -120,25 +71,27 @@ def _save_arrow(directory: Path, splits: Mapping[str, list[Conversation]], finge
     datasets.DatasetDict(parts).save_to_disk(str(directory))
 
 
-def write_dataset(directory: Path, conversations: list[Conversation], options: Mapping[str, Any]) -> dict[str, Any]:
-    """Write every dataset file into ``directory``; return the manifest."""
+def write_dataset(directory: Path, conversations: list[Conversation], options: Mapping[str, Any],
+                  formats: Sequence[DatasetFormat] = BUILTIN_FORMATS) -> dict[str, Any]:
+    """Write every dataset file into ``directory``: the canonical conversations and each format's
+    files (``dataset.format`` chooses which of them train); return the manifest."""
     train, validation = split(conversations, float(options["validation_ratio"]), int(options["seed"]))
-    files: dict[str, str] = {
-        "conversations.jsonl": _jsonl(canonical_lines(conversations)),
-        "template.json": json.dumps(options["template"], ensure_ascii=False, indent=2, sort_keys=True) + "\n",
-        "train.jsonl": _jsonl(instruction_lines(train, options["template"])),
-        "chat.jsonl": _jsonl(chat_lines(train, options)),
-    }
-    if validation:
-        files["validation.jsonl"] = _jsonl(instruction_lines(validation, options["template"]))
-        files["chat_validation.jsonl"] = _jsonl(chat_lines(validation, options))
+    files: dict[str, str] = {"conversations.jsonl": jsonl(canonical_lines(conversations))}
+    for dataset_format in formats:
+        written = dataset_format.write([c.dialogue() for c in train], [c.dialogue() for c in validation], options)
+        clash = sorted(set(written) & set(files))
+        if clash:
+            raise PvbuildError(f"dataset format {dataset_format.name!r} writes {clash}, which another format or the "
+                               "canonical conversations write too; its plugin must name its files apart")
+        files |= written
     for name, text in files.items():
         (directory / name).write_text(text, encoding="utf-8")
     _save_arrow(directory / "arrow", {"train": train, "validation": validation}, digest(files))
     digests = {str(path.relative_to(directory)): digest(path.read_bytes())
                for path in sorted(directory.rglob("*")) if path.is_file()}
-    return {"format": options["format"], "train_file": "train.jsonl" if options["format"] == "instruction"
-            else "chat.jsonl", "articles": len(conversations), "train_articles": len(train),
+    chosen = next((f for f in formats if f.name == options["format"]), None)
+    return {"format": options["format"], "train_file": chosen.channels["training"][0] if chosen else "",
+            "articles": len(conversations), "train_articles": len(train),
             "validation_articles": len(validation), "pairs": sum(len(c.pairs()) for c in conversations),
             "files": digests}
 
@@ -201,7 +154,8 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
     building = Path(tempfile.mkdtemp(prefix=".dataset-", suffix=TEMP_SUFFIX, dir=workspace.dataset_dir.parent))
     building.chmod(DIRECTORY_MODE)  # mkdtemp makes it 0700; the dataset is an ordinary folder
     try:
-        manifest = write_dataset(building, conversations, workspace.config.dataset)
+        formats = [entry.item for entry in workspace.config.registry.dataset_formats.values()]
+        manifest = write_dataset(building, conversations, workspace.config.dataset, formats)
         text = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
         (building / "manifest.json").write_text(text, encoding="utf-8")
         replace_directory(building, workspace.dataset_dir)

@@ -27,8 +27,6 @@ from pvbuild.plugin_types import BaseModel
 from pvbuild.progress import say
 from pvbuild.services.training import COMPLETED, RUNNING, JobState, JobStatus, TrainingBackend, TrainingRequest
 
-FORMAT_FLAGS = {"instruction": "instruction_tuned", "chat": "chat_dataset"}
-
 
 class TrainingFailed(PvbuildError):
     """The job failed or was stopped; the message carries its FailureReason."""
@@ -39,16 +37,17 @@ def _as_hyperparameter(value: Any) -> str:
 
 
 def resolve_hyperparameters(base: BaseModel, overrides: Mapping[str, Any], dataset_format: str,
-                            where: str) -> dict[str, str]:
+                            where: str, format_flags: Mapping[str, str]) -> dict[str, str]:
     """The base model's defaults, the configured overrides and the format flag, as JumpStart strings.
 
-    Exactly one of ``instruction_tuned`` / ``chat_dataset`` is True, the one of the dataset's format.
+    Exactly one format flag (``instruction_tuned``, ``chat_dataset``: ``format_flags`` maps each
+    registered format to its flag) is True, the one of the dataset's format.
     """
     if base.dataset_format != dataset_format:
         raise ConfigError(f"{where}: dataset.format is {dataset_format!r} but base model {base.name!r} trains "
                           f"on {base.dataset_format!r} data; set dataset.format = {base.dataset_format!r}")
     merged = {name: _as_hyperparameter(value) for name, value in {**base.hyperparameters, **overrides}.items()}
-    for fmt, flag in FORMAT_FLAGS.items():
+    for fmt, flag in format_flags.items():
         wanted = "True" if fmt == dataset_format else "False"
         given = merged.setdefault(flag, wanted)
         if given != wanted:
@@ -116,8 +115,9 @@ def _with_state(record: TrainingRecord, state: JobState) -> TrainingRecord:
 
 
 def resolved_hyperparameters(workspace: Workspace) -> dict[str, str]:
+    flags = {name: entry.item.hyperparameter for name, entry in workspace.config.registry.dataset_formats.items()}
     return resolve_hyperparameters(workspace.base_model(), workspace.config.training["hyperparameters"],
-                                   workspace.config.dataset["format"], workspace.config.config_file)
+                                   workspace.config.dataset["format"], workspace.config.config_file, flags)
 
 
 def training_instance_type(workspace: Workspace) -> str:

@@ -21,21 +21,24 @@ from pvbuild.engine.workspace import Workspace
 from pvbuild.progress import say
 from pvbuild.services.stores import ObjectStore, StorageError, put_verified
 
-# The files of each dataset format, by SageMaker input channel.
-CHANNEL_FILES: dict[str, dict[str, tuple[str, ...]]] = {
-    "instruction": {"training": ("train.jsonl", "template.json"), "validation": ("validation.jsonl", "template.json")},
-    "chat": {"training": ("chat.jsonl",), "validation": ("chat_validation.jsonl",)},
-}
 
-
-def upload_plan(manifest: Mapping[str, Any]) -> dict[str, dict[str, str]]:
-    """``{channel: {file name: file digest}}`` for the files of the dataset's format that exist."""
+def upload_plan(manifest: Mapping[str, Any], channels: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
+    """``{channel: {file name: file digest}}`` for the files of the dataset's format that exist
+    (``channels``: the format's files per SageMaker channel, the data file first)."""
     plan: dict[str, dict[str, str]] = {}
     files = manifest["files"]
-    for channel, names in CHANNEL_FILES[manifest["format"]].items():
+    for channel, names in channels.items():
         if names[0] in files:
             plan[channel] = {name: files[name] for name in names}
     return plan
+
+
+def format_channels(workspace: Workspace, manifest: Mapping[str, Any]) -> Mapping[str, tuple[str, ...]]:
+    formats = workspace.config.registry.dataset_formats
+    if manifest["format"] not in formats:
+        raise StorageError(f"{workspace.manifest}: the dataset's format {manifest['format']!r} is no registered "
+                           f"dataset format ({', '.join(sorted(formats))}); was its plugin removed?")
+    return formats[manifest["format"]].item.channels
 
 
 def object_key(prefix: str, dataset_digest: str, channel: str, name: str) -> str:
@@ -61,7 +64,8 @@ class UploadStage(StageBase):
     def items(self, workspace: Workspace) -> list[Item]:
         manifest = workspace.read_artifact(workspace.manifest)
         store = {**workspace.config.storage, "region": workspace.config.aws["region"]}
-        return [Item("upload", {"dataset": digest(upload_plan(manifest)) if manifest else None,
+        plan = upload_plan(manifest, format_channels(workspace, manifest)) if manifest else None
+        return [Item("upload", {"dataset": digest(plan) if plan is not None else None,
                                 "store": workspace.options_identity(store)}, str(workspace.upload_marker))]
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
@@ -75,7 +79,7 @@ class UploadStage(StageBase):
     def run(self, workspace: Workspace) -> StageResult:
         result = StageResult("upload")
         manifest = json.loads(workspace.manifest.read_text(encoding="utf-8"))
-        plan = upload_plan(manifest)
+        plan = upload_plan(manifest, format_channels(workspace, manifest))
         if "training" not in plan:
             raise StorageError(f"{workspace.manifest}: the dataset has no training file to upload; "
                                "are there any conversations?")

@@ -37,6 +37,7 @@ class Bench:
 @pytest.fixture
 def bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Bench:
     monkeypatch.setenv("PVBUILD_QUIET", "1")
+    monkeypatch.delenv("PVBUILD_PROFILE", raising=False)  # `pvbuild build --profile` of another test sets it
     (tmp_path / "plugins").mkdir()
     dataset = tmp_path / "artifacts/default/dataset"
     dataset.mkdir(parents=True)
