@@ -303,3 +303,19 @@ def test_two_clean_builds_of_the_whole_chain_are_identical(tmp_path: Path) -> No
     assert trees[0].keys() == trees[1].keys()
     differing = [path for path in trees[0] if trees[0][path] != trees[1][path]]
     assert differing == []  # .state/train.json, deploy.json, report.json and the report included
+
+
+def test_parallel_processes_keep_every_identity_a_record_refers_to(offline: Path) -> None:
+    """Found by the soak (seed 1010): a child process that read identities.json before another
+    child added the new annotator's identity wrote it back without it."""
+    state = artifacts(offline) / ".state"
+    for max_pairs in (3, 4, 5):  # each time one process crawls and builds the dataset, another annotates
+        sorted((artifacts(offline) / "markdown").glob("*.md"))[0].unlink()
+        Inputs(max_pairs=max_pairs).write(offline)
+        assert doit(offline, "-n", "2", "data").returncode == 0
+        known = json.loads((state / "identities.json").read_text(encoding="utf-8"))
+        for stage in ("urls", "markdown", "conversations", "dataset"):
+            for record in json.loads((state / f"{stage}.json").read_text(encoding="utf-8")).values():
+                for name, value in record["inputs"].items():
+                    if name in ("sources", "crawler", "annotator", "options"):
+                        assert value in known, (max_pairs, stage, name)

@@ -251,7 +251,9 @@ class IdentityStore:
 
     def save(self, identities: Mapping[str, Any]) -> None:
         """Add this run's identities and drop those no record refers to any more, so the file holds
-        what a clean build of the same inputs would hold."""
+        what a clean build of the same inputs would hold. The file is read again first: with
+        ``doit -n N`` another process may have added identities since this one read it."""
+        self._known = None
         known = {**self.known(), **identities}
         referenced = "".join(path.read_text(encoding="utf-8") for path in sorted(self.path.parent.iterdir())
                              if path != self.path and path.suffix in (".json", ".journal"))
