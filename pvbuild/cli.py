@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pvbuild.errors import PvbuildError
+from pvbuild import __version__
+from pvbuild.errors import PvbuildError, missing_extra
 from pvbuild.plugins import load_plugins
 from pvbuild.stages.catalog import CATALOG
 
@@ -129,6 +130,7 @@ def _profile_option(command: argparse.ArgumentParser) -> None:
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pvbuild", description=__doc__)
+    top.add_argument("--version", action="version", version=f"pvbuild {__version__}")
     top.add_argument("--project", default=".", help="project directory (default: current directory)")
     commands = top.add_subparsers(dest="command", required=True)
     plugins = commands.add_parser("plugins", help="list loaded plugins as JSON")
@@ -191,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pvbuild: interrupted (Ctrl-C)", file=sys.stderr)
         return 130
+    except ModuleNotFoundError as error:
+        hint = missing_extra(error)
+        if hint is None:
+            raise
+        print(f"pvbuild: error: {hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

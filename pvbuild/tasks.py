@@ -20,7 +20,7 @@ from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import save_failures
 from pvbuild.engine.stage import Stage
 from pvbuild.engine.workspace import Workspace
-from pvbuild.errors import PvbuildError
+from pvbuild.errors import PvbuildError, missing_extra
 from pvbuild.progress import say
 from pvbuild.reporter import SELECTED, TimedReporter
 from pvbuild.stages.catalog import CATALOG
@@ -95,6 +95,11 @@ def _action(stage: Stage) -> Callable[[], Any]:
             result = stage.run(current)
         except PvbuildError as error:
             return TaskFailed(str(error))
+        except ModuleNotFoundError as error:
+            hint = missing_extra(error)
+            if hint is None:
+                raise
+            return TaskFailed(str(hint))
         except KeyboardInterrupt:
             return TaskFailed(INTERRUPTED)
         finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -157,11 +158,23 @@ def quiet_transformers() -> None:
 
 
 def pick_device(requested: str) -> str:
+    """``auto``: CUDA when there is a GPU, else the CPU with ``cpu_threads``."""
     import torch
 
-    if requested != "auto":
-        return requested
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    device = requested if requested != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(cpu_threads())
+    return device
+
+
+def cpu_threads() -> int:
+    """Threads for CPU training and serving: ``OMP_NUM_THREADS`` when the user set it, else one. Small
+    models on small machines train several times faster on one thread than on PyTorch's default of
+    one per core (2 cores: the default profile's first doit 16 s instead of 69 s)."""
+    try:
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
+    except ValueError:
+        return 1
 
 
 def _with_lora(model: Any, hyperparameters: Mapping[str, Any]) -> Any:
