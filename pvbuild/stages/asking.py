@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from pvbuild.errors import PvbuildError
 from pvbuild.services.endpoints import EndpointError
-from pvbuild.services.serve import unpacked_dir
 from pvbuild.stages.deploy import live_endpoint
 
 if TYPE_CHECKING:
@@ -25,6 +24,8 @@ GENERATION_KEYS = ("max_new_tokens", "top_p", "temperature", "repetition_penalty
 def tokenizer_source(workspace: Workspace, record: Mapping[str, Any]) -> str:
     source = str(workspace.config.ask["tokenizer"] or workspace.base_model().tokenizer)
     if not source and record.get("backend") == "local":
+        from pvbuild.services.serve import unpacked_dir  # http.server and ssl: only when asked
+
         source = str(unpacked_dir(workspace.config.cache_dir / "serve", str(record["model_sha256"])))
     if not source:
         raise PvbuildError(f"{workspace.config.config_file}: ask.tokenizer: base model "

@@ -58,22 +58,25 @@ def _is_temporary(name: str) -> bool:
 
 def _names(directory: Path) -> list[str]:
     try:
-        return sorted(os.listdir(directory))
+        return os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):
         return []
 
 
 def _article_leftovers(workspace: Workspace, ids: set[str], gone_sources: dict[str, str]) -> list[Leftover]:
+    """Set differences, not a loop per name: a no-op doit looks at 20,000 names at 10,000 articles."""
     found = []
     for stage, suffix in PER_ARTICLE:
         directory = workspace.config.artifacts / stage
-        for name in _names(directory):
+        names = _names(directory)
+        temporary = sorted(name for name in names if name.startswith(".") and _is_temporary(name))
+        orphans = {name for name in names if name.endswith(suffix)} - {key + suffix for key in ids}
+        for name in temporary:
+            found.append(Leftover(Kind.TEMPORARY, stage, name, directory / name,
+                                  "temporary file of an interrupted build"))
+        for name in sorted(orphans - set(temporary)):
             key = name.removesuffix(suffix)
-            if _is_temporary(name):
-                found.append(Leftover(Kind.TEMPORARY, stage, key, directory / name, "temporary file of an "
-                                      "interrupted build"))
-            elif name.endswith(suffix) and key not in ids:
-                found.append(Leftover(Kind.ORPHAN, stage, key, directory / name, _why_orphan(key, gone_sources)))
+            found.append(Leftover(Kind.ORPHAN, stage, key, directory / name, _why_orphan(key, gone_sources)))
         records = workspace.records(stage)
         for key in sorted(set(records.records) - ids):
             found.append(Leftover(Kind.RECORD, stage, key, records.path, f"record of {key}: "
@@ -92,11 +95,11 @@ def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
     artifacts, state = workspace.config.artifacts, workspace.config.state_dir
     found = []
     for directory in (artifacts, state, artifacts / "dataset", artifacts / "report"):
-        for name in _names(directory):
+        for name in sorted(_names(directory)):
             if _is_temporary(name):
                 found.append(Leftover(Kind.TEMPORARY, "prune", name, directory / name,
                                       "temporary file of an interrupted build"))
-    for name in _names(state):
+    for name in sorted(_names(state)):
         if name.endswith(".journal"):
             stage = name.removesuffix(".journal")
             found.append(Leftover(Kind.JOURNAL, stage, stage, state / name, f"journal of an interrupted {stage} "

@@ -18,7 +18,6 @@ from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.files import TEMP_SUFFIX, replace_directory
 from pvbuild.progress import say
-from pvbuild.stages.asking import Asker
 
 REPORT_SEED = 0
 
@@ -108,6 +107,8 @@ class ReportStage(StageBase):
         training = workspace.read_artifact(workspace.training_record) or {}
         model = workspace.read_artifact(workspace.model_record) or {}
         endpoint = workspace.read_artifact(workspace.endpoint_record) or {}
+        from pvbuild.stages.asking import Asker  # the tokenizer's transformers: only when a report is made
+
         asker = Asker(workspace)
         # Seeded: the same model gives the same answers, so the same inputs give the same report.
         answers = [(question, asker.ask(question, seed=REPORT_SEED)) for question in workspace.config.ask["questions"]]
