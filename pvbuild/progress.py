@@ -47,14 +47,27 @@ class Progress:
             self._report(end="\r" if self.live else "\n")
 
     def _line(self) -> str:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / elapsed
-        note = f", {self.note}" if self.note else ""
-        return (f"{self.stage}: {self.done}/{self.total} done, {self.failed} failed, "
-                f"{rate:.1f}/s, {elapsed:.1f}s{note}")
+        """``markdown: 120/500 done, 2 failed, 38.5/s, 0:03 elapsed, ETA 0:10``: the rate with three
+        figures and only once a second has passed (an instant stage's rate means nothing), the
+        remaining time from that rate, times formatted by tqdm."""
+        from tqdm import tqdm
+
+        elapsed = time.monotonic() - self.started
+        parts = [f"{self.stage}: {self.done}/{self.total} done", f"{self.failed} failed"]
+        if elapsed >= 1.0 and self.done:
+            rate = self.done / elapsed
+            parts.append(f"{rate:.3g}/s")
+            parts.append(f"{tqdm.format_interval(elapsed)} elapsed")
+            if self.done < self.total:
+                parts.append(f"ETA {tqdm.format_interval((self.total - self.done) / rate)}")
+        if self.note:
+            parts.append(self.note)
+        return ", ".join(parts)
 
     def _report(self, end: str) -> None:
-        print(self._line(), end=end, file=self.stream, flush=True)
+        # A redrawn line is cleared to its end (ESC [K): a shorter line leaves no tail of the last one.
+        line = f"\r{self._line()}\x1b[K" if self.live else self._line()
+        print(line, end="" if self.live else end, file=self.stream, flush=True)
         if not self.live:
             self.printed_done = self.done
 

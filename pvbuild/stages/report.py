@@ -44,8 +44,17 @@ def plot_losses(history: Mapping[str, list[float]], path: Path) -> None:
     plt.close(figure)
 
 
+def for_people(value: Any) -> str:
+    """A number as people read it: four significant figures for a fraction, thousands separated."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
 def _rows(pairs: list[tuple[str, Any]]) -> str:
-    return "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in pairs)
+    return "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(for_people(v))}</td></tr>" for k, v in pairs)
 
 
 def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapping[str, Any],
