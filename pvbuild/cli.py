@@ -102,6 +102,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return STALE if findings else UP_TO_DATE
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from pvbuild.config import load_config
+    from pvbuild.diff import compare, metrics_at, table
+
+    config = load_config(args.project, args.profile)
+    path = config.artifacts / "report" / "metrics.json"
+    old = metrics_at(config.project_dir, path, args.rev)
+    new = metrics_at(config.project_dir, path, args.new_rev) if args.new_rev else metrics_at(config.project_dir, path,
+                                                                                            None)
+    rows = compare(old, new)
+    _print(json.dumps(rows, ensure_ascii=False, indent=1) if args.json else
+           table(rows, args.rev, args.new_rev or "workspace"))
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from pvbuild.stages.prune import describe, find_leftovers, remove_leftovers
 
@@ -152,6 +167,13 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument("--remote", action="store_true", help="also verify the store objects, the training job "
                        "and the endpoint (needs the services and their credentials)")
     check.set_defaults(run=cmd_check)
+    diff = commands.add_parser("diff", help="what changed in the build's numbers (counts, tokens, losses) since a "
+                               "git revision (like dvc metrics diff)")
+    _profile_option(diff)
+    diff.add_argument("rev", nargs="?", default="HEAD", help="the revision to compare with (default: HEAD)")
+    diff.add_argument("new_rev", nargs="?", help="compare with this revision instead of the working tree")
+    diff.add_argument("--json", action="store_true", help="print the changed metrics as JSON")
+    diff.set_defaults(run=cmd_diff)
     prune = commands.add_parser("prune", help="remove orphans (articles no longer in the URL table) and leftovers "
                                 "of interrupted builds; doit does it too")
     _profile_option(prune)

@@ -15,7 +15,8 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pvbuild.services", "pvbuild.builtins"),
     ("pvbuild.engine",),
     ("pvbuild.stages",),
-    ("pvbuild.tasks", "pvbuild.check", "pvbuild.cli", "pvbuild.reporter", "pvbuild.ask", "pvbuild.__main__"),
+    ("pvbuild.tasks", "pvbuild.check", "pvbuild.cli", "pvbuild.reporter", "pvbuild.ask", "pvbuild.diff",
+     "pvbuild.__main__"),
 )
 
 

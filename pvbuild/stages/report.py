@@ -16,7 +16,7 @@ from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
-from pvbuild.files import TEMP_SUFFIX, replace_directory
+from pvbuild.files import TEMP_SUFFIX, replace_directory, write_artifact
 from pvbuild.progress import say
 
 REPORT_SEED = 0
@@ -42,6 +42,27 @@ def plot_losses(history: Mapping[str, list[float]], path: Path) -> None:
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})
     plt.close(figure)
+
+
+def token_totals(records: Any) -> dict[str, int]:
+    """The annotator's tokens over every article, as its records keep them."""
+    totals: dict[str, int] = {}
+    for record in records:
+        for name, count in (record.get("usage") or {}).items():
+            totals[name] = totals.get(name, 0) + int(count)
+    return totals
+
+
+def build_metrics(manifest: Mapping[str, Any], training: Mapping[str, Any], tokens: Mapping[str, int]
+                  ) -> dict[str, Any]:
+    """The build's numbers, one flat level, for ``report/metrics.json``: committed with the tree, so git
+    keeps their history and ``pvbuild diff REV`` compares two builds (as ``dvc metrics diff``). Only
+    what the same inputs reproduce: no timings."""
+    metrics = {f"data.{name}": manifest.get(name) for name in
+               ("articles", "pairs", "train_articles", "validation_articles")}
+    metrics |= {f"annotation.{name}": count for name, count in sorted(tokens.items())}
+    metrics |= {f"training.{name}": value for name, value in sorted((training.get("metrics") or {}).items())}
+    return {name: value for name, value in metrics.items() if value is not None}
 
 
 def for_people(value: Any) -> str:
@@ -128,6 +149,8 @@ class ReportStage(StageBase):
             built.mkdir()
             plot_losses(training.get("history") or {}, built / "loss.png")
             (built / "report.html").write_text(render(manifest, training, model, endpoint, answers), encoding="utf-8")
+            tokens = token_totals(workspace.records("conversations").records.values())
+            write_artifact(built / "metrics.json", build_metrics(manifest, training, tokens))
             replace_directory(built, target)
         with workspace.finishing("report"):
             workspace.record("report", item)
