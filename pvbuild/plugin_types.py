@@ -140,6 +140,12 @@ class BaseModel:
     description: str = ""
     local_model: str = ""
     build_local: Callable[[Sequence[str], Path, int], None] | None = None
+    # Hyperparameter names the model's training accepts beyond those with defaults above (JumpStart's
+    # documented list); a name in neither is refused before anything runs, with "did you mean".
+    accepted_hyperparameters: tuple[str, ...] = ()
+
+    def hyperparameter_names(self) -> set[str]:
+        return set(self.hyperparameters) | set(self.accepted_hyperparameters)
 
 
 BACKEND_KINDS = {"store": "storage", "training": "training", "endpoint": "endpoint"}  # kind -> config section

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from typing import Any
 
 from pvbuild.artifacts import TrainingRecord
+from pvbuild.config import suggest
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
@@ -46,6 +47,11 @@ def resolve_hyperparameters(base: BaseModel, overrides: Mapping[str, Any], datas
     if base.dataset_format != dataset_format:
         raise ConfigError(f"{where}: dataset.format is {dataset_format!r} but base model {base.name!r} trains "
                           f"on {base.dataset_format!r} data; set dataset.format = {base.dataset_format!r}")
+    known = sorted(base.hyperparameter_names() | set(format_flags.values()))
+    for name in overrides:
+        if name not in known:
+            raise ConfigError(f"{where}: training.hyperparameters.{name}: unknown hyperparameter of {base.name}"
+                              f"{suggest(name, known)}; known: {', '.join(known)}")
     merged = {name: _as_hyperparameter(value) for name, value in {**base.hyperparameters, **overrides}.items()}
     for fmt, flag in format_flags.items():
         wanted = "True" if fmt == dataset_format else "False"

@@ -43,3 +43,16 @@ def test_billable_seconds_are_kept_in_the_record_but_not_in_its_digest(bench: Be
     path.write_text(path.read_text(encoding="utf-8").replace('"billable_seconds": 7', '"billable_seconds": 9'),
                     encoding="utf-8")
     assert staleness.stale(bench.workspace(), STAGE) == []
+
+
+def test_a_misspelled_hyperparameter_fails_before_anything_runs(bench: Bench) -> None:
+    from pvbuild.cli import main
+    from pvbuild.errors import ConfigError
+
+    (bench.path / "pvbuild.toml").write_text("[profile.default.training]\nhyperparameters = { epochs = 3 }\n",
+                                             encoding="utf-8")
+    with pytest.raises(ConfigError, match="training.hyperparameters.epochs: unknown hyperparameter of tiny "
+                                          r"\(did you mean 'epoch'\?\)"):
+        staleness.stale(uploaded(bench).workspace(), STAGE)
+    assert bench.training.created == []
+    assert main(["--project", str(bench.path), "check"]) == 2
