@@ -79,9 +79,13 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
 
 
 def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapping[str, Any],
-           endpoint: Mapping[str, Any], answers: list[tuple[str, str]]) -> str:
+           endpoint: Mapping[str, Any], answers: list[tuple[str, str]],
+           tokens: Mapping[str, int] | None = None) -> str:
     metrics = training.get("metrics") or {}
+    tokens = tokens or {}
     facts = [("articles", manifest.get("articles")), ("question/answer pairs", manifest.get("pairs")),
+             ("annotation tokens (prompt / completion)",
+              f"{for_people(tokens.get('prompt_tokens', 0))} / {for_people(tokens.get('completion_tokens', 0))}"),
              ("dataset format", manifest.get("format")), ("training tokens (all epochs)", metrics.get("train_tokens")),
              ("base model", training.get("base_model", {}).get("name")), ("training job", training.get("job_name")),
              ("final training loss", metrics.get("train_loss")),
@@ -148,8 +152,9 @@ class ReportStage(StageBase):
             built = Path(scratch) / "report"
             built.mkdir()
             plot_losses(training.get("history") or {}, built / "loss.png")
-            (built / "report.html").write_text(render(manifest, training, model, endpoint, answers), encoding="utf-8")
             tokens = token_totals(workspace.records("conversations").records.values())
+            (built / "report.html").write_text(render(manifest, training, model, endpoint, answers, tokens),
+                                               encoding="utf-8")
             write_artifact(built / "metrics.json", build_metrics(manifest, training, tokens))
             replace_directory(built, target)
         with workspace.finishing("report"):
