@@ -22,6 +22,19 @@ from pvbuild.files import write_artifact
 R = TypeVar("R", bound="JsonRecord")
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON artifact (marker, record, manifest), or None when it does not exist yet."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise StateError(f"{path}: unreadable ({error}); delete it and run doit to rebuild it") from error
+    if not isinstance(value, dict):
+        raise StateError(f"{path}: expected a JSON object; delete it and run doit to rebuild it")
+    return value
+
+
 @dataclass
 class JsonRecord:
     """A JSON object with known keys as fields; unknown keys ride along in ``extra``."""
@@ -46,15 +59,8 @@ class JsonRecord:
     @classmethod
     def read(cls: type[R], path: Path) -> R | None:
         """The record in ``path``, or None when there is none yet."""
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as error:
-            raise StateError(f"{path}: unreadable ({error}); delete it and run doit to rebuild it") from error
-        if not isinstance(value, dict):
-            raise StateError(f"{path}: expected a JSON object; delete it and run doit to rebuild it")
-        return cls.from_json(value)
+        value = read_json_object(path)
+        return None if value is None else cls.from_json(value)
 
     def to_json(self) -> dict[str, Any]:
         value = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "present")}

@@ -5,13 +5,12 @@ trainer, endpoint) the configuration selects. Stages read and write through it; 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pvbuild.artifacts import EndpointRecord, ModelRecord, TrainingRecord, UploadMarker
+from pvbuild.artifacts import EndpointRecord, ModelRecord, TrainingRecord, UploadMarker, read_json_object
 from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig, suggest
 from pvbuild.engine.records import (
     FileHasher,
@@ -262,16 +261,8 @@ class Workspace:
         return EndpointRecord.read(self.endpoint_record)
 
     def read_artifact(self, path: Path) -> dict[str, Any] | None:
-        """A JSON artifact (marker, record), or None when it does not exist yet."""
-        try:
-            value = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as error:
-            raise StateError(f"{path}: unreadable ({error}); delete it and run doit to rebuild it") from error
-        if not isinstance(value, dict):
-            raise StateError(f"{path}: expected a JSON object; delete it and run doit to rebuild it")
-        return value
+        """A JSON artifact (marker, record, manifest), or None when it does not exist yet."""
+        return read_json_object(path)
 
     # -- services ---------------------------------------------------------------------------
     def _service(self, kind: str) -> Any:
