@@ -49,11 +49,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     import pvbuild.tasks as tasks
 
     tasks.reset()
+    # doit runs in the project with the profile in the environment (child processes of `-n N` see it);
+    # both are put back afterwards, so a caller in the same process (a test, a notebook) is left as it was.
+    directory, profile = os.getcwd(), os.environ.get("PVBUILD_PROFILE")
     os.chdir(args.project)
     if args.profile:
         os.environ["PVBUILD_PROFILE"] = args.profile
-    namespace = {**tasks.stage_tasks(), "DOIT_CONFIG": tasks.DOIT_CONFIG}
-    return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
+    try:
+        namespace = {**tasks.stage_tasks(), "DOIT_CONFIG": tasks.DOIT_CONFIG}
+        return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
+    finally:
+        os.chdir(directory)
+        if profile is None:
+            os.environ.pop("PVBUILD_PROFILE", None)
+        else:
+            os.environ["PVBUILD_PROFILE"] = profile
 
 
 def _workspace(args: argparse.Namespace, live: bool = True) -> Any:
