@@ -229,7 +229,8 @@ class Differential:
         them) and remember what this build was built from."""
         model, rows = self.model, self.rows()
         built = model.built
-        if model.relist:
+        lists = (model.inputs.source, model.inputs.crawler())  # what decides the list crawl
+        if model.relist or built.get("lists") != lists:  # forced, or the sources changed since the last build
             model.table = None
             rows = self.rows()
         for file_id in list(model.markdown):
@@ -242,7 +243,7 @@ class Differential:
                 built.get("annotator") == model.inputs.max_pairs and built.get(("row", file_id)) == rows.get(file_id)
             if file_id not in rows or not unchanged:
                 del model.conversations[file_id]
-        model.built = {"crawler": model.inputs.crawler(), "annotator": model.inputs.max_pairs}
+        model.built = {"crawler": model.inputs.crawler(), "annotator": model.inputs.max_pairs, "lists": lists}
         for file_id, row in rows.items():
             model.built[("row", file_id)] = row
             model.built[("markdown", file_id)] = self.effective_markdown(file_id)
@@ -395,11 +396,9 @@ class Differential:
         elif what == "format":
             inputs.format = "chat" if inputs.format == "instruction" else "instruction"
         elif what == "plugin":
-            inputs.plugin_revision += 1
-            self.model.relist |= inputs.source == "mirror"  # the list pages' plugin changed
+            inputs.plugin_revision += 1  # the mirror's lists are crawled again if it is the source (settle)
         elif what == "sources":
             inputs.source = "mirror" if inputs.source == "sample" else "sample"
-            self.model.relist = True
         inputs.write(self.project)
 
     ACTIONS: tuple[tuple[str, int], ...] = (

@@ -319,3 +319,22 @@ def test_parallel_processes_keep_every_identity_a_record_refers_to(offline: Path
                 for name, value in record["inputs"].items():
                     if name in ("sources", "crawler", "annotator", "options"):
                         assert value in known, (max_pairs, stage, name)
+
+
+def test_a_hand_edit_that_a_recrawl_will_overwrite_is_a_may_for_its_conversation(tmp_path: Path) -> None:
+    """Found by the soak (seed 2025): the crawler changed and a markdown was edited by hand; check said
+    its conversation would be annotated again, but the markdown is crawled again first, to the bytes the
+    conversation was built from, and doit rightly leaves the conversation alone."""
+    shutil.copy(ROOT / "dodo.py", tmp_path / "dodo.py")
+    Inputs(source="mirror").write(tmp_path)
+    assert doit(tmp_path, "data").returncode == 0
+    Inputs(source="mirror", plugin_revision=1).write(tmp_path)  # the mirror plugin's code changed
+    page = sorted((artifacts(tmp_path) / "markdown").glob("*.md"))[0]
+    page.write_text(page.read_text(encoding="utf-8") + "\n手工补充。\n", encoding="utf-8")
+    conversation = artifacts(tmp_path) / "conversations" / f"{page.stem}.csv"
+    before = conversation.stat().st_mtime_ns
+    found = {(f["stage"], f["key"]): f["reason"] for f in stale(check(tmp_path, "--json"))}
+    assert found[("markdown", page.stem)] == "input changed: crawler"
+    assert found[("conversations", page.stem)].startswith("upstream: markdown is stale")
+    assert doit(tmp_path, "data").returncode == 0
+    assert conversation.stat().st_mtime_ns == before and check(tmp_path).returncode == 0

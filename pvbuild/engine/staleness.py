@@ -78,12 +78,20 @@ def walk(workspace: Workspace, stages: Sequence[Stage]) -> list[Finding]:
     findings: list[Finding] = []
     changing: dict[str, set[str]] = {}  # per stage, the keys whose rebuild may change what follows
     previous_per_article: Stage | None = None
+    rebuilt: dict[str, set[str]] = {}  # per stage, the keys that will be built again (not just adopted)
     for index, stage in enumerate(stages):
         own = stale(workspace, stage)
         upstream = [s.name for s in stages[:index] if changing.get(s.name)]
         for entry in own:
-            may = upstream and not stage.per_article and _only_derived(workspace, stage, entry)
-            findings.append(Finding(entry.owner or stage.name, entry, upstream[-1] if may else None))
+            if stage.per_article and previous_per_article is not None:
+                # The same key upstream is rebuilt first: what this item sees now may not be what it will see.
+                source = previous_per_article.name
+                may = entry.item.key in rebuilt[source] and _only_derived(workspace, stage, entry)
+            else:
+                source = upstream[-1] if upstream else ""
+                may = bool(upstream) and not stage.per_article and _only_derived(workspace, stage, entry)
+            findings.append(Finding(entry.owner or stage.name, entry, source if may else None))
+        rebuilt[stage.name] = {entry.item.key for entry in own if entry.reason != EDITED}
         changing[stage.name] = {entry.item.key for entry in own if entry.propagates}
         own_keys = {entry.item.key for entry in own}
         if stage.per_article and previous_per_article is not None:
