@@ -17,23 +17,22 @@ from pathlib import Path
 import pvbuild
 from pvbuild.services.training import JobState, JobStatus
 
-CALLS = Path("fake-cloud-calls.txt")
 
 
-def log(line):
-    with CALLS.open("a") as stream:
+def log(context, line):
+    with (context.project_dir / "fake-cloud-calls.txt").open("a") as stream:
         stream.write(line + "\\n")
 
 
 class Training:
     def __init__(self, context):
-        self.store, self.jobs = context.store, {}
+        self.context, self.store, self.jobs = context, context.store, {}
 
     def describe(self, name):
         return self.jobs.get(name)
 
     def create(self, request):
-        log(f"create {request.job_name} epoch={request.hyperparameters['epoch']}")
+        log(self.context, f"create {request.job_name} epoch={request.hyperparameters['epoch']}")
         self.jobs[request.job_name] = JobState(request.job_name, JobStatus.IN_PROGRESS)
         return self.jobs[request.job_name]
 
@@ -50,10 +49,10 @@ class Training:
 
 class Endpoints:
     def __init__(self, context):
-        self.options = context.options
+        self.context = context
 
     def deploy(self, request, started):
-        log(f"deploy {request.name} {request.model['sha256'][:12]}")
+        log(self.context, f"deploy {request.name} {request.model['sha256'][:12]}")
         record = {"backend": "fakecloud", "endpoint_name": request.name, "model_sha256": request.model["sha256"],
                   "status": "InService", "instance_type": request.instance_type or "fake.small"}
         started({**record, "status": "Creating"})
@@ -66,7 +65,7 @@ class Endpoints:
         return [{"generated_text": "fake answer"}]
 
     def delete(self, record):
-        log(f"delete {record['endpoint_name']}")
+        log(self.context, f"delete {record['endpoint_name']}")
         return {**record, "status": "Deleted"}
 
 
