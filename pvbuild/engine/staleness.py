@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from pvbuild.engine.records import EDITED, stale_items
+from pvbuild.engine.records import EDITED, Item, stale_items
 from pvbuild.engine.stage import Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.progress import say
@@ -27,11 +27,14 @@ def stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
 def _record_digest(workspace: Workspace, stage: Stage) -> Callable[[str], str | None]:
     """Digests of JSON-record outputs without their volatile fields; a record written by pvbuild 0.1,
     which digested the whole file, still matches the file it recorded (no retraining on upgrade)."""
+    recorded = {record.get("output") for record in workspace.records(stage.name).records.values()}
+
     def digest_of(file: str) -> str | None:
         stable = workspace.output_digest(file)
-        recorded = {record.get("output") for record in workspace.records(stage.name).records.values()}
-        legacy = workspace.hasher.digest(file)
-        return legacy if stable not in recorded and legacy in recorded else stable
+        if stable in recorded:
+            return stable
+        legacy = workspace.hasher.digest(file)  # read again only when the stable digest does not match
+        return legacy if legacy in recorded else stable
     return digest_of
 
 
@@ -97,8 +100,6 @@ def walk(workspace: Workspace, stages: Sequence[Stage]) -> list[Finding]:
         if stage.per_article and previous_per_article is not None:
             for key in sorted(changing[previous_per_article.name] - own_keys):
                 item_file = stage.file(workspace, key)
-                from pvbuild.engine.records import Item
-
                 entry = StaleItem(Item(key, {}, item_file), f"upstream: {previous_per_article.name} {key} is stale")
                 findings.append(Finding(stage.name, entry))
                 changing[stage.name].add(key)

@@ -76,21 +76,7 @@ class Workspace:
     def records(self, stage: str) -> StageRecords:
         if stage not in self._records:
             self._records[stage] = StageRecords(self.config.state_dir, stage)
-            if stage == "conversations":
-                self._add_row_inputs(self._records[stage])
         return self._records[stage]
-
-    def _add_row_inputs(self, conversations: StageRecords) -> None:
-        """Records of versions before the row was an input of a conversation: take the row its markdown
-        was built from (the conversation was annotated from that markdown), rather than re-annotate all."""
-        markdown = None
-        for key, record in conversations.records.items():
-            inputs = record.get("inputs")
-            if isinstance(inputs, dict) and "row" not in inputs:
-                markdown = markdown or self.records("markdown")
-                built_from = (markdown.get(key) or {}).get("inputs", {})
-                if built_from.get("row"):
-                    inputs["row"] = built_from["row"]
 
     def rows(self) -> list[UrlRow]:
         """URL rows of the configured sources (rows of sources no longer configured are kept
@@ -127,11 +113,15 @@ class Workspace:
         self._rows = None
         self._table = None
 
+    def lists_pending(self) -> bool:
+        """Whether the list pages are to be crawled again: never crawled, or the sources changed since."""
+        record = self.records("urls").get("urls")
+        return record is None or record.get("inputs") != {"sources": self.sources_identity()}
+
     def unbuilt_sources(self) -> set[str]:
         """Sources in the URL table that the list crawl will drop: no longer configured, and the
         lists are due to be crawled again because the source configuration changed."""
-        record = self.records("urls").get("urls")
-        if record is not None and record.get("inputs") == {"sources": self.sources_identity()}:
+        if not self.lists_pending():
             return set()
         configured = {source.name for source in self.config.sources}
         return {row.source for row, _ in self.table_rows()} - configured

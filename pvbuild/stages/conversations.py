@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import Failure, StageResult
-from pvbuild.engine.records import Item, digest
+from pvbuild.engine.records import Item, digest, stale_reason
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.files import atomic_write_text
@@ -143,6 +143,23 @@ class ConversationsStage(StageBase):
 
     def file(self, workspace: Workspace, key: str) -> str:
         return workspace.conversation_file(key)
+
+    def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
+        """Records of pvbuild 0.1 lack the row input: take the row the article's markdown was built from
+        (the conversation was annotated from that markdown) instead of annotating every article again."""
+        records, markdown = workspace.records(self.name), workspace.records("markdown")
+        kept = []
+        for entry in found:
+            record = records.get(entry.item.key)
+            inputs = record.get("inputs") if record else None
+            if isinstance(inputs, dict) and "row" not in inputs:
+                inputs["row"] = (markdown.get(entry.item.key) or {}).get("inputs", {}).get("row")
+                reason = stale_reason(entry.item, record, workspace.hasher.digest(entry.item.file))
+                if reason is None:
+                    continue  # the record now agrees, and is saved with the stage's next commit
+                entry = StaleItem(entry.item, reason)
+            kept.append(entry)
+        return kept
 
     def run(self, workspace: Workspace) -> StageResult:
         """Annotate every article whose conversation is stale."""

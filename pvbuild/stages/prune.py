@@ -159,8 +159,7 @@ class PruneStage(StageBase):
         return []  # nothing is built: what is stale is what is there and should not be
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
-        record = workspace.records("urls").get("urls")
-        relisting = record is None or record.get("inputs") != {"sources": workspace.sources_identity()}
+        relisting = workspace.lists_pending()
         return [StaleItem(Item(leftover.key, {}, str(leftover.path)), f"{leftover.reason}; doit's prune step "
                           "removes it", derived=relisting and leftover.kind in (Kind.ORPHAN, Kind.RECORD),
                           owner=leftover.stage if leftover.stage != "prune" else "")
