@@ -44,6 +44,7 @@ DATASET_OPTIONS: dict[str, Any] = {
     "system_prompt": "",
     "validation_ratio": 0.0,
     "seed": 42,
+    "articles_per_shard": 4096,  # the dataset is rebuilt, stored and uploaded in shards of about this many
 }
 TEMPLATE_FIELDS = ("context", "question", "answer")  # what an instruction line can hold
 
@@ -262,6 +263,8 @@ def _dataset(check: _Validator, table: Any, registry: Registry) -> dict[str, Any
         raise check.fail("dataset.format", f"must be one of {', '.join(formats)}{suggest(options['format'], formats)}")
     if not 0.0 <= options["validation_ratio"] < 1.0:
         raise check.fail("dataset.validation_ratio", "must be at least 0 and below 1")
+    if options["articles_per_shard"] < 1:
+        raise check.fail("dataset.articles_per_shard", "must be a whole number of at least 1")
     template = options["template"]
     if set(template) != {"prompt", "completion"} or not all(isinstance(v, str) for v in template.values()):
         raise check.fail("dataset.template", "needs exactly the string keys 'prompt' and 'completion'")

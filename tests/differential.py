@@ -68,6 +68,7 @@ class Inputs:
     template: int = 0
     format: str = "instruction"
     plugin_revision: int = 0
+    articles_per_shard: int = 0  # 0: the default (one shard here); 3: the dataset and records in shards
 
     def config(self) -> str:
         template = TEMPLATES[self.template]
@@ -75,6 +76,7 @@ class Inputs:
         return (f"[profile.default.sources.{self.source}]\n{pages}"
                 f"[profile.default.annotator]\nplugin = \"extractive\"\nmax_pairs = {self.max_pairs}\n"
                 f"[profile.default.dataset]\nformat = \"{self.format}\"\nvalidation_ratio = 0.2\n"
+                + (f"articles_per_shard = {self.articles_per_shard}\n" if self.articles_per_shard else "") +
                 f"template = {{ prompt = \"{template['prompt']}\", completion = \"{template['completion']}\" }}\n")
 
     def write(self, project: Path) -> None:
@@ -162,6 +164,7 @@ class Differential:
         self.workspace = workspace
         self.project = workspace / "incremental"
         self.model = Model()
+        self.model.inputs.articles_per_shard = 3 if seed % 2 else 0  # odd seeds start sharded
         self.steps: list[str] = []
         self.references: dict[str, tuple[Tree, dict[str, dict[str, str]]]] = {}
         self.log = log
@@ -397,6 +400,8 @@ class Differential:
             inputs.format = "chat" if inputs.format == "instruction" else "instruction"
         elif what == "plugin":
             inputs.plugin_revision += 1  # the mirror's lists are crawled again if it is the source (settle)
+        elif what == "sharding":
+            inputs.articles_per_shard = 3 if not inputs.articles_per_shard else 0
         elif what == "sources":
             inputs.source = "mirror" if inputs.source == "sample" else "sample"
         inputs.write(self.project)
@@ -406,7 +411,8 @@ class Differential:
         ("delete conversation", 2), ("touch conversation", 1), ("edit dataset", 1), ("delete dataset", 1),
         ("remove row", 2), ("duplicate row", 2), ("reorder rows", 1), ("retitle row", 2),
         ("change annotator", 1), ("change template", 1), ("change format", 1), ("change plugin", 1),
-        ("change sources", 1), ("doit", 4), ("doit -n 2", 3), ("doit -n 2 -P thread", 2), ("doit per stage", 1),
+        ("change sources", 1), ("change sharding", 1), ("doit", 4), ("doit -n 2", 3), ("doit -n 2 -P thread", 2),
+        ("doit per stage", 1),
         ("doit -a urls", 1), ("kill doit", 2), ("prune", 1),
     )
 

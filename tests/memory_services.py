@@ -22,6 +22,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
         self.puts: list[str] = []
+        self.copies: list[str] = []
 
     def uri(self, key: str) -> str:
         return f"memory://{key}"
@@ -38,6 +39,15 @@ class MemoryStore:
     def put(self, key: str, path: Path) -> ObjectInfo:
         self.objects[key] = path.read_bytes()
         self.puts.append(key)
+        info = self.head(key)
+        assert info is not None
+        return info
+
+    def copy(self, source: str, key: str) -> ObjectInfo:
+        if source not in self.objects:
+            raise StorageError(f"{self.uri(source)}: no such object to copy")
+        self.objects[key] = self.objects[source]
+        self.copies.append(key)
         info = self.head(key)
         assert info is not None
         return info

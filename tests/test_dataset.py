@@ -12,7 +12,7 @@ from pvbuild.builtins.formats import check_template_lines
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.errors import PvbuildError
 from pvbuild.plugin_types import Message
-from pvbuild.stages.dataset import Conversation, split, write_dataset
+from pvbuild.stages.dataset_files import Conversation, split, write_dataset
 from tests.conftest import Project
 
 OPTIONS: dict[str, Any] = {

@@ -1,7 +1,8 @@
 """Build records: what every artifact was built from, kept so staleness is exact and portable.
 
-Records live under ``<artifacts>/.state/<stage>.json``: sorted, no timestamps, no absolute
-paths, so they can be committed and checked on a fresh clone. While a stage runs, each
+Records live under ``<artifacts>/.state/<stage>.json`` (or, past 4,096 records, in shard files
+under ``<artifacts>/.state/<stage>/``): sorted, no timestamps, no absolute paths, so they can be
+committed and checked on a fresh clone. While a stage runs, each
 finished item is appended to ``<stage>.journal`` at once, so an interrupted run loses no
 finished work; the journal is folded into the JSON file when the stage ends.
 """
@@ -13,13 +14,16 @@ import hashlib
 import json
 import marshal
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from pvbuild.engine.shards import ARTICLES_PER_SHARD, shard_count, shard_of
 from pvbuild.errors import StateError
-from pvbuild.files import atomic_write_bytes, atomic_write_text
+from pvbuild.files import DIRECTORY_MODE, TEMP_SUFFIX, atomic_write_bytes, atomic_write_text, replace_directory
 
 EDITED = "output edited since it was built"
 
@@ -159,19 +163,62 @@ class Item(NamedTuple):
 
 
 class StageRecords:
-    """The records of one stage, keyed by item key."""
+    """The records of one stage, keyed by item key.
 
-    def __init__(self, state_dir: Path, stage: str) -> None:
+    Up to ``per_shard`` records live in ``<stage>.json``; more are split by key into
+    ``<stage>/<i>-of-<n>.json`` (``engine.shards``), so a change rewrites the shard files of the
+    keys that changed, not every record. A machine-local marshal copy (``cache_file``) of what
+    the files hold is used while the files are unchanged: parsing JSON was a tenth of a no-op.
+    """
+
+    def __init__(self, state_dir: Path, stage: str, cache_file: Path | None = None,
+                 per_shard: int = ARTICLES_PER_SHARD) -> None:
         self.path = state_dir / f"{stage}.json"
+        self.folder = state_dir / stage
         self.journal = state_dir / f"{stage}.journal"
+        self.cache_file = cache_file
+        self.per_shard = per_shard
         self.records: dict[str, dict[str, Any]] = {}
-        if self.path.is_file():
-            loaded = _read_json(self.path, "build records")
-            if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
-                raise StateError(f"{self.path}: build records are not a table of records; "
-                                 "delete it to rebuild from scratch")
-            self.records = loaded
+        self.changed: set[str] = set()  # keys put or dropped since the files were written
+        self.files = self._files()
+        self.layout = len(self.files) if self.files and self.files[0].parent == self.folder else 1
+        self._load()
         self._replay_journal()
+
+    def _files(self) -> list[Path]:
+        """The records files as they are: the shard files, or the one file, or none."""
+        if self.folder.is_dir():
+            shards = sorted(self.folder.glob("*-of-*.json"))
+            if shards:
+                return shards
+        return [self.path] if self.path.is_file() else []
+
+    def _signature(self) -> list[list[Any]]:
+        signature = []
+        for path in self.files:
+            info = path.stat()
+            signature.append([path.name, info.st_mtime_ns, info.st_size])
+        return signature
+
+    def _load(self) -> None:
+        signature = self._signature()
+        if self.cache_file is not None and signature:
+            with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+                cached = marshal.loads(self.cache_file.read_bytes())
+                if isinstance(cached, list) and len(cached) == 2 and cached[0] == signature:
+                    self.records = cached[1]
+                    return
+        for path in self.files:
+            loaded = _read_json(path, "build records")
+            if not isinstance(loaded, dict) or not all(isinstance(v, dict) for v in loaded.values()):
+                raise StateError(f"{path}: build records are not a table of records; delete it to rebuild from scratch")
+            self.records.update(loaded)
+        self._save_cache(signature)
+
+    def _save_cache(self, signature: list[list[Any]]) -> None:
+        if self.cache_file is not None and signature:
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(self.cache_file, marshal.dumps([signature, self.records]))
 
     def _replay_journal(self) -> None:
         if not self.journal.is_file():
@@ -181,6 +228,7 @@ class StageRecords:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash: that item is simply rebuilt
+            self.changed.add(entry["key"])
             if entry.get("record") is None:
                 self.records.pop(entry["key"], None)
             else:
@@ -189,12 +237,23 @@ class StageRecords:
     def get(self, key: str) -> dict[str, Any] | None:
         return self.records.get(key)
 
+    def input_values(self) -> set[str]:
+        """Every input digest the records hold (what ``identities.json`` must keep)."""
+        values: set[str] = set()
+        for record in self.records.values():
+            inputs = record.get("inputs")
+            if isinstance(inputs, dict):
+                values.update(value for value in inputs.values() if isinstance(value, str))
+        return values
+
     def put(self, key: str, record: dict[str, Any]) -> None:
         self.records[key] = record
+        self.changed.add(key)
         self._append({"key": key, "record": record})
 
     def drop(self, key: str) -> None:
         if self.records.pop(key, None) is not None:
+            self.changed.add(key)
             self._append({"key": key, "record": None})
 
     def _append(self, entry: Mapping[str, Any]) -> None:
@@ -203,12 +262,53 @@ class StageRecords:
             stream.write(canonical_json(entry) + "\n")
 
     def commit(self) -> None:
-        """Fold the journal into the records file (sorted, one record per line for clean diffs)."""
-        lines = [f"{json.dumps(key, ensure_ascii=False)}: {canonical_json(self.records[key])}"
-                 for key in sorted(self.records)]
-        atomic_write_text(self.path, "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n"))
+        """Fold the journal into the records files (sorted, one record per line for clean diffs): the
+        shards holding a changed key, or every file when the number of shards changes."""
+        count = shard_count(len(self.records), self.per_shard)
+        if count == 1:
+            if self.changed or self.layout != 1 or not self.path.is_file():
+                atomic_write_text(self.path, _records_text(self.records, sorted(self.records)))
+                if self.folder.is_dir():
+                    shutil.rmtree(self.folder)
+        elif count != self.layout:
+            self._write_all_shards(count)
+        else:
+            shards: dict[int, list[str]] = {index: [] for index in {shard_of(key, count) for key in self.changed}}
+            for key in self.records:
+                index = shard_of(key, count)
+                if index in shards:
+                    shards[index].append(key)
+            for index, keys in sorted(shards.items()):
+                atomic_write_text(self.folder / _shard_file(index, count), _records_text(self.records, sorted(keys)))
+        self.layout, self.changed = count, set()
+        self.files = self._files()
+        self._save_cache(self._signature())
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
+
+    def _write_all_shards(self, count: int) -> None:
+        """A new layout in a folder of its own, swapped in whole: a crash leaves the old one."""
+        groups: list[list[str]] = [[] for _ in range(count)]
+        for key in self.records:
+            groups[shard_of(key, count)].append(key)
+        building = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=TEMP_SUFFIX, dir=self.folder.parent))
+        try:
+            building.chmod(DIRECTORY_MODE)
+            for index, keys in enumerate(groups):
+                atomic_write_text(building / _shard_file(index, count), _records_text(self.records, sorted(keys)))
+            replace_directory(building, self.folder)
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+        self.path.unlink(missing_ok=True)
+
+
+def _shard_file(index: int, count: int) -> str:
+    return f"{index:05d}-of-{count:05d}.json"
+
+
+def _records_text(records: Mapping[str, Any], keys: list[str]) -> str:
+    lines = [f"{json.dumps(key, ensure_ascii=False)}: {canonical_json(records[key])}" for key in keys]
+    return "{\n" + ",\n".join(lines) + ("\n}\n" if lines else "}\n")
 
 
 def stale_reason(item: Item, record: Mapping[str, Any] | None, output_digest: str | None) -> str | None:
@@ -249,14 +349,13 @@ class IdentityStore:
             self._known = loaded if isinstance(loaded, dict) else {}
         return self._known
 
-    def save(self, identities: Mapping[str, Any]) -> None:
-        """Add this run's identities and drop those no record refers to any more, so the file holds
-        what a clean build of the same inputs would hold. The file is read again first: with
-        ``doit -n N`` another process may have added identities since this one read it."""
+    def save(self, identities: Mapping[str, Any], referenced: set[str]) -> None:
+        """Add this run's identities and drop those no record refers to any more (``referenced``: every
+        input digest of every record), so the file holds what a clean build of the same inputs would
+        hold. The file is read again first: with ``doit -n N`` another process may have added
+        identities since this one read it."""
         self._known = None
         known = {**self.known(), **identities}
-        referenced = "".join(path.read_text(encoding="utf-8") for path in sorted(self.path.parent.iterdir())
-                             if path != self.path and path.suffix in (".json", ".journal"))
         kept = {key: value for key, value in known.items() if key in referenced}
         if kept == self._known and self.path.is_file():
             return

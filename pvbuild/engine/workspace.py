@@ -75,8 +75,19 @@ class Workspace:
     # -- inputs -----------------------------------------------------------------------------
     def records(self, stage: str) -> StageRecords:
         if stage not in self._records:
-            self._records[stage] = StageRecords(self.config.state_dir, stage)
+            self._records[stage] = self._read_records(stage)
         return self._records[stage]
+
+    def _read_records(self, stage: str) -> StageRecords:
+        return StageRecords(self.config.state_dir, stage, self.config.cache_dir / "records" / f"{stage}.marshal",
+                            int(self.config.dataset["articles_per_shard"]))
+
+    def recorded_stages(self) -> list[str]:
+        """The stages that have records (files, shard folders or journals) under .state."""
+        names = {name.removesuffix(".json").removesuffix(".journal") for name in os.listdir(self.config.state_dir)
+                 if name.endswith((".json", ".journal")) or os.path.isdir(self.config.state_dir / name)} \
+            if self.config.state_dir.is_dir() else set()
+        return sorted(name for name in names if name != "identities" and not name.startswith("."))
 
     def rows(self) -> list[UrlRow]:
         """URL rows of the configured sources (rows of sources no longer configured are kept
@@ -178,7 +189,11 @@ class Workspace:
         """Fold the stage's journal into its records file; save the stat cache and the identities."""
         self.records(stage).commit()
         self.hasher.save()
-        self.identity_store.save(self.identities)
+        referenced = self.records(stage).input_values()
+        for other in self.recorded_stages():
+            if other != stage:  # as on disk now: with doit -n N another process may have written them
+                referenced |= self._read_records(other).input_values()
+        self.identity_store.save(self.identities, referenced)
 
     @contextlib.contextmanager
     def finishing(self, stage: str) -> Iterator[None]:

@@ -56,6 +56,10 @@ class ObjectStore(Protocol):
 
     def put(self, key: str, path: Path) -> ObjectInfo: ...
 
+    def copy(self, source: str, key: str) -> ObjectInfo:
+        """Copy an object inside the store (on S3 without the bytes passing through this machine)."""
+        ...
+
     def keys(self, prefix: str) -> list[str]: ...
 
     def get(self, key: str, path: Path) -> None: ...
@@ -97,6 +101,12 @@ class LocalObjectStore:
         info = self.head(key)
         assert info is not None
         return info
+
+    def copy(self, source: str, key: str) -> ObjectInfo:
+        origin = self._path(source)
+        if not origin.is_file():
+            raise StorageError(f"{self.uri(source)}: no such object to copy")
+        return self.put(key, origin)
 
     def keys(self, prefix: str) -> list[str]:
         base = self._path(prefix)
@@ -161,6 +171,16 @@ class S3ObjectStore:
             raise StorageError(f"{self.uri(key)}: uploaded but not found afterwards")
         return info
 
+    def copy(self, source: str, key: str) -> ObjectInfo:
+        # One CopyObject (up to 5 GB): the copy keeps a single-part object's MD5 ETag; the managed
+        # copy would cut it into parts and change the ETag the marker records.
+        self._call("copy to", key, self.client.copy_object, Bucket=self.bucket, Key=key,
+                   CopySource={"Bucket": self.bucket, "Key": source})
+        info = self.head(key)
+        if info is None:
+            raise StorageError(f"{self.uri(key)}: copied but not found afterwards")
+        return info
+
     def keys(self, prefix: str) -> list[str]:
         found: list[str] = []
         pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
@@ -187,6 +207,25 @@ def put_verified(store: ObjectStore, key: str, path: Path) -> tuple[dict[str, An
             raise StorageError(f"{store.uri(key)}: verification failed after upload: expected {expected}, "
                                f"the store has size {present.size} and ETag {present.etag}")
     return {"uri": store.uri(key), **expected}, sent
+
+
+def copy_verified(store: ObjectStore, source: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    """Copy the object of an earlier marker entry ``source`` (same bytes) to ``key`` and verify it, so
+    an unchanged shard of a new dataset is not uploaded again; None when that object is gone or
+    changed, or was sent in parts (its copy would get another ETag): then it is uploaded."""
+    expected = {"size": source["size"], "etag": source["etag"]}
+    if "-" in str(source["etag"]):
+        return None
+    present = store.head(key)
+    if present is None or {"size": present.size, "etag": present.etag} != expected:
+        original = store.head(source["key"])
+        if original is None or {"size": original.size, "etag": original.etag} != expected:
+            return None
+        present = store.copy(source["key"], key)
+        if {"size": present.size, "etag": present.etag} != expected:
+            raise StorageError(f"{store.uri(key)}: verification failed after copying {store.uri(source['key'])}: "
+                               f"expected {expected}, the store has size {present.size} and ETag {present.etag}")
+    return {"uri": store.uri(key), **expected}
 
 
 def download_prefix(store: ObjectStore, prefix: str, directory: Path) -> list[str]:

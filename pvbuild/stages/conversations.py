@@ -154,9 +154,10 @@ class ConversationsStage(StageBase):
             inputs = record.get("inputs") if record else None
             if isinstance(inputs, dict) and "row" not in inputs:
                 inputs["row"] = (markdown.get(entry.item.key) or {}).get("inputs", {}).get("row")
+                records.changed.add(entry.item.key)  # written with the stage's next commit
                 reason = stale_reason(entry.item, record, workspace.hasher.digest(entry.item.file))
                 if reason is None:
-                    continue  # the record now agrees, and is saved with the stage's next commit
+                    continue  # the record now agrees
                 entry = StaleItem(entry.item, reason)
             kept.append(entry)
         return kept

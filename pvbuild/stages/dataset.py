@@ -1,102 +1,47 @@
 """The ``dataset`` stage: conversations → conversations.jsonl, instruction train.jsonl + template.json,
 chat ``{"dialog": [...]}`` lines, an optional validation split and a Hugging Face Arrow folder.
 
-Built in a temporary directory and swapped in whole, so a failure leaves the previous dataset.
-Same inputs give byte-identical files.
+Articles are grouped into shards (``pvbuild.engine.shards``); each shard's files are rebuilt only
+when one of its articles (or a dataset option) changed, so one edited article at 100,000 rewrites
+one shard's files and the manifest. The manifest (``dataset/manifest.json``) lists every file with
+its digest and, for several shards, what each shard was built from; it is written last, and a file
+that does not match it is rebuilt on the next run. Same inputs give byte-identical files.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pvbuild.builtins.formats import BUILTIN_FORMATS, jsonl
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest, strings_digest
+from pvbuild.engine.shards import shard_count, shard_name, shard_of
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
-from pvbuild.files import DIRECTORY_MODE, TEMP_SUFFIX, replace_directory
-from pvbuild.plugin_types import AnnotationError, DatasetFormat, Dialogue, Message
+from pvbuild.files import atomic_write_bytes, atomic_write_text
+from pvbuild.plugin_types import AnnotationError, DatasetFormat
+from pvbuild.progress import Progress
 from pvbuild.stages.conversations import read_conversation
+from pvbuild.stages.dataset_files import (
+    Conversation,
+    ShardFiles,
+    arrow_metadata,
+    shard_files,
+    shared_files,
+)
+
+Member = tuple[UrlRow, str]  # an article with a conversation, and the conversation's digest
+# Options that decide how the files are cut, not what they hold: the shard count stands for them.
+LAYOUT_OPTIONS = frozenset({"articles_per_shard"})
 
 
-@dataclass(frozen=True)
-class Conversation:
-    """One article's conversation with the URL row it came from."""
-
-    row: UrlRow
-    messages: list[Message]
-
-    def pairs(self) -> list[tuple[str, str]]:
-        return self.dialogue().pairs()
-
-    def dialogue(self) -> Dialogue:
-        """What a dataset format sees of it."""
-        return Dialogue(self.row.title, self.messages)
-
-
-def canonical_lines(conversations: Sequence[Conversation]) -> list[dict[str, Any]]:
-    return [{"id": c.row.file_id, "title": c.row.title, "date": c.row.date, "source": c.row.source,
-             "link": c.row.link, "messages": [{"role": m.role, "content": m.content} for m in c.messages]}
-            for c in conversations]
-
-
-def split(conversations: list[Conversation], ratio: float, seed: int) -> tuple[list[Conversation], list[Conversation]]:
-    """Split by article (no article in both), by a seeded hash rank: deterministic and stable."""
-    if ratio <= 0 or len(conversations) < 2:
-        return conversations, []
-    count = min(max(1, round(len(conversations) * ratio)), len(conversations) - 1)
-    ranked = sorted(conversations, key=lambda c: digest([seed, c.row.file_id]))
-    held_out = {c.row.file_id for c in ranked[:count]}
-    return ([c for c in conversations if c.row.file_id not in held_out],
-            [c for c in conversations if c.row.file_id in held_out])
-
-
-def _save_arrow(directory: Path, splits: Mapping[str, list[Conversation]], fingerprint: str) -> None:
-    import datasets
-    import pyarrow as pa
-
-    datasets.disable_progress_bars()
-    parts = {name: datasets.Dataset(pa.Table.from_pylist(canonical_lines(items)),
-                                    fingerprint=digest([fingerprint, name]))
-             for name, items in splits.items() if items}
-    datasets.DatasetDict(parts).save_to_disk(str(directory))
-
-
-def write_dataset(directory: Path, conversations: list[Conversation], options: Mapping[str, Any],
-                  formats: Sequence[DatasetFormat] = BUILTIN_FORMATS) -> dict[str, Any]:
-    """Write every dataset file into ``directory``: the canonical conversations and each format's
-    files (``dataset.format`` chooses which of them train); return the manifest."""
-    train, validation = split(conversations, float(options["validation_ratio"]), int(options["seed"]))
-    files: dict[str, str] = {"conversations.jsonl": jsonl(canonical_lines(conversations))}
-    for dataset_format in formats:
-        written = dataset_format.write([c.dialogue() for c in train], [c.dialogue() for c in validation], options)
-        clash = sorted(set(written) & set(files))
-        if clash:
-            raise PvbuildError(f"dataset format {dataset_format.name!r} writes {clash}, which another format or the "
-                               "canonical conversations write too; its plugin must name its files apart")
-        files |= written
-    for name, text in files.items():
-        (directory / name).write_text(text, encoding="utf-8")
-    _save_arrow(directory / "arrow", {"train": train, "validation": validation}, digest(files))
-    digests = {str(path.relative_to(directory)): digest(path.read_bytes())
-               for path in sorted(directory.rglob("*")) if path.is_file()}
-    chosen = next((f for f in formats if f.name == options["format"]), None)
-    return {"format": options["format"], "train_file": chosen.channels["training"][0] if chosen else "",
-            "articles": len(conversations), "train_articles": len(train),
-            "validation_articles": len(validation), "pairs": sum(len(c.pairs()) for c in conversations),
-            "files": digests}
-
-
-def dataset_members(workspace: Workspace) -> list[tuple[UrlRow, str]]:
+def dataset_members(workspace: Workspace) -> list[Member]:
     """The articles that have a conversation, with the conversation's digest."""
     members = []
     for row in workspace.rows():
@@ -106,17 +51,46 @@ def dataset_members(workspace: Workspace) -> list[tuple[UrlRow, str]]:
     return members
 
 
+def options_identity(workspace: Workspace) -> str:
+    return workspace.identity({k: v for k, v in workspace.config.dataset.items() if k not in LAYOUT_OPTIONS})
+
+
+def shards_of(members: list[Member], per_shard: int) -> list[list[Member]]:
+    """The members grouped by shard, in URL-table order within each."""
+    count = shard_count(len(members), per_shard)
+    groups: list[list[Member]] = [[] for _ in range(count)]
+    for member in members:
+        groups[shard_of(member[0].file_id, count)].append(member)
+    return groups
+
+
+def shard_inputs(members: list[Member], options: str, count: int) -> str:
+    """What one shard's files are built from: its articles' rows and conversations, and the options."""
+    return strings_digest([[options, str(count)]] + [[row.file_id, row.title, row.date, row.source, row.link,
+                                                       conversation] for row, conversation in members])
+
+
+def format_data_names(manifest: Mapping[str, Any], name: str) -> list[str]:
+    """The files that hold data file ``name`` (``train.jsonl``) in the dataset: itself, or its shards."""
+    count = int(manifest.get("shard_count", 1))
+    return [shard_name(name, index, count) for index in range(count) if shard_name(name, index, count) in
+            manifest["files"]]
+
+
 class DatasetStage(StageBase):
     name = "dataset"
-    doc = "build train.jsonl, template.json, chat.jsonl and the Arrow dataset"
+    doc = "build train.jsonl, template.json, chat.jsonl and the Arrow dataset, shard by shard"
     derived_inputs = frozenset({"conversations"})
 
     def items(self, workspace: Workspace) -> list[Item]:
-        members = [[row.file_id, row.title, row.date, row.source, conversation]
-                   for row, conversation in dataset_members(workspace)]
-        options = workspace.identity(dict(workspace.config.dataset))
-        return [Item("dataset", {"conversations": strings_digest(members), "options": options},
-                     str(workspace.manifest))]
+        members = dataset_members(workspace)
+        inputs = {"conversations": strings_digest([[row.file_id, row.title, row.date, row.source, conversation]
+                                                   for row, conversation in members]),
+                  "options": options_identity(workspace)}
+        count = shard_count(len(members), int(workspace.config.dataset["articles_per_shard"]))
+        if count > 1:  # one shard: the records of pvbuild 0.1 still match
+            inputs["shards"] = str(count)
+        return [Item("dataset", inputs, str(workspace.manifest))]
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
         """The manifest lists every dataset file's digest; an edited or missing file is rebuilt (the
@@ -124,23 +98,18 @@ class DatasetStage(StageBase):
         if found:
             return found
         manifest = json.loads(workspace.manifest.read_text(encoding="utf-8"))
-        for name, expected in manifest.get("files", {}).items():
-            if workspace.hasher.digest(workspace.dataset_dir / name) != expected:
-                return [StaleItem(items[0], f"dataset file {name} missing or edited since it was built", False)]
-        return []
+        name = next((name for name, expected in manifest.get("files", {}).items()
+                     if workspace.hasher.digest(workspace.dataset_dir / name) != expected), None)
+        return [] if name is None else [StaleItem(items[0], f"dataset file {name} missing or edited since it was "
+                                                  "built", False)]
 
     def run(self, workspace: Workspace) -> StageResult:
         return run_dataset_stage(workspace, staleness.stale(workspace, self))
 
 
-def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResult:
-    """Rebuild the whole dataset when any conversation or dataset option changed."""
-    result = StageResult("dataset")
-    if not stale:
-        result.skipped = 1
-        return result
+def _read_conversations(workspace: Workspace, members: list[Member]) -> list[Conversation]:
     conversations = []
-    for row, _ in dataset_members(workspace):
+    for row, _ in members:
         path = workspace.conversation_file(row.file_id)
         try:
             with open(path, encoding="utf-8") as stream:
@@ -148,26 +117,99 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
         except AnnotationError as error:
             raise PvbuildError(f"{error}; fix the file or delete it to annotate the article again") from error
         conversations.append(Conversation(row, messages))
-    if not conversations:
+    return conversations
+
+
+def _intact(workspace: Workspace, files: Mapping[str, str]) -> bool:
+    return all(workspace.hasher.digest(workspace.dataset_dir / name) == expected for name, expected in files.items())
+
+
+def _write(directory: Path, files: Mapping[str, bytes]) -> dict[str, str]:
+    for name, data in files.items():
+        atomic_write_bytes(directory / name, data)
+    return {name: digest(data) for name, data in files.items()}
+
+
+def _remove_unlisted(directory: Path, listed: set[str]) -> None:
+    """Files of an earlier layout (another shard count, a split that is gone) and empty folders."""
+    for folder, subfolders, names in os.walk(directory, topdown=False):
+        for name in names:
+            path = os.path.join(folder, name)
+            if os.path.relpath(path, directory) not in listed:
+                os.unlink(path)
+        for name in subfolders:
+            path = os.path.join(folder, name)
+            if not os.listdir(path):
+                os.rmdir(path)
+
+
+def _shard_entry(built: ShardFiles, inputs: str, files: dict[str, str]) -> dict[str, Any]:
+    return {"inputs": inputs, "articles": built.articles, "train_articles": built.train_articles,
+            "validation_articles": built.validation_articles, "pairs": built.pairs, "files": files}
+
+
+def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResult:
+    """Rebuild the shards whose articles or options changed (all of them when doit -a forces it), then
+    the files every shard shares, then the manifest."""
+    result = StageResult("dataset")
+    if not stale:
+        result.skipped = 1
+        return result
+    members = dataset_members(workspace)
+    if not members:
         raise PvbuildError("no conversations to build a dataset from: every article failed or none was crawled")
-    workspace.dataset_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=".dataset-", suffix=TEMP_SUFFIX, dir=workspace.dataset_dir.parent))
-    building.chmod(DIRECTORY_MODE)  # mkdtemp makes it 0700; the dataset is an ordinary folder
-    try:
-        formats = [entry.item for entry in workspace.config.registry.dataset_formats.values()]
-        manifest = write_dataset(building, conversations, workspace.config.dataset, formats)
-        text = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
-        (building / "manifest.json").write_text(text, encoding="utf-8")
-        replace_directory(building, workspace.dataset_dir)
-    finally:
-        shutil.rmtree(building, ignore_errors=True)
+    options = workspace.config.dataset
+    formats: list[DatasetFormat] = [entry.item for entry in workspace.config.registry.dataset_formats.values()]
+    groups = shards_of(members, int(options["articles_per_shard"]))
+    count, identity = len(groups), options_identity(workspace)
+    previous = (workspace.read_artifact(workspace.manifest) or {}).get("shards", {}) if not workspace.forced else {}
+    directory = workspace.dataset_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    entries: dict[str, dict[str, Any]] = {}
+    progress = Progress("dataset shards", count) if count > 1 else None
+    for index, group in enumerate(groups):
+        key, inputs = f"{index:05d}", shard_inputs(group, identity, count)
+        old = previous.get(key)
+        if old is not None and old.get("inputs") == inputs and _intact(workspace, old["files"]):
+            entries[key] = old
+            result.skipped += 1
+        elif group:
+            built = shard_files(_read_conversations(workspace, group), options, formats, index, count)
+            entries[key] = _shard_entry(built, inputs, _write(directory, built.files))
+            result.built += 1
+        if progress is not None:
+            progress.advance(True)
+    if progress is not None:
+        progress.close()
+    manifest = _manifest(workspace, entries, formats, count)
+    text = json.dumps(manifest, ensure_ascii=False, indent=1, sort_keys=True) + "\n"
+    atomic_write_text(workspace.manifest, text)
+    _remove_unlisted(directory, set(manifest["files"]) | {"manifest.json"})
     item = stale[0].item
-    records = workspace.records("dataset")
-    records.put(item.key, {"inputs": dict(item.inputs), "output": digest(text.encode("utf-8")),
-                           "articles": manifest["articles"], "pairs": manifest["pairs"]})
+    workspace.records("dataset").put(item.key, {"inputs": dict(item.inputs), "output": digest(text.encode("utf-8")),
+                                                "articles": manifest["articles"], "pairs": manifest["pairs"]})
     workspace.finish("dataset")
-    result.built = 1
     return result
+
+
+def _manifest(workspace: Workspace, entries: Mapping[str, dict[str, Any]], formats: list[DatasetFormat],
+              count: int) -> dict[str, Any]:
+    """The files every shard shares (written here), and the manifest of them all."""
+    options = workspace.config.dataset
+    files = {name: file_digest for entry in entries.values() for name, file_digest in entry["files"].items()}
+    texts = (shared_files(formats, options) if count > 1 else {}) | arrow_metadata(files)
+    shared = {name: text.encode("utf-8") for name, text in texts.items()}
+    files |= _write(workspace.dataset_dir, {name: data for name, data in shared.items()
+                                            if workspace.hasher.digest(workspace.dataset_dir / name) != digest(data)})
+    files |= {name: digest(data) for name, data in shared.items()}
+    chosen = next((f for f in formats if f.name == options["format"]), None)
+    totals = {name: sum(int(entry[name]) for entry in entries.values())
+              for name in ("articles", "train_articles", "validation_articles", "pairs")}
+    manifest: dict[str, Any] = {"format": options["format"], "train_file": chosen.channels["training"][0] if chosen
+                                else "", **totals, "files": dict(sorted(files.items()))}
+    if count > 1:
+        manifest |= {"shard_count": count, "shards": {key: entries[key] for key in sorted(entries)}}
+    return manifest
 
 
 STAGE = DatasetStage()

@@ -5,7 +5,8 @@
 - temporary files and folders of a build that was killed mid-write (their names end with
   ``records.TEMP_SUFFIX``; older versions' ``.NAME.XXXX.tmp`` and ``.dataset-XXXX`` too);
 - a stage's journal that was never folded into its records file;
-- the machine-local scratch folder of a killed stage (a training checkpoint can be large).
+- the machine-local scratch folder of a killed stage (a training checkpoint can be large);
+- records laid out for another shard size (``dataset.articles_per_shard`` changed): laid out again.
 
 The ``prune`` stage runs right after the URL table, so ``doit`` removes all of it, ``pvbuild check``
 reports it (exit 1) and ``pvbuild prune [--dry-run]`` does it on demand.
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item
+from pvbuild.engine.shards import shard_count
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.files import TEMP_SUFFIX
@@ -39,6 +41,7 @@ class Kind(StrEnum):
     JOURNAL = "journal"
     RECORD = "record"
     SCRATCH = "scratch"
+    LAYOUT = "layout"
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,8 @@ def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
     """Temporaries in the artifact folder, its .state, and unfolded journals."""
     artifacts, state = workspace.config.artifacts, workspace.config.state_dir
     found = []
-    for directory in (artifacts, state, artifacts / "dataset", artifacts / "report"):
+    record_folders = [state / name for name in _names(state) if (state / name).is_dir()]
+    for directory in (artifacts, state, artifacts / "dataset", artifacts / "report", *record_folders):
         for name in sorted(_names(directory)):
             if _is_temporary(name):
                 found.append(Leftover(Kind.TEMPORARY, "prune", name, directory / name,
@@ -104,6 +108,13 @@ def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
             stage = name.removesuffix(".journal")
             found.append(Leftover(Kind.JOURNAL, stage, stage, state / name, f"journal of an interrupted {stage} "
                                   f"step, not yet folded into {stage}.json"))
+    for stage in workspace.recorded_stages():
+        records = workspace.records(stage)
+        wanted = shard_count(len(records.records), records.per_shard)
+        if records.files and records.layout != wanted:
+            found.append(Leftover(Kind.LAYOUT, stage, stage, records.folder if records.layout > 1 else records.path,
+                                  f"records in {records.layout} file(s) where articles_per_shard = "
+                                  f"{records.per_shard} gives {wanted}; they are laid out again"))
     if _names(workspace.scratch_dir):
         found.append(Leftover(Kind.SCRATCH, "prune", "scratch", workspace.scratch_dir,
                               "work files of an interrupted step"))
@@ -125,8 +136,8 @@ def remove_leftovers(workspace: Workspace, leftovers: list[Leftover]) -> None:
         if leftover.kind is Kind.RECORD:
             workspace.records(leftover.stage).drop(leftover.key)
             stages.add(leftover.stage)
-        elif leftover.kind is Kind.JOURNAL:
-            stages.add(leftover.stage)  # loading the records replays it; finishing folds it in
+        elif leftover.kind in (Kind.JOURNAL, Kind.LAYOUT):
+            stages.add(leftover.stage)  # loading the records replays a journal; committing folds it in
         elif leftover.kind is Kind.SCRATCH:
             empty_scratch(workspace.scratch_dir)
         elif leftover.path.is_dir() and not leftover.path.is_symlink():

@@ -2,9 +2,11 @@
 
 Keys are content-addressed (``<prefix>/train-data/<dataset digest>/<channel>/<file>``), so
 different data never overwrite each other and the training job's input is fixed by its
-URI. An object already present with the right size and ETag is not sent again; every object
-is verified after upload (``storage.put_verified``), and the marker is written only when all
-of them check out.
+URI. An object already present with the right size and ETag is not sent again; a file the last
+upload already sent (an unchanged shard of a sharded dataset) is copied inside the store instead
+of uploaded; every object is verified (``stores.put_verified``, ``stores.copy_verified``), and
+the marker, which lists every object with its digest, size and ETag, is written only when all of
+them check out.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.progress import say
-from pvbuild.services.stores import ObjectStore, StorageError, put_verified
+from pvbuild.services.stores import ObjectStore, StorageError, copy_verified, put_verified
+from pvbuild.stages.dataset import format_data_names
 
 
 def upload_plan(manifest: Mapping[str, Any], channels: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
@@ -28,8 +31,9 @@ def upload_plan(manifest: Mapping[str, Any], channels: Mapping[str, tuple[str, .
     plan: dict[str, dict[str, str]] = {}
     files = manifest["files"]
     for channel, names in channels.items():
-        if names[0] in files:
-            plan[channel] = {name: files[name] for name in names}
+        data = format_data_names(manifest, names[0])  # the data file, or its shards
+        if data:
+            plan[channel] = {name: files[name] for name in [*data, *names[1:]]}
     return plan
 
 
@@ -86,21 +90,27 @@ class UploadStage(StageBase):
         dataset_digest = digest(plan)
         prefix = str(workspace.config.storage["prefix"])
         store = workspace.store()
-        objects, channels = [], {}
+        previous = workspace.read_upload()
+        earlier = {str(entry["digest"]): entry for entry in (previous.objects if previous else []) if "digest" in entry}
+        objects, channels, copied = [], {}, 0
         for channel, files in plan.items():
-            for name in files:
+            for name, file_digest in files.items():
                 key = object_key(prefix, dataset_digest, channel, name)
-                entry, sent = put_verified(store, key, workspace.dataset_dir / name)
-                objects.append({"key": key, "channel": channel, **entry})
-                result.built += int(sent)
-                result.skipped += int(not sent)
+                entry = copy_verified(store, earlier[file_digest], key) if file_digest in earlier else None
+                copied += entry is not None and earlier[file_digest]["key"] != key
+                if entry is None:
+                    entry, sent = put_verified(store, key, workspace.dataset_dir / name)
+                    result.built += int(sent)
+                objects.append({"key": key, "channel": channel, "digest": file_digest, **entry})
             channels[channel] = store.uri(object_key(prefix, dataset_digest, channel, ""))
+        result.skipped = len(objects) - result.built
         marker = UploadMarker(dataset=dataset_digest, format=manifest["format"], channels=channels, objects=objects)
         item = self.items(workspace)[0]
         marker.write(workspace.upload_marker)
         with workspace.finishing("upload"):
             workspace.record("upload", item)
-        say(f"upload: dataset {dataset_digest[:12]} at {channels['training']}")
+        say(f"upload: dataset {dataset_digest[:12]} at {channels['training']} ({result.built} file(s) sent, "
+            f"{copied} copied from the last upload, {len(objects) - result.built - copied} already there)")
         return result
 
 

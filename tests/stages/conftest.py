@@ -12,7 +12,7 @@ from pvbuild.config import load_config
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 from pvbuild.plugin_types import Message
-from pvbuild.stages.dataset import Conversation, write_dataset
+from pvbuild.stages.dataset_files import Conversation, write_dataset
 from tests.memory_services import MemoryEndpoints, MemoryStore, MemoryTraining
 
 
