@@ -95,7 +95,7 @@ def _action(stage: Stage) -> Callable[[], Any]:
         current: Workspace | None = None
         try:
             current = workspace()
-            current.invalidate()  # this stage writes files, and its records need their new digests
+            current.writing(stage.name, stage.writes)  # this stage writes files, and its records need their new digests
             empty_scratch(current.scratch_dir)
             current.forced = _always_execute()
             result = stage.run(current)
@@ -110,7 +110,7 @@ def _action(stage: Stage) -> Callable[[], Any]:
             return TaskFailed(INTERRUPTED)
         finally:
             if current is not None:
-                current.bump_generation()
+                current.bump_generation(seen=stage.writes is not None)
         if stage.is_gate:
             return True
         save_failures(current.config.cache_dir, result)

@@ -14,9 +14,13 @@ from pvbuild.config import TEMPLATE_FIELDS
 from pvbuild.errors import PvbuildError
 from pvbuild.plugin_types import DatasetFormat, Dialogue
 
+# One encoder for every line: json.dumps with these options builds a new one per call (half the cost).
+_LINE = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
+
 
 def jsonl(lines: Sequence[Mapping[str, Any]]) -> str:
-    return "".join(json.dumps(line, ensure_ascii=False, sort_keys=True) + "\n" for line in lines)
+    encode = _LINE.encode
+    return "".join(encode(line) + "\n" for line in lines)
 
 
 def placeholders(template: Mapping[str, str]) -> set[str]:

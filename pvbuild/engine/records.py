@@ -88,6 +88,7 @@ class FileHasher:
         self.entries: dict[str, list[Any]] = {}
         self.dirty = False
         self.remembered: dict[str, str | None] | None = None  # see remember()
+        self.volatile: tuple[str, ...] = ()  # see writing()
         if cache_file is not None and cache_file.is_file():
             # marshal: machine-local and never committed, and ~10x faster than JSON at 20,000 entries.
             with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
@@ -99,15 +100,25 @@ class FileHasher:
         doit's up-to-date checks between two actions). Without it a no-op doit stats every file twice."""
         if self.remembered is None:
             self.remembered = {}
+        self.volatile = ()
 
     def forget(self) -> None:
         """Files may change from now on (a stage is about to write): look again at every digest."""
         self.remembered = None
 
+    def writing(self, prefixes: tuple[str, ...]) -> None:
+        """A stage is about to write these files and folders (absolute paths, folders ending in a
+        separator) and nothing else: look again at each of their digests from now on, and keep
+        remembering the rest (one edited article at 100,000 need not stat every file again)."""
+        self.volatile = prefixes
+        if self.remembered is not None:
+            for name in [name for name in self.remembered if name.startswith(prefixes)]:
+                del self.remembered[name]
+
     def digest(self, path: Path | str) -> str | None:
         """The file's digest, or None when it does not exist."""
         name = str(path)
-        if self.remembered is not None:
+        if self.remembered is not None and not (self.volatile and name.startswith(self.volatile)):
             if name not in self.remembered:
                 self.remembered[name] = self._digest(name)
             return self.remembered[name]
@@ -180,6 +191,10 @@ class StageRecords:
         self.per_shard = per_shard
         self.records: dict[str, dict[str, Any]] = {}
         self.changed: set[str] = set()  # keys put or dropped since the files were written
+        # Input digests that records put since gave up, and that they brought: identities.json is
+        # checked against every record only when one it holds may no longer be referenced.
+        self.released: set[str] = set()
+        self.added: set[str] = set()
         self.files = self._files()
         self.layout = len(self.files) if self.files and self.files[0].parent == self.folder else 1
         self._load()
@@ -228,11 +243,7 @@ class StageRecords:
                 entry = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line cut short by a crash: that item is simply rebuilt
-            self.changed.add(entry["key"])
-            if entry.get("record") is None:
-                self.records.pop(entry["key"], None)
-            else:
-                self.records[entry["key"]] = entry["record"]
+            self._replace(entry["key"], entry.get("record"))
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.records.get(key)
@@ -241,19 +252,26 @@ class StageRecords:
         """Every input digest the records hold (what ``identities.json`` must keep)."""
         values: set[str] = set()
         for record in self.records.values():
-            inputs = record.get("inputs")
-            if isinstance(inputs, dict):
-                values.update(value for value in inputs.values() if isinstance(value, str))
+            values |= _input_values(record)
         return values
 
-    def put(self, key: str, record: dict[str, Any]) -> None:
-        self.records[key] = record
+    def _replace(self, key: str, record: dict[str, Any] | None) -> None:
+        old = self.records.pop(key, None) if record is None else self.records.get(key)
+        brought = _input_values(record) if record is not None else set()
+        if old is not None:
+            self.released |= _input_values(old) - brought
+        self.added |= brought
+        if record is not None:
+            self.records[key] = record
         self.changed.add(key)
+
+    def put(self, key: str, record: dict[str, Any]) -> None:
+        self._replace(key, record)
         self._append({"key": key, "record": record})
 
     def drop(self, key: str) -> None:
-        if self.records.pop(key, None) is not None:
-            self.changed.add(key)
+        if key in self.records:
+            self._replace(key, None)
             self._append({"key": key, "record": None})
 
     def _append(self, entry: Mapping[str, Any]) -> None:
@@ -300,6 +318,11 @@ class StageRecords:
         finally:
             shutil.rmtree(building, ignore_errors=True)
         self.path.unlink(missing_ok=True)
+
+
+def _input_values(record: Mapping[str, Any]) -> set[str]:
+    inputs = record.get("inputs")
+    return {value for value in inputs.values() if isinstance(value, str)} if isinstance(inputs, dict) else set()
 
 
 def _shard_file(index: int, count: int) -> str:
@@ -349,14 +372,25 @@ class IdentityStore:
             self._known = loaded if isinstance(loaded, dict) else {}
         return self._known
 
-    def save(self, identities: Mapping[str, Any], referenced: set[str]) -> None:
-        """Add this run's identities and drop those no record refers to any more (``referenced``: every
-        input digest of every record), so the file holds what a clean build of the same inputs would
-        hold. The file is read again first: with ``doit -n N`` another process may have added
-        identities since this one read it."""
+    def save(self, identities: Mapping[str, Any], records: StageRecords,
+             referenced: Callable[[], set[str]]) -> None:
+        """Add this run's identities and drop those no record refers to any more, so the file holds
+        what a clean build of the same inputs would hold. ``records``: the stage just committed;
+        only when its records gave up an identity, or brought one they do not hold, are all
+        records asked (``referenced``: every input digest of every record). The file is read again
+        first: with ``doit -n N`` another process may have added identities since this one read it."""
         self._known = None
-        known = {**self.known(), **identities}
-        kept = {key: value for key, value in known.items() if key in referenced}
+        known = self.known()
+        new = {key: value for key, value in identities.items() if key not in known}
+        if not records.released & known.keys() and new.keys() <= records.added:
+            kept = {**known, **new}
+        else:
+            every = referenced()
+            kept = {key: value for key, value in {**known, **identities}.items() if key in every}
+        records.released, records.added = set(), set()
+        self._write(kept)
+
+    def _write(self, kept: dict[str, Any]) -> None:
         if kept == self._known and self.path.is_file():
             return
         self._known = kept

@@ -41,6 +41,9 @@ class Stage(Protocol):
     record_output: ClassVar[bool]  # the output is a JSON record with volatile fields (workspace.VOLATILE_FIELDS)
     derived_inputs: ClassVar[frozenset[str]]  # inputs that are digests of upstream outputs, not configuration
     is_gate: ClassVar[bool]  # the data gate: a run that reaches it reports failures there, not stage by stage
+    # What the action writes besides its records (artifact-relative; folders end in "/"), or None:
+    # anything. After an action the engine looks again only at these (and at everything after None).
+    writes: ClassVar[tuple[str, ...] | None]
 
     def items(self, workspace: Workspace) -> list[Item]: ...
 
@@ -61,6 +64,7 @@ class StageBase:
     record_output: ClassVar[bool] = False
     derived_inputs: ClassVar[frozenset[str]] = frozenset()
     is_gate: ClassVar[bool] = False
+    writes: ClassVar[tuple[str, ...] | None] = None
 
     def items(self, workspace: Workspace) -> list[Item]:
         raise NotImplementedError

@@ -14,8 +14,18 @@ from pvbuild.progress import say
 
 
 def stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
-    """The stage's stale items: its records against its items, then the stage's own reasons."""
+    """The stage's stale items: its records against its items, then the stage's own reasons. In an
+    action, the pass of the up-to-date check just before is taken when nothing was written since."""
+    found = workspace.prechecked.pop(stage.name, None)
+    if found is None:
+        found = _stale(workspace, stage)
+        workspace.passes[stage.name] = (workspace.writes_seen, found)
+    return list(found)
+
+
+def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     items = stage.items(workspace)
+    workspace.item_counts[stage.name] = len(items)
     digest_of = _record_digest(workspace, stage) if stage.record_output else workspace.hasher.digest
     found = [StaleItem(item, reason) for item, reason in stale_items(items, workspace.records(stage.name), digest_of)]
     found = stage.refine(workspace, items, found)

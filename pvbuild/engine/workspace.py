@@ -66,6 +66,12 @@ class Workspace:
         self._table: list[tuple[UrlRow, str]] | None = None
         self._row_digests: dict[str, str] = {}
         self.identities: dict[str, Any] = {}
+        self.item_counts: dict[str, int] = {}  # per stage, how many items its last staleness pass saw
+        # Per stage, its last staleness pass and the number of writes seen when it ran: an action takes
+        # the pass its up-to-date check made just before, when nothing was written since.
+        self.passes: dict[str, tuple[int, list[Any]]] = {}
+        self.prechecked: dict[str, list[Any]] = {}
+        self.writes_seen = 0
         self._markdown_prefix = os.path.join(self.markdown_dir, "")
         self._conversation_prefix = os.path.join(self.conversation_dir, "")
         self.identity_store = IdentityStore(config.state_dir / "identities.json")
@@ -158,11 +164,30 @@ class Workspace:
         except OSError:
             return b""
 
-    def bump_generation(self) -> None:
-        atomic_write_bytes(self.generation_file, os.urandom(8).hex().encode())  # this process too re-reads
+    def bump_generation(self, seen: bool = False) -> None:
+        """Tell every process that files changed; ``seen``: this one knows what (see ``writing``)."""
+        generation = os.urandom(8).hex().encode()
+        atomic_write_bytes(self.generation_file, generation)
+        if seen:
+            self.generation = generation
 
+    def writing(self, stage: str, writes: tuple[str, ...] | None) -> None:
+        """The action of ``stage`` is about to write ``writes`` (artifact-relative, folders ending in
+        "/"; None: anything): forget what may change. Records of other stages, the URL table and the
+        digests of other files stay valid in this process, unless another process wrote since."""
+        self.refresh()
+        if writes is None:
+            self.invalidate()
+            return
+        last = self.passes.get(stage)
+        if last is not None and last[0] == self.writes_seen:
+            self.prechecked[stage] = last[1]
+        self.writes_seen += 1
+        self.hasher.writing(tuple(os.path.join(self.config.artifacts, path) for path in writes))
     def invalidate(self) -> None:
         """Forget every record, row and digest read so far: files may have changed since."""
+        self.writes_seen += 1
+        self.prechecked.clear()
         self._records.clear()
         self.forget_rows()
         self._row_digests = {}
@@ -187,13 +212,17 @@ class Workspace:
 
     def finish(self, stage: str) -> None:
         """Fold the stage's journal into its records file; save the stat cache and the identities."""
-        self.records(stage).commit()
+        records = self.records(stage)
+        records.commit()
         self.hasher.save()
-        referenced = self.records(stage).input_values()
-        for other in self.recorded_stages():
-            if other != stage:  # as on disk now: with doit -n N another process may have written them
-                referenced |= self._read_records(other).input_values()
-        self.identity_store.save(self.identities, referenced)
+
+        def referenced() -> set[str]:
+            values = records.input_values()
+            for other in self.recorded_stages():
+                if other != stage:  # as on disk now: with doit -n N another process may have written them
+                    values |= self._read_records(other).input_values()
+            return values
+        self.identity_store.save(self.identities, records, referenced)
 
     @contextlib.contextmanager
     def finishing(self, stage: str) -> Iterator[None]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
+from typing import ClassVar
 
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import Failure, StageResult
@@ -124,6 +125,7 @@ def annotator_identity(workspace: Workspace) -> str:
 
 class ConversationsStage(StageBase):
     name = "conversations"
+    writes: ClassVar[tuple[str, ...] | None] = ("conversations/",)
     doc = "annotate each new or changed article into a conversation CSV"
     per_article = True
     keeps_edits = True
@@ -165,7 +167,7 @@ class ConversationsStage(StageBase):
     def run(self, workspace: Workspace) -> StageResult:
         """Annotate every article whose conversation is stale."""
         stale = staleness.adopt_edits(workspace, self)
-        result = StageResult(self.name, skipped=len(self.items(workspace)) - len(stale))
+        result = StageResult(self.name, skipped=workspace.item_counts[self.name] - len(stale))
         if stale:
             import asyncio
 

@@ -14,7 +14,7 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult
@@ -79,6 +79,7 @@ def format_data_names(manifest: Mapping[str, Any], name: str) -> list[str]:
 
 class DatasetStage(StageBase):
     name = "dataset"
+    writes: ClassVar[tuple[str, ...] | None] = ("dataset/",)
     doc = "build train.jsonl, template.json, chat.jsonl and the Arrow dataset, shard by shard"
     derived_inputs = frozenset({"conversations"})
 

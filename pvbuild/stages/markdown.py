@@ -7,6 +7,8 @@ markdown is kept and its conversation rebuilt from it.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from pvbuild.config import SourceConfig
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult
@@ -24,6 +26,7 @@ def crawler_identity(workspace: Workspace, source: SourceConfig) -> str:
 
 class MarkdownStage(StageBase):
     name = "markdown"
+    writes: ClassVar[tuple[str, ...] | None] = ("markdown/",)
     doc = "crawl each new or changed article into markdown"
     per_article = True
     keeps_edits = True
