@@ -44,7 +44,7 @@ DATASET_OPTIONS: dict[str, Any] = {
     "system_prompt": "",
     "validation_ratio": 0.0,
     "seed": 42,
-    "articles_per_shard": 4096,  # the dataset is rebuilt, stored and uploaded in shards of about this many
+    "articles_per_shard": 2048,  # the dataset is rebuilt, stored and uploaded in shards of about this many
 }
 TEMPLATE_FIELDS = ("context", "question", "answer")  # what an instruction line can hold
 

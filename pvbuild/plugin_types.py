@@ -176,6 +176,9 @@ class Backend:
     name: str
     make: Callable[[ServiceContext], Any]
     description: str = ""
+    # A training service whose jobs read one data file per channel (JumpStart's scripts, as AWS
+    # documents them): a sharded dataset's shards are uploaded joined into one file.
+    one_file_per_channel: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in BACKEND_KINDS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from doit.reporter import ConsoleReporter
@@ -10,6 +11,8 @@ from doit.reporter import ConsoleReporter
 # The tasks named on doit's command line (or its default tasks), as doit tells its reporter: the
 # stage actions read it to know whether the run goes on to the data gate.
 SELECTED: list[str] = []
+# Called when the run ends (the task module saves its machine-local caches here, once per run).
+AT_END: list[Callable[[], None]] = []
 
 
 class TimedReporter(ConsoleReporter):
@@ -34,6 +37,8 @@ class TimedReporter(ConsoleReporter):
         self.up_to_date += 1
 
     def complete_run(self) -> None:
+        for hook in AT_END:
+            hook()
         super().complete_run()
         self.write(f"pvbuild: {self.ran} step(s) ran, {self.up_to_date} up to date, "
                    f"in {time.monotonic() - self.started:.1f}s\n")

@@ -23,7 +23,8 @@ from pvbuild.engine.stage import Stage
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError, missing_extra
 from pvbuild.progress import say
-from pvbuild.reporter import SELECTED, TimedReporter
+from pvbuild.reporter import AT_END, SELECTED, TimedReporter
+from pvbuild.stages import prune
 from pvbuild.stages.catalog import CATALOG
 from pvbuild.stages.prune import empty_scratch
 
@@ -55,6 +56,17 @@ def workspace() -> Workspace:
     return _workspaces[key]
 
 
+def save_caches() -> None:
+    """The stat caches of this process's workspaces, once at the end of a run (an action saves its
+    own when it finishes; writing 200,000 entries after every up-to-date check cost a tenth of a
+    one-article rebuild at 100,000)."""
+    for current in _workspaces.values():
+        current.hasher.save()
+
+
+AT_END.append(save_caches)
+
+
 def reset() -> None:
     """Forget loaded workspaces and plugins (a new build in the same process sees new files)."""
     from pvbuild.plugins import forget_plugins
@@ -84,6 +96,7 @@ def _uptodate(stage: Stage) -> Callable[[Any, Any], bool]:
         except PvbuildError:
             return False  # the action runs and fails with the message (doit would print a traceback here)
         finally:
+            gc.freeze()  # what the pass loaded (records, digests) lives until the run ends: never scan it
             gc.enable()
     return check
 
@@ -98,7 +111,10 @@ def _action(stage: Stage) -> Callable[[], Any]:
             current.writing(stage.name, stage.writes)  # this stage writes files, and its records need their new digests
             empty_scratch(current.scratch_dir)
             current.forced = _always_execute()
+            clean = stage.writes is not None and prune.known_clean(current)
             result = stage.run(current)
+            if clean:
+                prune.still_clean(current)
         except PvbuildError as error:
             return TaskFailed(str(error))
         except ModuleNotFoundError as error:

@@ -55,6 +55,7 @@ def register_backends(register: Callable[[Backend], None]) -> None:
     register(Backend("store", "local", local_store, "a directory under the project (storage.root)"))
     register(Backend("store", "s3", s3_store, "an S3 bucket (storage.bucket; aws.endpoint_url for others)"))
     register(Backend("training", "local", local_training, "transformers on this machine (CPU or CUDA)"))
-    register(Backend("training", "sagemaker", sagemaker_training, "SageMaker JumpStart training jobs"))
+    register(Backend("training", "sagemaker", sagemaker_training, "SageMaker JumpStart training jobs",
+                     one_file_per_channel=True))
     register(Backend("endpoint", "local", local_endpoint, "pvbuild serve in the background"))
     register(Backend("endpoint", "sagemaker", sagemaker_endpoint, "SageMaker real-time endpoints"))

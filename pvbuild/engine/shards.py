@@ -11,7 +11,7 @@ from __future__ import annotations
 import zlib
 from pathlib import PurePosixPath
 
-ARTICLES_PER_SHARD = 4096  # the default: 100,000 articles give 32 shards of ~3,100 articles
+ARTICLES_PER_SHARD = 2048  # the default: 100,000 articles give 64 shards of ~1,560 articles
 
 
 def shard_count(articles: int, per_shard: int = ARTICLES_PER_SHARD) -> int:

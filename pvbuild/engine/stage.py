@@ -5,7 +5,7 @@ the build graph."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pvbuild.engine.records import Item
 
@@ -29,6 +29,19 @@ class StaleItem:
     owner: str = ""  # the stage whose file this is, when another stage acts on it (prune)
 
 
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a per-article stage's staleness depends on besides its records, as plain lists: while the
+    context is the same, the staleness engine re-examines only the keys whose column values or records
+    shard changed since the stage was last found up to date (one edited article at 100,000 builds one
+    item, not 100,000)."""
+
+    context: list[Any]  # what every item depends on (plugin identities)
+    keys: list[str]  # every key, in order
+    columns: list[list[str | None]]  # per column, each key's value (its row's digest, its files' digests)
+    count: int  # how many items there are (keys without an input file have none)
+
+
 class Stage(Protocol):
     """One step of the build. Items are computed from the workspace; the engine compares them with
     the stage's records; ``refine`` adds the stage's own reasons (a job that failed, an endpoint that
@@ -41,13 +54,23 @@ class Stage(Protocol):
     record_output: ClassVar[bool]  # the output is a JSON record with volatile fields (workspace.VOLATILE_FIELDS)
     derived_inputs: ClassVar[frozenset[str]]  # inputs that are digests of upstream outputs, not configuration
     is_gate: ClassVar[bool]  # the data gate: a run that reaches it reports failures there, not stage by stage
-    # What the action writes besides its records (artifact-relative; folders end in "/"), or None:
-    # anything. After an action the engine looks again only at these (and at everything after None).
+    # What the action writes besides its records (artifact-relative; a folder ends in "/", or in "/*"
+    # when every file in it is written through ``Workspace.write_output``), or None: anything. After
+    # an action the engine looks again only at these (and at everything after None).
     writes: ClassVar[tuple[str, ...] | None]
 
     def items(self, workspace: Workspace) -> list[Item]: ...
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]: ...
+
+    def fingerprint(self, workspace: Workspace) -> Fingerprint | None:
+        """Everything ``items`` and ``refine`` depend on besides the stage's records, cheaper to compute
+        than the items, or None (see ``Fingerprint``)."""
+        ...
+
+    def items_for(self, workspace: Workspace, keys: set[str]) -> list[Item]:
+        """The items of ``keys`` only (those of them that exist)."""
+        ...
 
     def file(self, workspace: Workspace, key: str) -> str: ...
 
@@ -71,6 +94,12 @@ class StageBase:
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
         return found
+
+    def fingerprint(self, workspace: Workspace) -> Fingerprint | None:
+        return None
+
+    def items_for(self, workspace: Workspace, keys: set[str]) -> list[Item]:
+        return [item for item in self.items(workspace) if item.key in keys]
 
     def run(self, workspace: Workspace) -> StageResult:
         raise NotImplementedError

@@ -4,12 +4,17 @@ ask), the build's explicit adoption of hand edits, and the transitive view over 
 
 from __future__ import annotations
 
+import contextlib
+import marshal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from pvbuild.engine.records import EDITED, Item, stale_items
-from pvbuild.engine.stage import Stage, StaleItem
+from pvbuild.engine.records import EDITED, Item, digest, keys_in_files, records_files, stale_items
+from pvbuild.engine.stage import Fingerprint, Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
+from pvbuild.files import atomic_write_bytes
 from pvbuild.progress import say
 
 
@@ -24,14 +29,60 @@ def stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
 
 
 def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
-    items = stage.items(workspace)
-    workspace.item_counts[stage.name] = len(items)
-    digest_of = _record_digest(workspace, stage) if stage.record_output else workspace.hasher.digest
-    found = [StaleItem(item, reason) for item, reason in stale_items(items, workspace.records(stage.name), digest_of)]
-    found = stage.refine(workspace, items, found)
-    if not workspace.checking:  # check saves the stat cache once, at its end
-        workspace.hasher.save()
+    fingerprint = stage.fingerprint(workspace)
+    if fingerprint is None:
+        items = stage.items(workspace)
+        workspace.item_counts[stage.name] = len(items)
+        return _examine(workspace, stage, items)
+    memo = workspace.config.cache_dir / "clean" / f"{stage.name}.marshal"
+    files = records_files(workspace.config.state_dir, stage.name)
+    context = digest([fingerprint.context, sorted(name for name in files if name.endswith(".journal"))])
+    last = _read_memo(memo)
+    if last is not None and last["context"] == context and last["keys"] == fingerprint.keys \
+            and len(last["columns"]) == len(fingerprint.columns):
+        keys = _changed_keys(fingerprint, last, files)
+        found = _examine(workspace, stage, stage.items_for(workspace, keys) if keys else [])
+    else:
+        found = _examine(workspace, stage, stage.items(workspace))
+    workspace.item_counts[stage.name] = fingerprint.count
+    now = {"context": context, "keys": fingerprint.keys, "columns": fingerprint.columns, "files": files}
+    if not found and now != last:
+        with contextlib.suppress(OSError, ValueError):
+            atomic_write_bytes(memo, marshal.dumps(now))
     return found
+
+
+def _changed_keys(fingerprint: Fingerprint, last: dict[str, Any], files: dict[str, list[int]]) -> set[str]:
+    """The keys whose column values, or whose records file, changed since the stage was last found up
+    to date (the others were up to date then, and nothing they depend on changed)."""
+    keys = fingerprint.keys
+    changed: set[str] = set()
+    for now, before in zip(fingerprint.columns, last["columns"], strict=True):
+        if now != before:
+            changed.update(key for key, value, old in zip(keys, now, before, strict=True) if value != old)
+    moved = {name for name in set(files) | set(last["files"]) if files.get(name) != last["files"].get(name)}
+    if moved:
+        changed.update(keys_in_files(keys, files, moved))
+    return changed
+
+
+def _examine(workspace: Workspace, stage: Stage, items: list[Item]) -> list[StaleItem]:
+    """Each item against its record, then the stage's own reasons."""
+    if not items and stage.per_article:  # nothing to look at: its records need not even be read
+        return stage.refine(workspace, [], [])
+    files = [item.file for item in items]
+    outputs = list(map(_record_digest(workspace, stage), files)) if stage.record_output \
+        else workspace.hasher.digests(files)
+    found = [StaleItem(item, reason) for item, reason in stale_items(items, workspace.records(stage.name), outputs)]
+    return stage.refine(workspace, items, found)
+
+
+def _read_memo(path: Path) -> dict[str, Any] | None:
+    try:
+        memo = marshal.loads(path.read_bytes())
+    except (OSError, ValueError, EOFError, TypeError):
+        return None
+    return memo if isinstance(memo, dict) and {"context", "keys", "columns", "files"} <= set(memo) else None
 
 
 def _record_digest(workspace: Workspace, stage: Stage) -> Callable[[str], str | None]:

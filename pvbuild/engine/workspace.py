@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +71,7 @@ class Workspace:
         # the pass its up-to-date check made just before, when nothing was written since.
         self.passes: dict[str, tuple[int, list[Any]]] = {}
         self.prechecked: dict[str, list[Any]] = {}
+        self._memos: dict[tuple[str, str], tuple[int, Any]] = {}
         self.writes_seen = 0
         self._markdown_prefix = os.path.join(self.markdown_dir, "")
         self._conversation_prefix = os.path.join(self.conversation_dir, "")
@@ -85,7 +86,7 @@ class Workspace:
         return self._records[stage]
 
     def _read_records(self, stage: str) -> StageRecords:
-        return StageRecords(self.config.state_dir, stage, self.config.cache_dir / "records" / f"{stage}.marshal",
+        return StageRecords(self.config.state_dir, stage, self.config.cache_dir / "records" / stage,
                             int(self.config.dataset["articles_per_shard"]))
 
     def recorded_stages(self) -> list[str]:
@@ -172,9 +173,10 @@ class Workspace:
             self.generation = generation
 
     def writing(self, stage: str, writes: tuple[str, ...] | None) -> None:
-        """The action of ``stage`` is about to write ``writes`` (artifact-relative, folders ending in
-        "/"; None: anything): forget what may change. Records of other stages, the URL table and the
-        digests of other files stay valid in this process, unless another process wrote since."""
+        """The action of ``stage`` is about to write ``writes`` (artifact-relative; a folder ends in "/",
+        or in "/*" when each file in it is written through ``write_output``; None: anything): forget
+        what may change. Records of other stages, the URL table and the digests of other files stay
+        valid in this process, unless another process wrote since."""
         self.refresh()
         if writes is None:
             self.invalidate()
@@ -182,8 +184,26 @@ class Workspace:
         last = self.passes.get(stage)
         if last is not None and last[0] == self.writes_seen:
             self.prechecked[stage] = last[1]
+        self._memos = {key: (self.writes_seen + 1, value) for key, (seen, value) in self._memos.items()
+                       if key[0] == stage and seen == self.writes_seen}  # nothing is written yet
         self.writes_seen += 1
-        self.hasher.writing(tuple(os.path.join(self.config.artifacts, path) for path in writes))
+        self.hasher.writing(tuple(os.path.join(self.config.artifacts, path) for path in writes
+                                  if not path.endswith("/*")))
+
+    def memo(self, stage: str, name: str, compute: Callable[[], Any]) -> Any:
+        """``compute()``, kept until anything is written; the action of ``stage`` starts with the
+        values its up-to-date check computed (so they must not depend on that stage's outputs)."""
+        kept = self._memos.get((stage, name))
+        if kept is not None and kept[0] == self.writes_seen:
+            return kept[1]
+        value = compute()
+        self._memos[(stage, name)] = (self.writes_seen, value)
+        return value
+
+    def write_output(self, path: str | Path, data: bytes) -> None:
+        """Write an output file atomically, and look at it again when its digest is next asked."""
+        atomic_write_bytes(Path(path), data)
+        self.hasher.wrote(str(path))
     def invalidate(self) -> None:
         """Forget every record, row and digest read so far: files may have changed since."""
         self.writes_seen += 1

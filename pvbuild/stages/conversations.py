@@ -17,9 +17,9 @@ from typing import ClassVar
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import Failure, StageResult
 from pvbuild.engine.records import Item, digest, stale_reason
-from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.stage import Fingerprint, StageBase, StaleItem
+from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
-from pvbuild.files import atomic_write_text
 from pvbuild.plugin_types import AnnotationError, Article, FatalAnnotationError, Message
 from pvbuild.progress import Progress
 
@@ -101,7 +101,7 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
             except Exception as error:  # noqa: BLE001 - a plugin bug fails this article, not the run
                 return fail(f"annotator {config.annotator.plugin!r} raised {type(error).__name__}: {error}")
         text = format_conversation(messages)
-        atomic_write_text(entry.item.output, text)
+        workspace.write_output(entry.item.file, text.encode("utf-8"))
         records.put(row.file_id, {"inputs": dict(entry.item.inputs), "output": digest(text.encode("utf-8")),
                                   "pairs": len(messages) // 2, "usage": dict(sorted(annotation.usage.items()))})
         result.built += 1
@@ -125,7 +125,7 @@ def annotator_identity(workspace: Workspace) -> str:
 
 class ConversationsStage(StageBase):
     name = "conversations"
-    writes: ClassVar[tuple[str, ...] | None] = ("conversations/",)
+    writes: ClassVar[tuple[str, ...] | None] = ("conversations/*",)
     doc = "annotate each new or changed article into a conversation CSV"
     per_article = True
     keeps_edits = True
@@ -133,15 +133,28 @@ class ConversationsStage(StageBase):
 
     def items(self, workspace: Workspace) -> list[Item]:
         """One item per article whose markdown exists (an uncrawled article has nothing to annotate)."""
+        return self._items(workspace, workspace.rows())
+
+    def _items(self, workspace: Workspace, rows: list[UrlRow]) -> list[Item]:
         annotator = annotator_identity(workspace)
+        digests, output = workspace.row_digests, workspace.conversation_file
+        markdowns = workspace.hasher.digests([workspace.markdown_file(row.file_id) for row in rows])
+        return [Item(row.file_id, {"markdown": markdown, "annotator": annotator, "row": digests[row.file_id]},
+                     output(row.file_id))
+                for row, markdown in zip(rows, markdowns, strict=True) if markdown is not None]
+
+    def fingerprint(self, workspace: Workspace) -> Fingerprint:
+        """The annotator; per article its row's digest, its markdown's and its conversation's."""
         rows, digests = workspace.rows(), workspace.row_digests
-        items = []
-        for row in rows:
-            markdown = workspace.hasher.digest(workspace.markdown_file(row.file_id))
-            if markdown is not None:
-                items.append(Item(row.file_id, {"markdown": markdown, "annotator": annotator,
-                                                "row": digests[row.file_id]}, workspace.conversation_file(row.file_id)))
-        return items
+        keys = [row.file_id for row in rows]
+        markdowns = workspace.hasher.digests([workspace.markdown_file(key) for key in keys])
+        conversations = workspace.hasher.digests([workspace.conversation_file(key) for key in keys])
+        return Fingerprint([annotator_identity(workspace)], keys, [[digests[key] for key in keys], markdowns,
+                                                                   conversations],
+                           sum(markdown is not None for markdown in markdowns))
+
+    def items_for(self, workspace: Workspace, keys: set[str]) -> list[Item]:
+        return self._items(workspace, [row for row in workspace.rows() if row.file_id in keys])
 
     def file(self, workspace: Workspace, key: str) -> str:
         return workspace.conversation_file(key)

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult
-from pvbuild.engine.records import Item, digest, strings_digest
+from pvbuild.engine.records import Item, digest
 from pvbuild.engine.shards import shard_count, shard_name, shard_of
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.url_table import UrlRow
@@ -42,13 +42,17 @@ LAYOUT_OPTIONS = frozenset({"articles_per_shard"})
 
 
 def dataset_members(workspace: Workspace) -> list[Member]:
-    """The articles that have a conversation, with the conversation's digest."""
-    members = []
-    for row in workspace.rows():
-        conversation = workspace.hasher.digest(workspace.conversation_file(row.file_id))
-        if conversation is not None:
-            members.append((row, conversation))
+    """The articles that have a conversation, with the conversation's digest (the check's list, in the
+    action that follows it)."""
+    members: list[Member] = workspace.memo("dataset", "members", lambda: _members(workspace))
     return members
+
+
+def _members(workspace: Workspace) -> list[Member]:
+    rows = workspace.rows()
+    conversations = workspace.hasher.digests([workspace.conversation_file(row.file_id) for row in rows])
+    return [(row, conversation) for row, conversation in zip(rows, conversations, strict=True)
+            if conversation is not None]
 
 
 def options_identity(workspace: Workspace) -> str:
@@ -66,8 +70,7 @@ def shards_of(members: list[Member], per_shard: int) -> list[list[Member]]:
 
 def shard_inputs(members: list[Member], options: str, count: int) -> str:
     """What one shard's files are built from: its articles' rows and conversations, and the options."""
-    return strings_digest([[options, str(count)]] + [[row.file_id, row.title, row.date, row.source, row.link,
-                                                       conversation] for row, conversation in members])
+    return digest([options, count, members])  # (row, digest) tuples encode as JSON lists
 
 
 def format_data_names(manifest: Mapping[str, Any], name: str) -> list[str]:
@@ -85,8 +88,9 @@ class DatasetStage(StageBase):
 
     def items(self, workspace: Workspace) -> list[Item]:
         members = dataset_members(workspace)
-        inputs = {"conversations": strings_digest([[row.file_id, row.title, row.date, row.source, conversation]
-                                                   for row, conversation in members]),
+        # digest, not strings_digest: the same value, and the C encoder is faster on 100,000 members.
+        inputs = {"conversations": digest([[row.file_id, row.title, row.date, row.source, conversation]
+                                           for row, conversation in members]),
                   "options": options_identity(workspace)}
         count = shard_count(len(members), int(workspace.config.dataset["articles_per_shard"]))
         if count > 1:  # one shard: the records of pvbuild 0.1 still match

@@ -14,19 +14,21 @@ reports it (exit 1) and ``pvbuild prune [--dry-run]`` does it on demand.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 from pvbuild.engine.outcomes import StageResult
-from pvbuild.engine.records import Item
+from pvbuild.engine.records import Item, digest
 from pvbuild.engine.shards import shard_count
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
-from pvbuild.files import TEMP_SUFFIX
+from pvbuild.files import TEMP_SUFFIX, atomic_write_text
 from pvbuild.progress import say
 
 PER_ARTICLE = (("markdown", ".md"), ("conversations", ".csv"))
@@ -121,6 +123,50 @@ def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
     return found
 
 
+def clean_key(workspace: Workspace) -> str:
+    """What decides that nothing is left over: the names in every folder prune looks in (a folder's
+    mtime changes with each file created, renamed or removed in it), the records files, the URL
+    table and the configured sources. While it equals the key of the last look that found nothing,
+    nothing is left over (at 100,000 articles, listing the folders was a sixth of a no-op)."""
+    artifacts, state = workspace.config.artifacts, workspace.config.state_dir
+    folders = [artifacts, state, artifacts / "dataset", artifacts / "report", workspace.scratch_dir,
+               *(artifacts / stage for stage, _ in PER_ARTICLE)]
+    record_folders = [state / name for name in _names(state) if (state / name).is_dir()]
+    records = [state / name for name in _names(state)] + [folder / name for folder in record_folders
+                                                          for name in _names(folder)]
+    stamps: list[Any] = []
+    for path in folders + records:
+        with contextlib.suppress(OSError):
+            info = path.stat()
+            stamps.append([str(path), info.st_mtime_ns, info.st_size])
+    sources = sorted(source.name for source in workspace.config.sources)
+    return digest([stamps, workspace.hasher.digest(workspace.urls_csv), sources,
+                   int(workspace.config.dataset["articles_per_shard"])])
+
+
+def known_clean(workspace: Workspace) -> bool:
+    """Whether the last look found nothing left over and nothing changed since (see ``clean_key``)."""
+    return _read(workspace.config.cache_dir / "prune-clean") == clean_key(workspace)
+
+
+def still_clean(workspace: Workspace) -> None:
+    """An action of a stage that declares its writes ran and finished while nothing was left over: its
+    writes (its own articles' files, atomically, and its records) leave nothing over either."""
+    _remember(workspace, clean_key(workspace))
+
+
+def _remember(workspace: Workspace, key: str) -> None:
+    with contextlib.suppress(OSError):  # a cache: an unwritable one only costs time
+        atomic_write_text(workspace.config.cache_dir / "prune-clean", key)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        return None
+
+
 def find_leftovers(workspace: Workspace) -> list[Leftover]:
     """Everything ``prune`` would remove, in a stable order."""
     ids = {row.file_id for row in workspace.rows()}
@@ -170,11 +216,17 @@ class PruneStage(StageBase):
         return []  # nothing is built: what is stale is what is there and should not be
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
+        if known_clean(workspace):
+            return []
+        key = clean_key(workspace)
+        leftovers = find_leftovers(workspace)
+        if not leftovers:
+            _remember(workspace, key)
         relisting = workspace.lists_pending()
         return [StaleItem(Item(leftover.key, {}, str(leftover.path)), f"{leftover.reason}; doit's prune step "
                           "removes it", derived=relisting and leftover.kind in (Kind.ORPHAN, Kind.RECORD),
                           owner=leftover.stage if leftover.stage != "prune" else "")
-                for leftover in find_leftovers(workspace)]
+                for leftover in leftovers]
 
     def run(self, workspace: Workspace) -> StageResult:
         """Remove every leftover, saying what went."""

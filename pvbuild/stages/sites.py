@@ -18,7 +18,6 @@ from pvbuild.engine.stage import StaleItem
 from pvbuild.engine.url_table import UrlRow, file_id_for, is_web_link, normalize_date
 from pvbuild.engine.workspace import Workspace
 from pvbuild.fetch import Fetched, PageFetcher
-from pvbuild.files import atomic_write_bytes
 from pvbuild.plugin_types import CssSite
 from pvbuild.progress import Progress
 
@@ -112,7 +111,7 @@ async def crawl_articles(workspace: Workspace, stale: list[StaleItem], result: S
                                                f"the article selector {site.article_selector!r} matched nothing"))
             else:
                 data = (markdown + "\n").encode("utf-8")
-                atomic_write_bytes(entry.item.output, data)
+                workspace.write_output(entry.item.file, data)
                 records.put(row.file_id, {"inputs": dict(entry.item.inputs), "output": digest(data),
                                           "url": row.link})
                 result.built += 1

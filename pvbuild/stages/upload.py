@@ -12,7 +12,9 @@ them check out.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from pvbuild.artifacts import UploadMarker
@@ -25,16 +27,39 @@ from pvbuild.services.stores import ObjectStore, StorageError, copy_verified, pu
 from pvbuild.stages.dataset import format_data_names
 
 
-def upload_plan(manifest: Mapping[str, Any], channels: Mapping[str, tuple[str, ...]]) -> dict[str, dict[str, str]]:
+def upload_plan(manifest: Mapping[str, Any], channels: Mapping[str, tuple[str, ...]],
+                one_file: bool = False) -> dict[str, dict[str, str]]:
     """``{channel: {file name: file digest}}`` for the files of the dataset's format that exist
-    (``channels``: the format's files per SageMaker channel, the data file first)."""
+    (``channels``: the format's files per SageMaker channel, the data file first). A sharded data
+    file is its shards, or with ``one_file`` the shards joined (its digest: theirs, in order)."""
     plan: dict[str, dict[str, str]] = {}
     files = manifest["files"]
     for channel, names in channels.items():
         data = format_data_names(manifest, names[0])  # the data file, or its shards
-        if data:
+        if one_file and len(data) > 1:
+            plan[channel] = {names[0]: digest([[name, files[name]] for name in data])}
+            plan[channel] |= {name: files[name] for name in names[1:]}
+        elif data:
             plan[channel] = {name: files[name] for name in [*data, *names[1:]]}
     return plan
+
+
+def one_file_per_channel(workspace: Workspace) -> bool:
+    """Whether the configured trainer reads one data file per channel (see ``Backend``)."""
+    backend = workspace.config.registry.backends.get(f"training:{workspace.config.training['backend']}")
+    return bool(backend is not None and backend.item.one_file_per_channel)
+
+
+def joined(workspace: Workspace, manifest: Mapping[str, Any], name: str, channel: str) -> Path:
+    """The shards of data file ``name`` joined into one file in the scratch folder, streamed byte for
+    byte (JSON lines need no parsing to be joined)."""
+    target = workspace.scratch_dir / "upload" / channel / name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("wb") as out:
+        for part in format_data_names(manifest, name):
+            with (workspace.dataset_dir / part).open("rb") as stream:
+                shutil.copyfileobj(stream, out, 1 << 20)
+    return target
 
 
 def format_channels(workspace: Workspace, manifest: Mapping[str, Any]) -> Mapping[str, tuple[str, ...]]:
@@ -68,7 +93,8 @@ class UploadStage(StageBase):
     def items(self, workspace: Workspace) -> list[Item]:
         manifest = workspace.read_artifact(workspace.manifest)
         store = {**workspace.config.storage, "region": workspace.config.aws["region"]}
-        plan = upload_plan(manifest, format_channels(workspace, manifest)) if manifest else None
+        plan = upload_plan(manifest, format_channels(workspace, manifest), one_file_per_channel(workspace)) \
+            if manifest else None
         return [Item("upload", {"dataset": digest(plan) if plan is not None else None,
                                 "store": workspace.options_identity(store)}, str(workspace.upload_marker))]
 
@@ -83,7 +109,8 @@ class UploadStage(StageBase):
     def run(self, workspace: Workspace) -> StageResult:
         result = StageResult("upload")
         manifest = json.loads(workspace.manifest.read_text(encoding="utf-8"))
-        plan = upload_plan(manifest, format_channels(workspace, manifest))
+        one_file = one_file_per_channel(workspace)
+        plan = upload_plan(manifest, format_channels(workspace, manifest), one_file)
         if "training" not in plan:
             raise StorageError(f"{workspace.manifest}: the dataset has no training file to upload; "
                                "are there any conversations?")
@@ -99,7 +126,14 @@ class UploadStage(StageBase):
                 entry = copy_verified(store, earlier[file_digest], key) if file_digest in earlier else None
                 copied += entry is not None and earlier[file_digest]["key"] != key
                 if entry is None:
-                    entry, sent = put_verified(store, key, workspace.dataset_dir / name)
+                    path = workspace.dataset_dir / name
+                    if name not in manifest["files"]:  # the shards of a data file, joined
+                        path = joined(workspace, manifest, name, channel)
+                    try:
+                        entry, sent = put_verified(store, key, path)
+                    finally:
+                        if path.is_relative_to(workspace.scratch_dir):
+                            shutil.rmtree(workspace.scratch_dir / "upload", ignore_errors=True)
                     result.built += int(sent)
                 objects.append({"key": key, "channel": channel, "digest": file_digest, **entry})
             channels[channel] = store.uri(object_key(prefix, dataset_digest, channel, ""))
