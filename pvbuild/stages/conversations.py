@@ -162,6 +162,8 @@ class ConversationsStage(StageBase):
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
         """Records of pvbuild 0.1 lack the row input: take the row the article's markdown was built from
         (the conversation was annotated from that markdown) instead of annotating every article again."""
+        if not found:
+            return found  # (the records need not be read)
         records, markdown = workspace.records(self.name), workspace.records("markdown")
         kept = []
         for entry in found:
