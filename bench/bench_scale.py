@@ -9,7 +9,8 @@ Then, each timed several times (median and range): no-op; ``pvbuild check --unti
 fresh (no machine-local cache, as on a fresh clone); one edited article; ``touch`` of every
 markdown file. pvbuild's peak memory (max RSS) and the number of files it rewrote are printed too.
 
-Run: python bench/bench_scale.py [N ...] [--runs R]   (default: 10000; R = 5)
+Run: python bench/bench_scale.py [N ...] [--runs R] [--no-make]   (default: 10000; R = 5; --no-make
+leaves make out: at 100,000 articles each of its runs takes about a minute)
 """
 
 from __future__ import annotations
@@ -144,22 +145,25 @@ class Table:
               f"{self.cell(ninja):>17} {ratio:>6.1f}x {files:>6} {peak:>8}", flush=True)
 
 
-def measure(count: int, runs: int, table: Table) -> None:
+def measure(count: int, runs: int, table: Table, with_make: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="pvbuild-scale-") as tmp:
         project = Path(tmp)
         file_ids = synthesize(project, count)
         write_mirrors(project, file_ids)
-        make, ninja = ["make", "-s", "-j2"], ["ninja", "-j2"]
+        ninja = ["ninja", "-j2"]
+
+        def make(times: int = 1) -> list[float]:
+            return [run(["make", "-s", "-j2"], project)[0] for _ in range(times)] if with_make else []
         artifacts = project / "artifacts"
 
         seconds, peak = run(DOIT, project)
-        full_make, _ = run(make, project)
+        full_make = make()
         full_ninja, _ = run(ninja, project)
-        table.row(count, "full build", [seconds], [full_make], [full_ninja], "", f"{peak / 1024:.0f}")
+        table.row(count, "full build", [seconds], full_make, [full_ninja], "", f"{peak / 1024:.0f}")
 
         run(DOIT, project)  # the second run settles the stat cache, as after any build
         noop = [run(DOIT, project) for _ in range(runs)]
-        table.row(count, "no-op", [t for t, _ in noop], [run(make, project)[0] for _ in range(runs)],
+        table.row(count, "no-op", [t for t, _ in noop], make(runs),
                   [run(ninja, project)[0] for _ in range(runs)], "0", f"{max(m for _, m in noop) / 1024:.0f}")
         ninja_noop = [run(ninja, project)[0] for _ in range(runs)]
         warm = [run(CHECK, project)[0] for _ in range(runs)]
@@ -181,7 +185,7 @@ def measure(count: int, runs: int, table: Table) -> None:
             files.append(rewritten(before, snapshot(artifacts)))
             ours.append(seconds)
             peaks.append(peak)
-            by_make.append(run(make, project)[0])
+            by_make += make()
             by_ninja.append(run(ninja, project)[0])
         table.row(count, "one edited article", ours, by_make, by_ninja,
                   f"{min(files)}-{max(files)}" if min(files) != max(files) else str(files[0]),
@@ -191,7 +195,7 @@ def measure(count: int, runs: int, table: Table) -> None:
         for path in (artifacts / "default" / "markdown").iterdir():
             os.utime(path, (now, now))
         seconds, peak = run(DOIT, project)
-        table.row(count, "touch every markdown", [seconds], [run(make, project)[0]], [run(ninja, project)[0]],
+        table.row(count, "touch every markdown", [seconds], make(), [run(ninja, project)[0]],
                   "", f"{peak / 1024:.0f}")
 
 
@@ -199,13 +203,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("counts", nargs="*", type=int, default=[10000])
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--no-make", action="store_true", help="leave make out (its column reads -)")
     arguments = parser.parse_args()
-    for tool in ("make", "ninja"):
+    for tool in ("ninja",) if arguments.no_make else ("make", "ninja"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed: apt-get install -y make ninja-build")
     table = Table()
     for count in arguments.counts:
-        measure(count, arguments.runs, table)
+        measure(count, arguments.runs, table, not arguments.no_make)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ DOIT_CONFIG = {"default_tasks": [CATALOG[-1].name], "dep_file": ".pvbuild/doit.d
 INTERRUPTED = "interrupted (Ctrl-C): finished items are kept; run doit again to go on"
 
 _workspaces: dict[tuple[str, str], Workspace] = {}
+_MAIN_PID = os.getpid()
 
 
 def _profile() -> str | None:
@@ -111,6 +112,9 @@ def _action(stage: Stage) -> Callable[[], Any]:
             current.writing(stage.name, stage.writes)  # this stage writes files, and its records need their new digests
             empty_scratch(current.scratch_dir)
             current.forced = _always_execute()
+            # The stat cache is saved when the run ends (AT_END), in the process that runs it; a child
+            # of doit -n N saves its own as each stage finishes.
+            current.save_cache_at_end = os.getpid() == _MAIN_PID
             clean = stage.writes is not None and prune.known_clean(current)
             result = stage.run(current)
             if clean:

@@ -48,6 +48,7 @@ class Workspace:
         self.live = live
         self.forced = False  # the running action was forced by doit -a: do its work even if up to date
         self.checking = False  # ``pvbuild check``: saves the stat cache once at its end; --remote verifies jobs
+        self.save_cache_at_end = False  # a doit run in this process saves the stat cache when it ends
         # Made on first use from the configured backend plugins; tests may hand in their own.
         self._services: dict[str, Any] = dict(services or {})
         self.urls_csv = config.artifacts / "urls.csv"
@@ -234,7 +235,8 @@ class Workspace:
         """Fold the stage's journal into its records file; save the stat cache and the identities."""
         records = self.records(stage)
         records.commit()
-        self.hasher.save()
+        if not self.save_cache_at_end:
+            self.hasher.save()
 
         def referenced() -> set[str]:
             values = records.input_values()
