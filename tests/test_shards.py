@@ -133,3 +133,30 @@ def test_a_trainer_that_reads_one_file_per_channel_gets_the_shards_joined_withou
     assert plan != upload_plan(manifest, INSTRUCTION.channels)  # another upload than the shards'
     path = joined(workspace, manifest, "train.jsonl", "training")
     assert path.read_bytes() == b"".join(shard.read_bytes() for shard in shards)
+
+
+def test_the_staleness_memo_never_hides_a_change_to_records_or_files(tmp_path: Path) -> None:
+    """The memo of a stage last found up to date (``.pvbuild/<profile>/clean/``) only saves work: a
+    records file changed by hand (a merge), an edited conversation and a retitled row are all seen."""
+    (tmp_path / "pvbuild.toml").write_text(CONFIG, encoding="utf-8")
+    file_ids = synthesize(tmp_path, 20)
+    assert doit(tmp_path, "data").returncode == 0
+    assert pvbuild(tmp_path, "check", "--until", "data").returncode == 0  # the memo is written
+    state = tmp_path / "artifacts" / "default" / ".state"
+    shard = next((state / "conversations").glob("*.json"))
+    records = json.loads(shard.read_text(encoding="utf-8"))
+    key = sorted(records)[0]
+    records[key]["output"] = "0" * 32
+    shard.write_text(json.dumps(records), encoding="utf-8")
+    result = pvbuild(tmp_path, "check", "--until", "data", "--json")
+    assert result.returncode == 1 and key in result.stdout, result.stdout
+    assert doit(tmp_path, "data").returncode == 0 and pvbuild(tmp_path, "check", "--until", "data").returncode == 0
+    conversation = tmp_path / "artifacts" / "default" / "conversations" / f"{file_ids[3]}.csv"
+    conversation.write_text(conversation.read_text(encoding="utf-8") + "user,问\nassistant,答\n", encoding="utf-8")
+    result = pvbuild(tmp_path, "check", "--until", "data", "--json")
+    assert result.returncode == 1 and file_ids[3] in result.stdout, result.stdout
+    assert doit(tmp_path, "data").returncode == 0 and pvbuild(tmp_path, "check", "--until", "data").returncode == 0
+    table = tmp_path / "artifacts" / "default" / "urls.csv"
+    table.write_text(table.read_text(encoding="utf-8").replace("文章5,", "文章五,"), encoding="utf-8")
+    result = pvbuild(tmp_path, "check", "--until", "data", "--json")
+    assert result.returncode == 1 and file_ids[5] in result.stdout, result.stdout
