@@ -108,7 +108,7 @@ def test_changing_the_shard_size_lays_the_records_out_again_and_rebuilds_nothing
     before = mtimes(conversations)
     (tmp_path / "pvbuild.toml").write_text(CONFIG.replace("= 8", "= 64"), encoding="utf-8")
     check = pvbuild(tmp_path, "check", "--until", "data")
-    assert check.returncode == 1 and "laid out again" in check.stdout, check.stdout
+    assert check.returncode == 1 and "articles_per_shard = 64 gives 1" in check.stdout, check.stdout
     assert doit(tmp_path, "data").returncode == 0
     state = tmp_path / "artifacts" / "default" / ".state"
     assert (state / "conversations.json").is_file() and not (state / "conversations").exists()

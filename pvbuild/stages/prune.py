@@ -116,7 +116,7 @@ def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
         if records.files and records.layout != wanted:
             found.append(Leftover(Kind.LAYOUT, stage, stage, records.folder if records.layout > 1 else records.path,
                                   f"records in {records.layout} file(s) where articles_per_shard = "
-                                  f"{records.per_shard} gives {wanted}; they are laid out again"))
+                                  f"{records.per_shard} gives {wanted}"))
     if _names(workspace.scratch_dir):
         found.append(Leftover(Kind.SCRATCH, "prune", "scratch", workspace.scratch_dir,
                               "work files of an interrupted step"))
@@ -224,7 +224,8 @@ class PruneStage(StageBase):
             _remember(workspace, key)
         relisting = workspace.lists_pending()
         return [StaleItem(Item(leftover.key, {}, str(leftover.path)), f"{leftover.reason}; doit's prune step "
-                          "removes it", derived=relisting and leftover.kind in (Kind.ORPHAN, Kind.RECORD),
+                          + ("lays them out again" if leftover.kind is Kind.LAYOUT else "removes it"),
+                          derived=relisting and leftover.kind in (Kind.ORPHAN, Kind.RECORD),
                           owner=leftover.stage if leftover.stage != "prune" else "")
                 for leftover in leftovers]
 
@@ -233,7 +234,8 @@ class PruneStage(StageBase):
         leftovers = find_leftovers(workspace)
         remove_leftovers(workspace, leftovers)
         for leftover in leftovers:
-            say(f"prune: removed {describe(workspace, leftover)}")
+            done = "laid out again" if leftover.kind is Kind.LAYOUT else "removed"
+            say(f"prune: {done} {describe(workspace, leftover)}")
         return StageResult(self.name, built=len(leftovers))
 
 
