@@ -7,7 +7,7 @@ and nothing else.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,26 @@ class AnnotationError(Exception):
 
 class FatalAnnotationError(AnnotationError):
     """No article can be annotated (bad credentials, no quota): stop the whole stage now."""
+
+
+ROLES = ("user", "assistant")
+
+
+def validate_conversation(messages: Iterable[Message]) -> list[Message]:
+    """At least one pair, roles alternating user/assistant from a user turn, nothing empty."""
+    checked = list(messages)
+    if not checked:
+        raise AnnotationError("the conversation is empty")
+    for index, message in enumerate(checked):
+        expected = ROLES[index % 2]
+        if message.role != expected:
+            raise AnnotationError(f"message {index + 1} has role {message.role!r}, expected {expected!r} "
+                                  "(roles must alternate user, assistant)")
+        if not isinstance(message.content, str) or not message.content.strip():
+            raise AnnotationError(f"message {index + 1} ({message.role}) is empty")
+    if len(checked) % 2:
+        raise AnnotationError("the conversation ends with a user turn that has no answer")
+    return checked
 
 
 class AnnotatorRun:

@@ -161,13 +161,16 @@ class FakeOpenAI(_Running):
 
     ``script`` maps a substring of the article message to the list of outcomes of successive
     calls for that article ("ok", "429", "500", "quota", "auth", "invalid_json", "wrong_roles",
-    "empty", "schema_rejected"); once a list runs out, calls succeed. ``reject_json_schema``
+    "empty", "schema_rejected", and the hostile ones: "html" (a 200 with an HTML page), "cut_off"
+    (a 200 whose JSON body ends early), "length" (an answer stopped at max_tokens), "trickle"
+    (the body a byte every ``trickle_delay`` seconds)); once a list runs out, calls succeed. ``reject_json_schema``
     answers 400 to strict-schema requests, like servers without structured outputs.
     """
 
     latency: float = 0.0
     script: dict[str, list[str]] = field(default_factory=dict)
     reject_json_schema: bool = False
+    trickle_delay: float = 0.5
     calls: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
 
@@ -221,6 +224,8 @@ class FakeOpenAI(_Running):
                     "500": (500, "The server had an error", None),
                     "auth": (401, "Incorrect API key provided", "invalid_api_key"),
                 }
+                if outcome in ("html", "cut_off", "trickle"):
+                    return self.hostile(outcome, user, body)
                 if outcome in errors:
                     status, message, code = errors[outcome]
                     return self.reply(status, {"error": {"message": message, "type": code, "code": code}},
@@ -233,9 +238,37 @@ class FakeOpenAI(_Running):
                 }
                 content = contents.get(outcome) or json.dumps({"conversations": conversation_for(user)},
                                                               ensure_ascii=False)
-                self.reply(200, {"id": "chatcmpl-test", "object": "chat.completion", "created": 0,
-                                 "model": body["model"], "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": content}}],
-                                 "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}})
+                if outcome == "length":
+                    content = content[:len(content) // 2]
+                self.reply(200, self.completion(body, content, "length" if outcome == "length" else "stop"))
+
+            @staticmethod
+            def completion(body: dict[str, Any], content: str, finish: str) -> dict[str, Any]:
+                return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "finish_reason": finish,
+                                     "message": {"role": "assistant", "content": content}}],
+                        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}}
+
+            def hostile(self, outcome: str, user: str, body: dict[str, Any]) -> None:
+                if outcome == "html":
+                    data, kind = b"<html><body><h1>502 Bad Gateway</h1> nginx</body></html>", "text/html"
+                else:
+                    content = json.dumps({"conversations": conversation_for(user)}, ensure_ascii=False)
+                    data = json.dumps(self.completion(body, content, "stop"), ensure_ascii=False).encode("utf-8")
+                    data, kind = (data[:len(data) // 2] if outcome == "cut_off" else data), "application/json"
+                self.send_response(200)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if outcome != "trickle":
+                    self.wfile.write(data)
+                    return
+                for index in range(len(data)):  # a byte at a time: each read is quick, the whole is not
+                    try:
+                        self.wfile.write(data[index:index + 1])
+                        self.wfile.flush()
+                    except OSError:
+                        return  # the client gave up
+                    time.sleep(fake.trickle_delay)
 
         return Handler

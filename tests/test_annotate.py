@@ -106,3 +106,44 @@ def test_the_api_key_never_reaches_artifacts_or_state(project: Project, site: Fi
     for path in project.path.rglob("*"):
         if path.is_file():
             assert b"sk-test-secret" not in path.read_bytes(), path
+
+
+@pytest.mark.parametrize("fault", ["html", "cut_off", "invalid_json", "wrong_roles"])
+def test_a_junk_reply_once_is_asked_again_in_the_same_run(project: Project, site: FixtureSite, llm: FakeOpenAI,
+                                                          fault: str) -> None:
+    site.pages[1][1].missing = False
+    llm.script[GBK_TITLE] = [fault]
+    project.config(site_and_llm_config(site, llm))
+    assert project.build() == 0
+    assert "1455301" in conversations(project)
+    assert sum(GBK_TITLE in call["messages"][-1]["content"] for call in llm.calls) == 2
+
+
+@pytest.mark.parametrize(("fault", "message"), [
+    ("html", "not a chat completion: '<html><body><h1>502 Bad Gateway"),
+    ("cut_off", "reply was not complete JSON"),
+    ("length", "cut off at max_tokens = 4096 (finish_reason: length)"),
+])
+def test_a_hostile_reply_fails_the_article_with_a_reason_a_person_can_act_on(
+        project: Project, site: FixtureSite, llm: FakeOpenAI, capsys: pytest.CaptureFixture[str],
+        fault: str, message: str) -> None:
+    llm.script[GBK_TITLE] = [fault] * 10
+    project.config(site_and_llm_config(site, llm))
+    assert project.build() == 1
+    err = capsys.readouterr().err
+    assert message in err and "AttributeError" not in err and "Traceback" not in err, err
+    assert "1455301" not in conversations(project)
+    if fault == "length":  # asking again gives the same cut-off answer: one call, no retries
+        assert sum(GBK_TITLE in call["messages"][-1]["content"] for call in llm.calls) == 1
+
+
+def test_a_server_that_trickles_its_answer_is_cut_off_at_the_timeout(project: Project, site: FixtureSite,
+                                                                     llm: FakeOpenAI,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    llm.script[GBK_TITLE] = ["trickle"] * 10  # a byte every 0.2 s: the whole answer would take minutes
+    llm.trickle_delay = 0.2
+    project.config(site_and_llm_config(site, llm, extra="timeout = 1.0"))
+    assert project.build() == 1
+    err = capsys.readouterr().err
+    assert "no complete answer within timeout = 1.0 s" in err, err
+    assert sorted(conversations(project)) == sorted(OTHER_IDS)

@@ -2,8 +2,12 @@
 
 The key comes only from ``OPENAI_API_KEY``; ``base_url`` points at any compatible server.
 Structured output uses a strict ``json_schema`` and falls back to ``json_object`` when the
-server rejects it. 429 (rate limit), 5xx and timeouts are retried with exponential backoff
-(honouring ``Retry-After``); ``insufficient_quota`` and authentication errors stop the run.
+server rejects it. 429 (rate limit), 5xx, a whole call that outlasts ``timeout`` (however
+slowly the server trickles its answer) and a reply that is not complete JSON are retried with
+exponential backoff (honouring ``Retry-After``); ``insufficient_quota`` and authentication
+errors stop the run. A reply that is not a chat completion (an HTML page from a proxy), or a
+conversation that is not valid (no JSON, roles out of order), is asked for once more; an answer
+cut off at ``max_tokens`` fails at once, naming the option.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from importlib import resources
 from typing import Any
 
 from pvbuild import Annotation, Annotator, Article, Message, hookimpl
-from pvbuild.plugin_types import AnnotationError, AnnotatorRun, FatalAnnotationError
+from pvbuild.plugin_types import AnnotationError, AnnotatorRun, FatalAnnotationError, validate_conversation
 
 BAD_OUTPUT_RETRIES = 1
 CONVERSATION_SCHEMA = {
@@ -53,6 +57,20 @@ def parse_conversation(content: str | None) -> list[Message]:
     return [Message(str(turn.get("role", "")), str(turn.get("content") or "")) for turn in turns]
 
 
+class _CutOff(AnnotationError):
+    """The answer stopped at max_tokens: asking again gives the same."""
+
+
+def _choice(response: Any) -> Any:
+    """The first choice of a chat completion; an HTML page or other body is named, not an AttributeError."""
+    choices = getattr(response, "choices", None)
+    if not choices:
+        shown = " ".join(str(response).split())[:80]
+        raise AnnotationError(f"the API answered with something that is not a chat completion: {shown!r}; "
+                              "check annotator.base_url (a proxy or login page?)")
+    return choices[0]
+
+
 class _OpenAIRun(AnnotatorRun):
     def __init__(self, options: Mapping[str, Any]) -> None:
         import openai
@@ -78,20 +96,30 @@ class _OpenAIRun(AnnotatorRun):
         attempt = 0
         while True:
             try:
-                response = await self._complete(article)
+                import asyncio  # not at the top: every command loads this plugin, only annotation awaits
+
+                # The client's timeout bounds each read; this bounds the whole call (a server that
+                # trickles a byte every few seconds would otherwise hold it for minutes).
+                response = await asyncio.wait_for(self._complete(article), float(self.options["timeout"]))
             except AnnotationError:
                 raise
             except Exception as error:  # noqa: BLE001 - classified below
                 attempt += 1
                 await self._backoff_or_raise(error, attempt)
                 continue
-            for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                usage[key] = usage.get(key, 0) + int(getattr(response.usage, key, 0) or 0)
             try:
-                messages = parse_conversation(response.choices[0].message.content)
+                choice = _choice(response)
+                for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+                    usage[key] = usage.get(key, 0) + int(getattr(response.usage, key, 0) or 0)
+                if getattr(choice, "finish_reason", None) == "length":
+                    raise _CutOff(f"the answer was cut off at max_tokens = {self.options['max_tokens']} "
+                                  "(finish_reason: length); raise annotator.max_tokens or shorten the article")
+                messages = parse_conversation(choice.message.content)
                 if not messages:
                     raise AnnotationError("the model returned an empty conversation list")
-                return Annotation(messages, usage)
+                return Annotation(validate_conversation(messages), usage)
+            except _CutOff:
+                raise
             except AnnotationError:
                 if bad_output_left <= 0:
                     raise
@@ -118,7 +146,12 @@ class _OpenAIRun(AnnotatorRun):
             raise FatalAnnotationError(f"no quota left on this API key ({message}); add credit and rerun")
         if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
             raise FatalAnnotationError(f"authentication failed ({message}); check OPENAI_API_KEY")
-        retryable = isinstance(error, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError)
+        if isinstance(error, TimeoutError):
+            message = f"no complete answer within timeout = {self.options['timeout']} s"
+        elif isinstance(error, ValueError):  # the client could not parse the body (cut off, not JSON)
+            message = f"the API's reply was not complete JSON, cut off or garbled ({message})"
+        retryable = isinstance(error, openai.RateLimitError | openai.InternalServerError | openai.APIConnectionError
+                               | TimeoutError | ValueError)
         if not retryable:
             raise AnnotationError(message) from error
         if attempt > int(self.options["max_retries"]):
@@ -128,7 +161,7 @@ class _OpenAIRun(AnnotatorRun):
         if retry_after:
             with contextlib.suppress(ValueError):
                 delay = max(delay, float(retry_after))
-        import asyncio  # not at the top: every command loads this plugin, only annotation awaits
+        import asyncio
 
         await asyncio.sleep(min(delay, 60.0))
 

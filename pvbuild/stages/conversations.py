@@ -20,27 +20,8 @@ from pvbuild.engine.records import Item, digest, stale_reason
 from pvbuild.engine.stage import Fingerprint, StageBase, StaleItem
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
-from pvbuild.plugin_types import AnnotationError, Article, FatalAnnotationError, Message
+from pvbuild.plugin_types import AnnotationError, Article, FatalAnnotationError, Message, validate_conversation
 from pvbuild.progress import Progress
-
-ROLES = ("user", "assistant")
-
-
-def validate_conversation(messages: Iterable[Message]) -> list[Message]:
-    """At least one pair, roles alternating user/assistant from a user turn, nothing empty."""
-    checked = list(messages)
-    if not checked:
-        raise AnnotationError("the conversation is empty")
-    for index, message in enumerate(checked):
-        expected = ROLES[index % 2]
-        if message.role != expected:
-            raise AnnotationError(f"message {index + 1} has role {message.role!r}, expected {expected!r} "
-                                  "(roles must alternate user, assistant)")
-        if not isinstance(message.content, str) or not message.content.strip():
-            raise AnnotationError(f"message {index + 1} ({message.role}) is empty")
-    if len(checked) % 2:
-        raise AnnotationError("the conversation ends with a user turn that has no answer")
-    return checked
 
 
 def format_conversation(messages: Iterable[Message]) -> str:
