@@ -115,6 +115,7 @@ def _action(stage: Stage) -> Callable[[], Any]:
             # The stat cache is saved when the run ends (AT_END), in the process that runs it; a child
             # of doit -n N saves its own as each stage finishes.
             current.save_cache_at_end = os.getpid() == _MAIN_PID
+            # A stage that declares its writes leaves nothing over: prune's memo of a clean tree holds.
             clean = stage.writes is not None and prune.known_clean(current)
             result = stage.run(current)
             if clean:
