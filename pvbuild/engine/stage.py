@@ -11,6 +11,7 @@ from pvbuild.engine.records import Item
 
 if TYPE_CHECKING:
     from pvbuild.engine.outcomes import StageResult
+    from pvbuild.engine.url_table import UrlRow
     from pvbuild.engine.workspace import Workspace
 
 
@@ -106,3 +107,26 @@ class StageBase:
 
     def file(self, workspace: Workspace, key: str) -> str:
         return next(item.file for item in self.items(workspace) if item.key == key)
+
+
+class ArticleStage(StageBase):
+    """A stage with one item per article of the URL table, keyed by ``file_id``: ``article_items``
+    makes the items of given rows, for all of them or for the few the engine re-examines."""
+
+    per_article: ClassVar[bool] = True
+
+    def items(self, workspace: Workspace) -> list[Item]:
+        return self.article_items(workspace, workspace.rows())
+
+    def items_for(self, workspace: Workspace, keys: set[str]) -> list[Item]:
+        return self.article_items(workspace, [row for row in workspace.rows() if row.file_id in keys])
+
+    def article_items(self, workspace: Workspace, rows: list[UrlRow]) -> list[Item]:
+        raise NotImplementedError
+
+    @staticmethod
+    def keys_and_rows(workspace: Workspace) -> tuple[list[str], list[str | None]]:
+        """Every article's key, and its row's digest (a fingerprint's first column), in table order."""
+        digests = workspace.row_digests
+        keys = [row.file_id for row in workspace.rows()]
+        return keys, [digests[key] for key in keys]

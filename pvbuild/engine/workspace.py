@@ -205,6 +205,7 @@ class Workspace:
         """Write an output file atomically, and look at it again when its digest is next asked."""
         atomic_write_bytes(Path(path), data)
         self.hasher.wrote(str(path))
+
     def invalidate(self) -> None:
         """Forget every record, row and digest read so far: files may have changed since."""
         self.writes_seen += 1

@@ -17,7 +17,7 @@ from typing import ClassVar
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import Failure, StageResult
 from pvbuild.engine.records import Item, digest, stale_reason
-from pvbuild.engine.stage import Fingerprint, StageBase, StaleItem
+from pvbuild.engine.stage import ArticleStage, Fingerprint, StaleItem
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 from pvbuild.plugin_types import AnnotationError, Article, FatalAnnotationError, Message, validate_conversation
@@ -104,19 +104,15 @@ def annotator_identity(workspace: Workspace) -> str:
                               | {"options": annotator.identity(config.annotator.options)})
 
 
-class ConversationsStage(StageBase):
+class ConversationsStage(ArticleStage):
     name = "conversations"
     writes: ClassVar[tuple[str, ...] | None] = ("conversations/*",)
     doc = "annotate each new or changed article into a conversation CSV"
-    per_article = True
     keeps_edits = True
     derived_inputs = frozenset({"markdown"})
 
-    def items(self, workspace: Workspace) -> list[Item]:
+    def article_items(self, workspace: Workspace, rows: list[UrlRow]) -> list[Item]:
         """One item per article whose markdown exists (an uncrawled article has nothing to annotate)."""
-        return self._items(workspace, workspace.rows())
-
-    def _items(self, workspace: Workspace, rows: list[UrlRow]) -> list[Item]:
         annotator = annotator_identity(workspace)
         digests, output = workspace.row_digests, workspace.conversation_file
         markdowns = workspace.hasher.digests([workspace.markdown_file(row.file_id) for row in rows])
@@ -126,16 +122,11 @@ class ConversationsStage(StageBase):
 
     def fingerprint(self, workspace: Workspace) -> Fingerprint:
         """The annotator; per article its row's digest, its markdown's and its conversation's."""
-        rows, digests = workspace.rows(), workspace.row_digests
-        keys = [row.file_id for row in rows]
+        keys, rows = self.keys_and_rows(workspace)
         markdowns = workspace.hasher.digests([workspace.markdown_file(key) for key in keys])
         conversations = workspace.hasher.digests([workspace.conversation_file(key) for key in keys])
-        return Fingerprint([annotator_identity(workspace)], keys, [[digests[key] for key in keys], markdowns,
-                                                                   conversations],
+        return Fingerprint([annotator_identity(workspace)], keys, [rows, markdowns, conversations],
                            sum(markdown is not None for markdown in markdowns))
-
-    def items_for(self, workspace: Workspace, keys: set[str]) -> list[Item]:
-        return self._items(workspace, [row for row in workspace.rows() if row.file_id in keys])
 
     def file(self, workspace: Workspace, key: str) -> str:
         return workspace.conversation_file(key)

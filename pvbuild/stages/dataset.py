@@ -29,9 +29,11 @@ from pvbuild.plugin_types import AnnotationError, DatasetFormat
 from pvbuild.progress import Progress
 from pvbuild.stages.conversations import read_conversation
 from pvbuild.stages.dataset_files import (
+    COUNTS,
     Conversation,
     ShardFiles,
     arrow_metadata,
+    manifest_of,
     shard_files,
     shared_files,
 )
@@ -149,8 +151,7 @@ def _remove_unlisted(directory: Path, listed: set[str]) -> None:
 
 
 def _shard_entry(built: ShardFiles, inputs: str, files: dict[str, str]) -> dict[str, Any]:
-    return {"inputs": inputs, "articles": built.articles, "train_articles": built.train_articles,
-            "validation_articles": built.validation_articles, "pairs": built.pairs, "files": files}
+    return {"inputs": inputs, **{name: getattr(built, name) for name in COUNTS}, "files": files}
 
 
 def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResult:
@@ -204,14 +205,11 @@ def _manifest(workspace: Workspace, entries: Mapping[str, dict[str, Any]], forma
     files = {name: file_digest for entry in entries.values() for name, file_digest in entry["files"].items()}
     texts = (shared_files(formats, options) if count > 1 else {}) | arrow_metadata(files)
     shared = {name: text.encode("utf-8") for name, text in texts.items()}
-    files |= _write(workspace.dataset_dir, {name: data for name, data in shared.items()
-                                            if workspace.hasher.digest(workspace.dataset_dir / name) != digest(data)})
+    _write(workspace.dataset_dir, {name: data for name, data in shared.items()
+                                   if workspace.hasher.digest(workspace.dataset_dir / name) != digest(data)})
     files |= {name: digest(data) for name, data in shared.items()}
-    chosen = next((f for f in formats if f.name == options["format"]), None)
-    totals = {name: sum(int(entry[name]) for entry in entries.values())
-              for name in ("articles", "train_articles", "validation_articles", "pairs")}
-    manifest: dict[str, Any] = {"format": options["format"], "train_file": chosen.channels["training"][0] if chosen
-                                else "", **totals, "files": dict(sorted(files.items()))}
+    counts = {name: sum(int(entry[name]) for entry in entries.values()) for name in COUNTS}
+    manifest = manifest_of(options, formats, counts, files)
     if count > 1:
         manifest |= {"shard_count": count, "shards": {key: entries[key] for key in sorted(entries)}}
     return manifest

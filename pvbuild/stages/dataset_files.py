@@ -182,8 +182,16 @@ def write_dataset(directory: Path, conversations: list[Conversation], options: M
     files = built.files | {name: text.encode("utf-8") for name, text in arrow_metadata(digests).items()}
     for name, data in files.items():
         atomic_write_bytes(directory / name, data)
+    counts = {name: getattr(built, name) for name in COUNTS}
+    return manifest_of(options, formats, counts, {name: digest(data) for name, data in files.items()})
+
+
+COUNTS = ("articles", "train_articles", "validation_articles", "pairs")
+
+
+def manifest_of(options: Mapping[str, Any], formats: Sequence[DatasetFormat], counts: Mapping[str, int],
+                files: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest: the format, its training file, the counts (``COUNTS``) and every file's digest."""
     chosen = next((f for f in formats if f.name == options["format"]), None)
     return {"format": options["format"], "train_file": chosen.channels["training"][0] if chosen else "",
-            "articles": built.articles, "train_articles": built.train_articles,
-            "validation_articles": built.validation_articles, "pairs": built.pairs,
-            "files": {name: digest(data) for name, data in sorted(files.items())}}
+            **counts, "files": dict(sorted(files.items()))}

@@ -13,7 +13,7 @@ from pvbuild.config import SourceConfig
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item
-from pvbuild.engine.stage import Fingerprint, StageBase
+from pvbuild.engine.stage import ArticleStage, Fingerprint
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 
@@ -25,17 +25,13 @@ def crawler_identity(workspace: Workspace, source: SourceConfig) -> str:
         "article_selector": site.article_selector, "strategy": source.options["strategy"]})
 
 
-class MarkdownStage(StageBase):
+class MarkdownStage(ArticleStage):
     name = "markdown"
     writes: ClassVar[tuple[str, ...] | None] = ("markdown/*",)
     doc = "crawl each new or changed article into markdown"
-    per_article = True
     keeps_edits = True
 
-    def items(self, workspace: Workspace) -> list[Item]:
-        return self._items(workspace, workspace.rows())
-
-    def _items(self, workspace: Workspace, rows: list[UrlRow]) -> list[Item]:
+    def article_items(self, workspace: Workspace, rows: list[UrlRow]) -> list[Item]:
         crawlers = {source.name: crawler_identity(workspace, source) for source in workspace.config.sources}
         digests, path = workspace.row_digests, workspace.markdown_file
         return [Item(row.file_id, {"row": digests[row.file_id], "crawler": crawlers[row.source]},
@@ -44,13 +40,9 @@ class MarkdownStage(StageBase):
     def fingerprint(self, workspace: Workspace) -> Fingerprint:
         """The crawlers; per article its row's digest and its markdown's."""
         crawlers = {source.name: crawler_identity(workspace, source) for source in workspace.config.sources}
-        rows, digests, path = workspace.rows(), workspace.row_digests, workspace.markdown_file
-        keys = [row.file_id for row in rows]
-        return Fingerprint([crawlers], keys, [[digests[key] for key in keys],
-                                              workspace.hasher.digests([path(key) for key in keys])], len(keys))
-
-    def items_for(self, workspace: Workspace, keys: set[str]) -> list[Item]:
-        return self._items(workspace, [row for row in workspace.rows() if row.file_id in keys])
+        keys, rows = self.keys_and_rows(workspace)
+        markdowns = workspace.hasher.digests([workspace.markdown_file(key) for key in keys])
+        return Fingerprint([crawlers], keys, [rows, markdowns], len(keys))
 
     def file(self, workspace: Workspace, key: str) -> str:
         return workspace.markdown_file(key)

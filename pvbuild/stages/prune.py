@@ -146,7 +146,7 @@ def clean_key(workspace: Workspace) -> str:
 
 def known_clean(workspace: Workspace) -> bool:
     """Whether the last look found nothing left over and nothing changed since (see ``clean_key``)."""
-    return _read(workspace.config.cache_dir / "prune-clean") == clean_key(workspace)
+    return _remembered(workspace) == clean_key(workspace)
 
 
 def still_clean(workspace: Workspace) -> None:
@@ -160,9 +160,9 @@ def _remember(workspace: Workspace, key: str) -> None:
         atomic_write_text(workspace.config.cache_dir / "prune-clean", key)
 
 
-def _read(path: Path) -> str | None:
+def _remembered(workspace: Workspace) -> str | None:
     try:
-        return path.read_text(encoding="utf-8")
+        return (workspace.config.cache_dir / "prune-clean").read_text(encoding="utf-8")
     except OSError:
         return None
 
@@ -216,9 +216,9 @@ class PruneStage(StageBase):
         return []  # nothing is built: what is stale is what is there and should not be
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
-        if known_clean(workspace):
-            return []
         key = clean_key(workspace)
+        if _remembered(workspace) == key:  # nothing left over when last looked, and nothing changed since
+            return []
         leftovers = find_leftovers(workspace)
         if not leftovers:
             _remember(workspace, key)
