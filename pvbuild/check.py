@@ -84,10 +84,13 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     """The stale artifacts of the profile (of its stages up to ``until``, e.g. ``data``)."""
     workspace.checking = True
     workspace.hasher.remember()  # a check writes nothing
+    stages = up_to(until, catalog)
+    workspace.hasher.prehash([workspace.config.artifacts / path.removesuffix("*") for stage in stages
+                              for path in stage.writes or () if path.endswith(("/", "/*"))])
     checker = Checker(workspace)
     gc.disable()  # short-lived, acyclic objects by the ten thousand: the cycle collector only costs time
     try:
-        findings = [checker.report(found) for found in staleness.walk(workspace, up_to(until, catalog))]
+        findings = [checker.report(found) for found in staleness.walk(workspace, stages)]
     finally:
         gc.enable()
     with contextlib.suppress(OSError):  # a read-only checkout: the cache only saves time next run

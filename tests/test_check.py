@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from pvbuild.check import check as check_stale
 from pvbuild.cli import main
+from pvbuild.config import load_config
+from pvbuild.engine.workspace import Workspace
 from tests.aws import Moto, moto_server
 from tests.conftest import ROOT, _stop_endpoints
 from tests.standins import FakeOpenAI
@@ -183,3 +186,16 @@ def test_an_unreadable_url_table_exits_2_naming_it(clone: Path) -> None:
     table.mkdir()
     result = check(clone)
     assert result.returncode == 2 and "urls.csv" in result.stderr, result.stderr
+
+
+def test_a_fresh_clone_checked_with_hashing_workers_finds_an_edited_conversation(clone: Path) -> None:
+    conversation = sorted((clone / "artifacts/test/conversations").iterdir())[2]
+    conversation.write_bytes(conversation.read_bytes() + b"\n")
+    workspace = Workspace(load_config(clone, "test"))
+    assert not workspace.hasher.entries, "a fresh clone has no stat cache"
+    artifacts = workspace.config.artifacts
+    workspace.hasher.prehash([artifacts / "markdown", artifacts / "conversations", artifacts / "dataset"], min_files=1)
+    assert workspace.hasher.pending is not None
+    findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace)}
+    assert findings[("conversations", conversation.stem)] == "output edited since it was built"
+    assert all(key == stage for stage, key in findings if stage != "conversations"), findings

@@ -19,11 +19,14 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pvbuild.engine.shards import ARTICLES_PER_SHARD, shard_count, shard_of
 from pvbuild.errors import StateError
 from pvbuild.files import DIRECTORY_MODE, TEMP_SUFFIX, atomic_write_bytes, atomic_write_text, replace_directory
+
+if TYPE_CHECKING:
+    from pvbuild.engine.prehash import Prehash
 
 EDITED = "output edited since it was built"
 _UNSEEN = object()  # not looked at yet (a remembered None means: no such file)
@@ -38,13 +41,13 @@ def canonical_json(value: Any) -> str:
     return _CANONICAL.encode(value)
 
 
-def _hex(data: bytes) -> str:
+def digest_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:32]
 
 
 def digest(value: Any) -> str:
     """A short, stable digest of any JSON-able value (or of bytes)."""
-    return _hex(value if isinstance(value, bytes) else canonical_json(value).encode("utf-8"))
+    return digest_bytes(value if isinstance(value, bytes) else canonical_json(value).encode("utf-8"))
 
 
 def strings_digest(values: list[str] | list[list[str]]) -> str:
@@ -57,7 +60,7 @@ def strings_digest(values: list[str] | list[list[str]]) -> str:
         return "[" + ",".join(map(encode_basestring, strings)) + "]"
     text = "[" + ",".join(map(encoded, values)) + "]" if values and isinstance(values[0], list) \
         else encoded(values)  # type: ignore[arg-type]
-    return _hex(text.encode("utf-8"))
+    return digest_bytes(text.encode("utf-8"))
 
 
 def records_files(state_dir: Path, stage: str) -> dict[str, list[int]]:
@@ -91,7 +94,7 @@ def _read_json(path: Path, what: str) -> Any:
         raise StateError(f"{path}: cannot read {what}: {error}; delete it to rebuild from scratch") from error
 
 
-def _read_all(descriptor: int, size: int) -> bytes:
+def read_all(descriptor: int, size: int) -> bytes:
     """The rest of an open file, ``size`` bytes expected: bare ``os.read`` is far cheaper than
     ``open().read()`` on small files, and one call suffices when the file is as large as its stat said."""
     data = os.read(descriptor, size + 1)
@@ -114,6 +117,7 @@ class FileHasher:
         self.dirty = False
         self.remembered: dict[str, str | None] | None = None  # see remember()
         self.volatile: tuple[str, ...] = ()  # see writing()
+        self.pending: Prehash | None = None  # see prehash()
         if cache_file is not None and cache_file.is_file():
             # marshal: machine-local and never committed, and ~10x faster than JSON at 20,000 entries.
             with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
@@ -145,6 +149,26 @@ class FileHasher:
         if self.remembered is not None:
             self.remembered.pop(name, None)
 
+    def prehash(self, folders: list[Path], min_files: int | None = None) -> None:
+        """On a fresh clone (no stat cache yet), start digesting the files of ``folders`` in worker
+        processes (``engine.prehash``); their entries are taken when one of those files is first asked for."""
+        from pvbuild.engine import prehash  # it imports this module
+        if not self.entries and self.pending is None:
+            self.pending = prehash.start([str(folder).rstrip(os.sep) + os.sep for folder in folders], self.prefix,
+                                         prehash.MIN_FILES if min_files is None else min_files)
+
+    def _take_pending(self) -> None:
+        pending, self.pending = self.pending, None
+        if pending is None:
+            return
+        found = pending.collect()
+        self.entries.update(found)  # the entries were empty when the workers started (prehash)
+        self.dirty = True
+        if self.remembered is not None and not self.volatile:
+            # Looked at during this span: as good as a stat now (remember()), and 200,000 fewer stats.
+            prefix = self.prefix
+            self.remembered.update({prefix + key: entry[2] for key, entry in found.items()})
+
     def digest(self, path: Path | str) -> str | None:
         """The file's digest, or None when it does not exist."""
         name = path if isinstance(path, str) else str(path)
@@ -159,6 +183,9 @@ class FileHasher:
     def digests(self, names: list[str]) -> list[str | None]:
         """``digest`` of each of ``names``: one call per stage pass, not per file (at 100,000 articles
         the calls alone were a tenth of a no-op)."""
+        pending = self.pending
+        if pending is not None and any(name.startswith(pending.folders) for name in names):
+            self._take_pending()
         remembered = self.remembered
         if remembered is None or self.volatile:
             return [self.digest(name) for name in names]
@@ -184,6 +211,8 @@ class FileHasher:
         return values
 
     def _digest(self, name: str) -> str | None:
+        if self.pending is not None and name.startswith(self.pending.folders):
+            self._take_pending()
         # Paths come from the pipeline, under the project root: slicing is ~10x cheaper than relpath.
         key = name[len(self.prefix):] if name.startswith(self.prefix) else os.path.relpath(name, self.root)
         cached = self.entries.get(key)
@@ -202,7 +231,7 @@ class FileHasher:
             raise StateError(f"{name}: cannot read it ({error.strerror}); fix its permissions or remove it") from error
         try:
             info = os.fstat(descriptor)
-            value = _hex(_read_all(descriptor, info.st_size))
+            value = digest_bytes(read_all(descriptor, info.st_size))
         except OSError as error:  # e.g. a directory where a file should be
             raise StateError(f"{name}: cannot read it ({error.strerror}); it should be a file") from error
         finally:
@@ -212,6 +241,9 @@ class FileHasher:
         return value
 
     def save(self) -> None:
+        if self.pending is not None:  # nothing asked for those files: the workers' time is not waited for
+            self.pending.stop()
+            self.pending = None
         if self.cache_file is not None and self.dirty:
             atomic_write_bytes(self.cache_file, marshal.dumps(self.entries))
             self.dirty = False

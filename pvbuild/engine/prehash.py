@@ -1,0 +1,130 @@
+"""Digest a fresh clone's per-article files in worker processes while the check does its other work.
+
+On a fresh clone there is no stat cache, so ``check`` must read and digest every markdown and
+conversation file: at 100,000 articles, 200,000 files and a third of the check. Hashing is
+independent of everything else the check does first (reading the URL table and the records), so
+forked workers digest the folders' files, one share each, and hand the ``FileHasher`` entries
+back through a pipe; the check takes them when it first needs one of those files.
+
+A worker that fails or is killed only costs time: whatever it did not hand back is digested in
+the checking process as before. Workers exit with the checking process (a closed pipe ends them;
+Ctrl-C reaches them, as the same process group); ``collect`` always reaps them.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import marshal
+import os
+import signal
+from collections.abc import Sequence
+from typing import Any
+
+from pvbuild.engine.records import digest_bytes, read_all
+
+MIN_FILES = 2_000  # below this, forking costs more than it saves
+Entries = dict[str, list[Any]]
+
+
+class Prehash:
+    """Workers digesting ``folders`` (absolute paths ending in a separator) for a hasher rooted at ``prefix``."""
+
+    def __init__(self, folders: Sequence[str], prefix: str, workers: int) -> None:
+        self.folders = tuple(folders)
+        self.workers: list[tuple[int, int]] = []  # (pid, read end of its pipe)
+        for share in range(workers):
+            self.workers.append(_start(self.folders, prefix, share, workers))
+        atexit.register(self.stop)
+
+    def collect(self) -> Entries:
+        """Every entry the workers computed (waiting for them), and the workers reaped."""
+        entries: Entries = {}
+        try:
+            for _, read_end in self.workers:
+                with os.fdopen(read_end, "rb") as stream:
+                    data = stream.read()
+                with contextlib.suppress(ValueError, EOFError, TypeError):  # a worker that died mid-way
+                    part = marshal.loads(data)
+                    if isinstance(part, dict):
+                        entries.update(part)
+        finally:
+            self._reap()
+        return entries
+
+    def stop(self) -> None:
+        """End workers not collected (the check failed or was interrupted): none is left behind."""
+        for pid, read_end in self.workers:
+            with contextlib.suppress(OSError):
+                os.close(read_end)
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        self._reap()
+
+    def _reap(self) -> None:
+        for pid, _ in self.workers:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.workers = []
+        atexit.unregister(self.stop)
+
+
+def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES) -> Prehash | None:
+    """Workers for ``folders`` when they hold ``min_files`` files or more and the machine has cores to spare."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cores < 2 or not hasattr(os, "fork"):
+        return None
+    if sum(_count(folder, min_files) for folder in folders) < min_files:
+        return None
+    return Prehash(folders, prefix, workers=cores)
+
+
+def _count(folder: str, enough: int) -> int:
+    """The folder's entries, counted up to ``enough``."""
+    seen = 0
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for seen, _ in enumerate(entries, start=1):
+            if seen >= enough:
+                break
+    return seen
+
+
+def _start(folders: tuple[str, ...], prefix: str, share: int, shares: int) -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        return pid, read_end
+    # The worker: only the default signal handlers, only its pipe, never the parent's exit handlers.
+    status = 1
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.close(read_end)
+        data = marshal.dumps(_digest_share(folders, prefix, share, shares))
+        with os.fdopen(write_end, "wb") as stream:
+            stream.write(data)
+        status = 0
+    finally:
+        os._exit(status)
+
+
+def _digest_share(folders: tuple[str, ...], prefix: str, share: int, shares: int) -> Entries:
+    """The stat-cache entries of every ``shares``-th file under ``folders``, from the ``share``-th on."""
+    cut = len(prefix)
+    entries: Entries = {}
+    paths = sorted(os.path.join(parent, name) for folder in folders for parent, _, names in os.walk(folder)
+                   for name in names)
+    for path in paths[share::shares]:
+        try:
+            descriptor = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone, or unreadable: the check reports it when it gets there
+        try:
+            info = os.fstat(descriptor)
+            entries[path[cut:]] = [info.st_mtime_ns, info.st_size, digest_bytes(read_all(descriptor, info.st_size))]
+        except OSError:
+            continue  # e.g. a folder where a file should be
+        finally:
+            os.close(descriptor)
+    return entries
