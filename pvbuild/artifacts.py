@@ -109,6 +109,7 @@ class TrainingRecord(JsonRecord):
     billable_seconds: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
+    dropped_examples: list[str] = field(default_factory=list)  # lines without room for a completion
 
 
 @dataclass

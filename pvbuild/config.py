@@ -56,7 +56,7 @@ AWS_PARTITIONS = {"aws": "", "aws-cn": "cn-", "aws-us-gov": "us-gov-"}  # partit
 TRAINING_OPTIONS: dict[str, Any] = {
     "backend": "local", "base_model": "llama-3.2-1b-instruct", "hyperparameters": {}, "instance_type": "",
     "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
-    "max_runtime_seconds": 86400,
+    "max_runtime_seconds": 86400, "long_prompts": "drop",
 }
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
                                     "startup_timeout": 300.0, "poll_seconds": 30.0}
@@ -65,6 +65,9 @@ ASK_OPTIONS: dict[str, Any] = {
     "temperature": 0.6, "repetition_penalty": 1.1, "stop": ["<|eot_id|>", "<|end_of_text|>"], "tokenizer": "",
     "questions": ["分布式光伏项目如何申请补贴？", "新政策对光伏企业有什么影响？", "文章提到了哪些时间节点？"],
 }
+# Options added after 0.1: at these values they leave an identity as 0.1 computed it, so upgrading
+# pvbuild rebuilds nothing.
+LATER_MODEL_OPTIONS: dict[str, Any] = {"long_prompts": "drop"}
 # Options that change how a step runs, not what it produces.
 RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "host", "port", "poll_seconds",
                                    "max_runtime_seconds"})
@@ -292,6 +295,8 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
     if tables["endpoint"]["backend"] != tables["training"]["backend"]:
         raise check.fail("endpoint.backend", "must match training.backend")
     check.plugin("training.base_model", tables["training"]["base_model"], registry.base_models, "base model")
+    check.plugin("training.long_prompts", tables["training"]["long_prompts"], dict.fromkeys(("drop", "truncate")),
+                 "way to treat prompts longer than max_input_length")
     _aws(check, tables["aws"])
     return tables
 

@@ -145,8 +145,10 @@ class BaseModel:
     On SageMaker the JumpStart model id and version name it. The local trainer loads
     ``local_model`` (a Hugging Face hub id or a local directory; the tokenizer's when empty),
     or, when ``build_local`` is set, calls it with the dataset's texts, a directory and a seed
-    to build the model there (the ``tiny`` model does). ``tokenizer`` says where ``ask`` finds
-    the tokenizer and chat template.
+    to build the model there (the ``tiny`` model does), or, when ``prepare_local`` is set, calls
+    it with a cache folder and trains the model directory it returns (``smollm2-135m`` converts
+    its GGUF file there once). ``tokenizer`` says where ``ask`` finds the tokenizer and chat
+    template (empty: the one saved with the fine-tuned model).
     """
 
     name: str
@@ -160,6 +162,7 @@ class BaseModel:
     description: str = ""
     local_model: str = ""
     build_local: Callable[[Sequence[str], Path, int], None] | None = None
+    prepare_local: Callable[[Path], Path] | None = None
     # Hyperparameter names the model's training accepts beyond those with defaults above (JumpStart's
     # documented list); a name in neither is refused before anything runs, with "did you mean".
     accepted_hyperparameters: tuple[str, ...] = ()

@@ -1,4 +1,5 @@
-"""The local trainer: loss goes down in both modes, labels cover only what should be learned."""
+"""The local trainer (TRL's SFTTrainer): loss goes down in both modes, labels cover only what should
+be learned, a prompt with no room for its completion is named and left out, a NaN loss fails."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pvbuild.services.finetune import IGNORE, TrainingDataError, encode_chat, encode_instruction, finetune
+from pvbuild.services.finetune import NonFiniteLoss, finetune
+from pvbuild.services.sft_data import IGNORE, TrainingDataError, encode_chat, encode_instruction
 from tests.models import TEMPLATE, chat_lines, hyperparameters, instruction_lines, write_channel
 
 
@@ -47,6 +49,7 @@ def test_lora_is_merged_into_a_plain_model(tiny_base: Path, tmp_path: Path) -> N
 def test_instruction_labels_cover_the_completion_only(tokenizer) -> None:  # type: ignore[no-untyped-def]
     line = instruction_lines(1)[0]
     example = encode_instruction(tokenizer, TEMPLATE, line, 512)
+    assert example is not None
     learned = [token for token in example.labels if token != IGNORE]
     assert tokenizer.decode(learned) == line["answer"] + "<|eot_id|>"
 
@@ -54,6 +57,7 @@ def test_instruction_labels_cover_the_completion_only(tokenizer) -> None:  # typ
 def test_chat_labels_cover_the_assistant_turns_only(tokenizer) -> None:  # type: ignore[no-untyped-def]
     dialog = chat_lines(1)[0]["dialog"]
     example = encode_chat(tokenizer, dialog, 512)
+    assert example is not None
     learned = tokenizer.decode([token for token in example.labels if token != IGNORE])
     assert learned == dialog[1]["content"] + "<|eot_id|>" + dialog[3]["content"] + "<|eot_id|>"
 
@@ -61,3 +65,39 @@ def test_chat_labels_cover_the_assistant_turns_only(tokenizer) -> None:  # type:
 def test_a_line_without_a_template_placeholder_is_named(tokenizer) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TrainingDataError, match="placeholder 'answer'"):
         encode_instruction(tokenizer, TEMPLATE, {"context": "c", "question": "q"}, 512)
+
+
+def long_prompt_lines() -> list[dict[str, str]]:
+    lines = instruction_lines()
+    lines[5] = {**lines[5], "context": "光伏" * 300}  # a prompt of far more than max_input_length tokens
+    return lines
+
+
+def test_a_prompt_with_no_room_for_its_completion_is_named_and_left_out(tiny_base: Path, tmp_path: Path) -> None:
+    import math
+
+    train = write_channel(tmp_path / "training", long_prompt_lines(), TEMPLATE)
+    params = hyperparameters(chat=False, epoch=2, validation_split_ratio=0.0, max_input_length=64)
+    result = finetune(tiny_base, train, None, params, tmp_path / "model", lora=False)
+    assert result.dropped == ["train.jsonl:6"] and result.train_examples == 15
+    assert result.metrics()["dropped_examples"] == 1
+    assert all(math.isfinite(loss) for loss in result.step_losses + result.epoch_train_loss)
+
+
+def test_long_prompts_truncate_keeps_the_completion(tiny_base: Path, tmp_path: Path, tokenizer) -> None:  # type: ignore[no-untyped-def]
+    line = long_prompt_lines()[5]
+    example = encode_instruction(tokenizer, TEMPLATE, line, 64, long_prompts="truncate")  # type: ignore[arg-type]
+    assert example is not None and example.truncated and len(example.input_ids) <= 64
+    assert tokenizer.decode([token for token in example.labels if token != IGNORE]) == line["answer"] + "<|eot_id|>"
+    train = write_channel(tmp_path / "training", long_prompt_lines(), TEMPLATE)
+    params = hyperparameters(chat=False, epoch=1, validation_split_ratio=0.0, max_input_length=64)
+    result = finetune(tiny_base, train, None, params, tmp_path / "model", lora=False, long_prompts="truncate")
+    assert result.dropped == [] and result.truncated == 1 and result.train_examples == 16
+
+
+def test_a_loss_that_becomes_nan_fails_the_job_naming_the_step(tiny_base: Path, tmp_path: Path) -> None:
+    train = write_channel(tmp_path / "training", instruction_lines(), TEMPLATE)
+    params = hyperparameters(chat=False, epoch=3, learning_rate=1e30)
+    with pytest.raises(NonFiniteLoss, match=r"loss became (nan|inf) at step \d+"):
+        finetune(tiny_base, train, None, params, tmp_path / "model", lora=False)
+    assert not (tmp_path / "model").exists(), "no model is saved"

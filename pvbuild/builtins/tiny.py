@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pvbuild import BaseModel, hookimpl
+from pvbuild.services.finetune import LOCAL_HYPERPARAMETERS
 
 LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                          "<|eot_id|>"]
@@ -63,5 +64,5 @@ def register_base_models(register: Callable[[BaseModel], None]) -> None:
     register(BaseModel(
         name="tiny", jumpstart_model_id="", jumpstart_model_version="", dataset_format="instruction",
         hyperparameters=TINY_HYPERPARAMETERS, training_instance_types=(), inference_instance_types=(),
-        tokenizer="", build_local=build_tiny_model,
+        tokenizer="", build_local=build_tiny_model, accepted_hyperparameters=LOCAL_HYPERPARAMETERS,
         description="A two-layer Llama built from the dataset's text (offline runs and tests; local backends only)"))

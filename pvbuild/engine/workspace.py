@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pvbuild.artifacts import EndpointRecord, ModelRecord, TrainingRecord, UploadMarker, read_json_object
-from pvbuild.config import RUNTIME_CRAWL_OPTIONS, RUNTIME_MODEL_OPTIONS, Config, SourceConfig, suggest
+from pvbuild.config import (
+    LATER_MODEL_OPTIONS,
+    RUNTIME_CRAWL_OPTIONS,
+    RUNTIME_MODEL_OPTIONS,
+    Config,
+    SourceConfig,
+    suggest,
+)
 from pvbuild.engine.records import (
     FileHasher,
     IdentityStore,
@@ -352,7 +359,8 @@ class Workspace:
     def options_identity(self, options: Mapping[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
         """The identity of a model-half configuration section, without the options that change how a
         step runs, not what it makes."""
-        return self.identity({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out})
+        return self.identity({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out
+                              and not (k in LATER_MODEL_OPTIONS and v == LATER_MODEL_OPTIONS[k])})
 
     @property
     def last_list_crawl_file(self) -> Path:

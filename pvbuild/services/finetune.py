@@ -1,19 +1,20 @@
-"""Fine-tuning on the files a JumpStart job gets, with the JumpStart hyperparameter names.
+"""Fine-tuning with TRL's ``SFTTrainer``, configured from JumpStart's hyperparameter names.
 
-Instruction mode (``instruction_tuned``): each ``train.jsonl`` line fills ``template.json``;
-the loss is on the completion only. Chat mode (``chat_dataset``): each ``dialog`` is
-rendered with the tokenizer's chat template; the loss is on the assistant turns only. With
-no validation file, ``validation_split_ratio`` of the training lines (shuffled by ``seed``)
-are held out, as JumpStart does. LoRA (peft) is merged into the weights before saving, so
-the output directory is a plain Hugging Face model either way.
+What is pvbuild's here is the mapping, not the training loop: ``epoch``, ``learning_rate``,
+``per_device_train_batch_size``, ``lora_r``/``lora_alpha``/``lora_dropout``, ``max_input_length``,
+``validation_split_ratio``, ``seed`` and the 8-/4-bit options become an ``SFTConfig`` and a peft
+``LoraConfig``. The examples are tokenised by ``sft_data`` (loss on the completion or on the
+assistant turns), handed to TRL pre-tokenised with their labels. On a GPU: bf16 where the card has
+it, batches grouped by length (or padding-free where flash attention is installed), fused AdamW,
+QLoRA through bitsandbytes when asked. On the CPU: fp32, threads by model size (``use_cpu_threads``). A NaN or
+infinite loss stops the job with the step it happened at. LoRA is merged into the weights before
+saving, so the output directory is a plain Hugging Face model either way.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,131 +23,55 @@ from typing import Any
 
 from pvbuild.errors import PvbuildError
 from pvbuild.progress import Progress
+from pvbuild.services.sft_data import (
+    Encoded,
+    LongPrompts,
+    TrainingDataError,
+    channel_lines,
+    encode,
+    split_validation,
+)
 
-IGNORE = -100  # label of tokens that carry no loss
+LORA_TARGETS = ["q_proj", "v_proj"]  # JumpStart's Llama LoRA targets
+# What the local trainer takes beyond a model's defaults (``sft_config`` maps them); local-only base
+# models accept these.
+LOCAL_HYPERPARAMETERS = ("per_device_eval_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
+                         "int8_quantization", "int4_quantization", "max_train_samples", "max_val_samples")
+LOSS_POINTS = 200  # at most this many logged losses per run: each log is a host sync on a GPU
 
 
-class TrainingDataError(PvbuildError):
-    """The training files do not fit the mode (a missing placeholder, a malformed dialog)."""
-
-
-@dataclass
-class Example:
-    """One tokenised training example."""
-
-    input_ids: list[int]
-    labels: list[int]
+class NonFiniteLoss(PvbuildError):
+    """The loss became NaN or infinite: the job fails rather than saving a broken model."""
 
 
 @dataclass
 class FinetuneResult:
     """Losses and counts of one fine-tuning run."""
 
-    step_losses: list[float] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)  # one per logging interval (``log_every`` steps)
     epoch_train_loss: list[float] = field(default_factory=list)
     epoch_validation_loss: list[float] = field(default_factory=list)
     train_examples: int = 0
     validation_examples: int = 0
     train_tokens: int = 0
+    dropped: list[str] = field(default_factory=list)  # lines without room for a completion (sft_data)
+    truncated: int = 0
+    log_every: int = 1
+    precision: str = "fp32"
+    device: str = "cpu"
     seconds: float = 0.0
+    train_seconds: float = 0.0
 
     def metrics(self) -> dict[str, float]:
-        found = {"train_loss": self.epoch_train_loss[-1] if self.epoch_train_loss else math.nan}
+        found = {"train_loss": self.epoch_train_loss[-1] if self.epoch_train_loss else math.nan,
+                 "train_examples": self.train_examples, "validation_examples": self.validation_examples,
+                 "train_tokens": self.train_tokens, "dropped_examples": len(self.dropped),
+                 "truncated_prompts": self.truncated}
         if self.epoch_validation_loss:
             found["validation_loss"] = self.epoch_validation_loss[-1]
+        if self.train_seconds > 0:
+            found["train_tokens_per_second"] = round(self.train_tokens / self.train_seconds, 1)
         return found
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    lines = []
-    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if text.strip():
-            try:
-                lines.append(json.loads(text))
-            except json.JSONDecodeError as error:
-                raise TrainingDataError(f"{path}:{number}: not JSON: {error}") from error
-    return lines
-
-
-def channel_lines(channel: Path) -> tuple[list[dict[str, Any]], dict[str, str] | None]:
-    """The JSON lines of every ``*.jsonl`` in a channel directory, and its ``template.json`` if any."""
-    template_file = channel / "template.json"
-    template = json.loads(template_file.read_text(encoding="utf-8")) if template_file.is_file() else None
-    lines = [line for path in sorted(channel.glob("*.jsonl")) for line in read_jsonl(path)]
-    return lines, template
-
-
-def _ids(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def encode_instruction(tokenizer: Any, template: Mapping[str, str], line: Mapping[str, Any],
-                       max_length: int) -> Example:
-    try:
-        prompt = template["prompt"].format(**line)
-        completion = template["completion"].format(**line)
-    except KeyError as error:
-        raise TrainingDataError(f"a line lacks the template placeholder {error}: {dict(line)}") from error
-    prompt_ids = [tokenizer.bos_token_id, *_ids(tokenizer, prompt)]
-    completion_ids = [*_ids(tokenizer, completion), tokenizer.eos_token_id]
-    ids = (prompt_ids + completion_ids)[:max_length]
-    labels = ([IGNORE] * len(prompt_ids) + completion_ids)[:max_length]
-    return Example(ids, labels)
-
-
-def encode_chat(tokenizer: Any, dialog: Sequence[Mapping[str, str]], max_length: int) -> Example:
-    """Loss on each assistant turn: the tokens between the prompt up to it and the dialog through it."""
-    def render(messages: Sequence[Mapping[str, str]], prompt: bool) -> list[int]:
-        text = tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=prompt)
-        return _ids(tokenizer, text)
-
-    ids = render(dialog, False)
-    labels = [IGNORE] * len(ids)
-    for index, message in enumerate(dialog):
-        if message.get("role") == "assistant":
-            start, end = len(render(dialog[:index], True)), len(render(dialog[:index + 1], False))
-            labels[start:end] = ids[start:end]
-    return Example(ids[:max_length], labels[:max_length])
-
-
-def encode(tokenizer: Any, lines: Sequence[Mapping[str, Any]], template: Mapping[str, str] | None,
-           chat: bool, max_length: int) -> list[Example]:
-    if chat:
-        if not all(isinstance(line.get("dialog"), list) for line in lines):
-            raise TrainingDataError("chat_dataset=True needs lines of the form {\"dialog\": [...]}")
-        return [encode_chat(tokenizer, line["dialog"], max_length) for line in lines]
-    if template is None:
-        raise TrainingDataError("instruction_tuned=True needs template.json beside train.jsonl")
-    return [encode_instruction(tokenizer, template, line, max_length) for line in lines]
-
-
-def _batches(examples: list[Example], size: int, pad_id: int, rng: random.Random | None) -> list[dict[str, Any]]:
-    import torch
-
-    order = list(range(len(examples)))
-    if rng is not None:
-        rng.shuffle(order)
-    batches = []
-    for start in range(0, len(order), size):
-        chosen = [examples[i] for i in order[start:start + size]]
-        width = max(len(e.input_ids) for e in chosen)
-        batches.append({
-            "input_ids": torch.tensor([e.input_ids + [pad_id] * (width - len(e.input_ids)) for e in chosen]),
-            "attention_mask": torch.tensor([[1] * len(e.input_ids) + [0] * (width - len(e.input_ids))
-                                            for e in chosen]),
-            "labels": torch.tensor([e.labels + [IGNORE] * (width - len(e.labels)) for e in chosen]),
-        })
-    return batches
-
-
-def _mean_loss(model: Any, batches: list[dict[str, Any]], device: str) -> float:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        losses = [float(model(**{k: v.to(device) for k, v in batch.items()}).loss) for batch in batches]
-    model.train()
-    return sum(losses) / len(losses)
 
 
 def quiet_transformers() -> None:
@@ -158,97 +83,239 @@ def quiet_transformers() -> None:
 
 
 def pick_device(requested: str) -> str:
-    """``auto``: CUDA when there is a GPU, else the CPU with ``cpu_threads``."""
+    """``auto``: CUDA when there is a GPU, else the CPU."""
     import torch
 
-    device = requested if requested != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cpu":
-        torch.set_num_threads(cpu_threads())
-    return device
+    return requested if requested != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cpu_threads() -> int:
-    """Threads for CPU training and serving: ``OMP_NUM_THREADS`` when the user set it, else one. On
-    2-core VMs PyTorch's default of one per core has trained small models up to 18x slower (a first
-    doit of 69 s instead of 16 s); where it makes no difference, one thread costs nothing."""
+SMALL_MODEL = 20_000_000  # parameters: below, one CPU thread is fastest; above, every core helps
+
+
+def use_cpu_threads(model: Any) -> int:
+    """Set and return the threads for CPU training and serving of ``model``: ``OMP_NUM_THREADS`` when
+    the user set it; else one for a small model (on 2-core VMs PyTorch's default of one per core
+    trained the tiny model up to 18x slower: a first doit of 69 s instead of 16 s) and every core
+    for a larger one (SmolLM2-135M trained 1.8x faster on 2 threads than on one)."""
+    import torch
+
     try:
-        return max(1, int(os.environ.get("OMP_NUM_THREADS", "1")))
-    except ValueError:
-        return 1
+        threads = max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = 1 if model.num_parameters() < SMALL_MODEL else cores
+    torch.set_num_threads(threads)
+    return threads
 
 
-def _with_lora(model: Any, hyperparameters: Mapping[str, Any]) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=int(hyperparameters["lora_r"]), lora_alpha=int(hyperparameters["lora_alpha"]),
-                        lora_dropout=float(hyperparameters["lora_dropout"]), task_type="CAUSAL_LM",
-                        target_modules=["q_proj", "v_proj"])
-    return get_peft_model(model, config)
+def _flag(hyperparameters: Mapping[str, Any], name: str) -> bool:
+    return str(hyperparameters.get(name, "False")).lower() == "true"
 
 
-def split_validation(lines: list[dict[str, Any]], ratio: float, seed: int) -> tuple[list[Any], list[Any]]:
-    shuffled = list(lines)
-    random.Random(seed).shuffle(shuffled)
-    held = int(len(shuffled) * ratio)
-    if held == 0 or held == len(shuffled):
-        return shuffled, []
-    return shuffled[held:], shuffled[:held]
+def precision(device: str) -> str:
+    """bf16 on a GPU that has it (Ampere and later), else fp32 (CPU training in bf16 is slower here)."""
+    import torch
+
+    return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def _attention(device: str) -> str:
+    """Flash attention where its package is installed (padding-free batches then), else PyTorch's SDPA."""
+    import importlib.util
+
+    return "flash_attention_2" if device.startswith("cuda") and importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def lora_config(hyperparameters: Mapping[str, Any]) -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig(r=int(hyperparameters["lora_r"]), lora_alpha=int(hyperparameters["lora_alpha"]),
+                      lora_dropout=float(hyperparameters["lora_dropout"]), task_type="CAUSAL_LM",
+                      target_modules=LORA_TARGETS)
+
+
+def quantization(hyperparameters: Mapping[str, Any], device: str) -> Any:
+    """JumpStart's ``int8_quantization`` / ``int4_quantization`` as bitsandbytes QLoRA (CUDA only)."""
+    eight, four = _flag(hyperparameters, "int8_quantization"), _flag(hyperparameters, "int4_quantization")
+    if not (eight or four):
+        return None
+    if not device.startswith("cuda"):
+        raise TrainingDataError("int8_quantization/int4_quantization need a CUDA GPU (bitsandbytes); "
+                                "set them to False to train on this machine")
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if four:
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str, steps: int,
+               has_validation: bool) -> Any:
+    """JumpStart's names as an ``SFTConfig`` (the rest stays at TRL's defaults)."""
+    from trl import SFTConfig
+
+    dtype = precision(device)
+    padding_free = _attention(device) == "flash_attention_2"
+    return SFTConfig(
+        output_dir=str(output_dir), num_train_epochs=int(hyperparameters["epoch"]),
+        learning_rate=float(hyperparameters["learning_rate"]),
+        per_device_train_batch_size=int(hyperparameters["per_device_train_batch_size"]),
+        per_device_eval_batch_size=int(hyperparameters.get("per_device_eval_batch_size")
+                                       or hyperparameters["per_device_train_batch_size"]),
+        gradient_accumulation_steps=int(hyperparameters.get("gradient_accumulation_steps", 1)),
+        **_checkpointing(_flag(hyperparameters, "gradient_checkpointing")),
+        max_length=int(hyperparameters["max_input_length"]), seed=int(hyperparameters.get("seed", 42)),
+        bf16=dtype == "bf16", use_cpu=device == "cpu", padding_free=padding_free,
+        pad_to_multiple_of=64 if device.startswith("cuda") and not padding_free else None,
+        train_sampling_strategy="random" if padding_free else "group_by_length",
+        optim="adamw_torch_fused" if device.startswith("cuda") else "adamw_torch",
+        lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        logging_steps=log_every(steps), logging_nan_inf_filter=False, eval_strategy="epoch" if has_validation else "no",
+        save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
+
+
+def _checkpointing(enabled: bool) -> dict[str, Any]:
+    """transformers 5.x renamed ``gradient_checkpointing`` to ``activation_checkpointing``."""
+    from dataclasses import fields
+
+    from trl import SFTConfig
+
+    names = {option.name for option in fields(SFTConfig)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
+
+
+def log_every(steps: int) -> int:
+    return max(1, math.ceil(steps / LOSS_POINTS))
+
+
+def _dataset(encoded: Encoded) -> Any:
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": [example.input_ids for example in encoded.examples],
+                              "labels": [example.labels for example in encoded.examples]})
+
+
+def _callbacks(progress: Progress, epochs: int) -> list[Any]:
+    from transformers import TrainerCallback
+
+    class Watch(TrainerCallback):
+        """Progress per step; a NaN or infinite loss ends the job naming the step."""
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.note = f"epoch {min(epochs, math.floor(state.epoch or 0) + 1)}/{epochs}"
+            progress.advance()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Mapping[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            for name in ("loss", "eval_loss"):
+                value = (logs or {}).get(name)
+                if value is not None and not math.isfinite(float(value)):
+                    raise NonFiniteLoss(f"the {'training' if name == 'loss' else 'validation'} loss became "
+                                        f"{value} at step {state.global_step} (epoch {state.epoch:.2f}); lower "
+                                        "learning_rate, or look for examples with nothing to learn")
+            if logs and "loss" in logs:
+                progress.note += f", loss {float(logs['loss']):.3f}"
+
+    return [Watch()]
+
+
+def _losses(log_history: Sequence[Mapping[str, Any]], epochs: int) -> tuple[list[float], list[float], list[float]]:
+    """Step losses, each epoch's mean training loss and each epoch's validation loss, from the trainer's logs."""
+    steps = [(float(entry["epoch"]), float(entry["loss"])) for entry in log_history if "loss" in entry]
+    per_epoch = []
+    for epoch in range(1, epochs + 1):
+        inside = [loss for at, loss in steps if epoch - 1 < at <= epoch + 1e-9]
+        if inside:
+            per_epoch.append(sum(inside) / len(inside))
+    validation = [float(entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
+    return [loss for _, loss in steps], per_epoch, validation
+
+
+def _at_most(lines: list[Any], limit: Any) -> list[Any]:
+    """JumpStart's ``max_train_samples`` / ``max_val_samples``: the first ``limit`` lines; -1 or unset: all."""
+    count = int(limit) if limit not in (None, "") else -1
+    return lines if count < 0 else lines[:count]
+
+
+def _load_model(model_source: Path | str, device: str, hyperparameters: Mapping[str, Any]) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    quantized = quantization(hyperparameters, device)
+    # fp32 weights, bf16 compute (autocast, SFTConfig.bf16): AdamW's updates of bf16 weights round
+    # away: bench_train's 135M model ended at a validation loss of 3.01 in pure bf16, 2.51 so.
+    model = AutoModelForCausalLM.from_pretrained(str(model_source), dtype=torch.float32,
+                                                 attn_implementation=_attention(device), quantization_config=quantized)
+    return model if quantized is not None else model.to(device)  # type: ignore[arg-type]
 
 
 def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | None,
-             hyperparameters: Mapping[str, Any], output_dir: Path, lora: bool, device: str = "auto") -> FinetuneResult:
+             hyperparameters: Mapping[str, Any], output_dir: Path, lora: bool, device: str = "auto",
+             long_prompts: LongPrompts | str = LongPrompts.DROP) -> FinetuneResult:
     """Train the model at ``model_source`` on the channel directories; save it to ``output_dir``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import SFTTrainer
 
     quiet_transformers()
     started = time.monotonic()
-    seed = int(hyperparameters.get("seed", 42))
-    torch.manual_seed(seed)
-    chat = str(hyperparameters.get("chat_dataset", "False")) == "True"
+    seed, chat = int(hyperparameters.get("seed", 42)), _flag(hyperparameters, "chat_dataset")
     max_length = int(hyperparameters["max_input_length"])
     tokenizer = AutoTokenizer.from_pretrained(str(model_source))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
     train_lines, template = channel_lines(train_dir)
     validation_lines = channel_lines(validation_dir)[0] if validation_dir else []
     if not validation_lines:
         train_lines, validation_lines = split_validation(
             train_lines, float(hyperparameters.get("validation_split_ratio", 0.0)), seed)
-    train = encode(tokenizer, train_lines, template, chat, max_length)
-    validation = encode(tokenizer, validation_lines, template, chat, max_length)
-    if not train:
-        raise TrainingDataError(f"{train_dir}: no training examples")
+    train_lines = _at_most(train_lines, hyperparameters.get("max_train_samples"))
+    validation_lines = _at_most(validation_lines, hyperparameters.get("max_val_samples"))
+    policy = LongPrompts(long_prompts)
+    train = encode(tokenizer, train_lines, template, chat, max_length, policy)
+    validation = encode(tokenizer, validation_lines, template, chat, max_length, policy)
+    if not train.examples:
+        raise TrainingDataError(f"{train_dir}: no training examples"
+                                + (f" ({len(train.dropped)} left out: no room for a completion within "
+                                   f"max_input_length {max_length})" if train.dropped else ""))
     device = pick_device(device)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_source), dtype=torch.float32)
-    model = model.to(device)
-    model = _with_lora(model, hyperparameters) if lora else model
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
-                                  lr=float(hyperparameters["learning_rate"]))
-    batch_size = int(hyperparameters["per_device_train_batch_size"])
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    validation_batches = _batches(validation, batch_size, pad_id, None)
     epochs = int(hyperparameters["epoch"])
-    rng = random.Random(seed)
-    result = FinetuneResult(train_examples=len(train), validation_examples=len(validation),
-                            train_tokens=sum(len(e.input_ids) for e in train) * epochs)
-    progress = Progress("train", epochs * math.ceil(len(train) / batch_size))
-    model.train()
-    for epoch in range(1, epochs + 1):
-        losses = []
-        for batch in _batches(train, batch_size, pad_id, rng):
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            losses.append(float(loss.detach()))
-            progress.note = f"epoch {epoch}/{epochs}, loss {losses[-1]:.3f}"
-            progress.advance()
-        result.step_losses += losses
-        result.epoch_train_loss.append(sum(losses) / len(losses))
-        if validation_batches:
-            result.epoch_validation_loss.append(_mean_loss(model, validation_batches, device))
-    progress.close()
-    model = model.merge_and_unload() if lora else model
-    model.save_pretrained(output_dir)
-    tokenizer.save_pretrained(output_dir)
+    batch = int(hyperparameters["per_device_train_batch_size"])
+    steps = epochs * math.ceil(len(train.examples) / batch)
+    result = FinetuneResult(train_examples=len(train.examples), validation_examples=len(validation.examples),
+                            train_tokens=train.tokens * epochs, dropped=train.dropped + validation.dropped,
+                            truncated=train.truncated + validation.truncated, log_every=log_every(steps),
+                            precision=precision(device), device=device)
+    model = _load_model(model_source, device, hyperparameters)
+    if device == "cpu":
+        use_cpu_threads(model)
+    progress = Progress("train", steps)
+    trainer = SFTTrainer(
+        model=model, args=sft_config(hyperparameters, output_dir.with_name(output_dir.name + ".trainer"), device,
+                                     steps, bool(validation.examples)),
+        train_dataset=_dataset(train), eval_dataset=_dataset(validation) if validation.examples else None,
+        processing_class=tokenizer, peft_config=lora_config(hyperparameters) if lora else None,
+        callbacks=_callbacks(progress, epochs))
+    for printer in (PrinterCallback, ProgressCallback):  # pvbuild's own progress line says it all
+        trainer.remove_callback(printer)
+    try:
+        training_started = time.monotonic()
+        trainer.train()
+        evaluating = sum(float(entry.get("eval_runtime", 0.0)) for entry in trainer.state.log_history)
+        result.train_seconds = time.monotonic() - training_started - evaluating  # training alone, for tokens/s
+    finally:
+        progress.close()
+    result.step_losses, result.epoch_train_loss, result.epoch_validation_loss = _losses(trainer.state.log_history,
+                                                                                        epochs)
+    _save(trainer.model, tokenizer, output_dir, lora)
     result.seconds = time.monotonic() - started
     return result
+
+
+def _save(model: Any, tokenizer: Any, output_dir: Path, lora: bool) -> None:
+    merged = model.merge_and_unload() if lora else model
+    merged.save_pretrained(output_dir)
+    tokenizer.save_pretrained(output_dir)

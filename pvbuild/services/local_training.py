@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -21,7 +21,7 @@ from pvbuild.services.stores import ObjectStore, download_prefix
 from pvbuild.services.training import COMPLETED, RUNNING, JobState, JobStatus, TrainingRequest
 
 
-def text_fields(lines: list[dict[str, Any]]) -> list[str]:
+def text_fields(lines: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every string in the dataset lines (the tiny model's tokenizer is trained on them)."""
     found: list[str] = []
     for line in lines:
@@ -68,14 +68,16 @@ class LocalTraining:
         return directory
 
     def _base_model(self, request: TrainingRequest, train_dir: Path, work: Path) -> Path | str:
-        from pvbuild.services.finetune import channel_lines
+        from pvbuild.services.sft_data import channel_lines
 
         base = request.base_model
         configured = str(request.options.get("model_path") or "")
+        if not configured and base.prepare_local:
+            return base.prepare_local(self.cache_dir / "models")
         if configured or not base.build_local:
             return configured or base.local_model or base.tokenizer
         lines, template = channel_lines(train_dir)
-        texts = text_fields(lines) + list((template or {}).values())
+        texts = text_fields([line.values for line in lines]) + list((template or {}).values())
         base.build_local(texts, work / "base", int(request.hyperparameters.get("seed", 42)))
         return work / "base"
 
@@ -98,7 +100,8 @@ class LocalTraining:
                 validation_dir = self._download(validation, work / "input" / "validation") if validation else None
                 source = self._base_model(request, train_dir, work)
                 result = finetune(source, train_dir, validation_dir, request.hyperparameters, work / "model",
-                                  lora=bool(request.options.get("lora")), device=str(request.options["device"]))
+                                  lora=bool(request.options.get("lora")), device=str(request.options["device"]),
+                                  long_prompts=str(request.options.get("long_prompts", "drop")))
                 for path in sorted((work / "model").rglob("*")):
                     if path.is_file():
                         self.store.put(f"{model_key}/{path.relative_to(work / 'model')}", path)
@@ -109,8 +112,7 @@ class LocalTraining:
         state = JobState(
             name=request.job_name, status=COMPLETED, secondary_status=COMPLETED,
             model_artifacts=self.store.uri(model_key + "/"), billable_seconds=round(result.seconds),
-            metrics={**result.metrics(), "train_examples": result.train_examples,
-                     "validation_examples": result.validation_examples, "train_tokens": result.train_tokens},
+            metrics=result.metrics(), dropped_examples=result.dropped,
             history={"step_loss": result.step_losses, "epoch_train_loss": result.epoch_train_loss,
                      "epoch_validation_loss": result.epoch_validation_loss})
         return self._save(state, None)

@@ -106,13 +106,15 @@ class ModelRunner:
     def __init__(self, model_dir: Path) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from pvbuild.services.finetune import pick_device, quiet_transformers
+        from pvbuild.services.finetune import pick_device, quiet_transformers, use_cpu_threads
 
         quiet_transformers()
         self.device = pick_device(os.environ.get("PVBUILD_DEVICE", "auto"))
         self.tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
         model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir))
         self.model = model.to(self.device).eval()
+        if self.device == "cpu":
+            use_cpu_threads(self.model)
         self.lock = threading.Lock()
 
     def generate(self, request: Generation) -> str:

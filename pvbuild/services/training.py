@@ -41,6 +41,7 @@ class JobState:
     billable_seconds: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
+    dropped_examples: list[str] = field(default_factory=list)  # lines left out: no room for a completion
 
 
 @dataclass(frozen=True)
