@@ -108,8 +108,11 @@ def test_first_run_creates_one_job_and_one_endpoint_then_nothing(cloud: Cloud) -
     job = cloud.shim.requests["CreateTrainingJob"][0]
     assert training["status"] == "Completed" and training["job_name"] == job["TrainingJobName"]
     assert training["arn"].endswith(f"training-job/{training['job_name']}") and training["billable_seconds"] == 431
-    assert training["metrics"] == {"huggingface-textgeneration:train-loss": 1.25} and training["failure_reason"] == ""
+    # JumpStart's metric names, as the local trainer names them: the report reads one set of names
+    assert training["metrics"] == {"train_loss": 1.25, "validation_loss": 1.5} and training["failure_reason"] == ""
     assert training["base_model"]["jumpstart_model_id"] == MODEL_ID
+    report = (cloud.project.artifacts() / "report" / "report.html").read_text(encoding="utf-8")
+    assert "final training loss" in report and "1.25" in report and "1.5" in report, "the production report has losses"
 
     assert job["AlgorithmSpecification"]["TrainingImage"] == HUB[MODEL_ID]["TrainingEcrUri"]
     assert job["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge" and job["EnableNetworkIsolation"] is True

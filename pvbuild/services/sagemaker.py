@@ -125,7 +125,19 @@ def _job_state(reply: Mapping[str, Any]) -> JobState:
         failure_reason=str(reply.get("FailureReason", "")),
         model_artifacts=str((reply.get("ModelArtifacts") or {}).get("S3ModelArtifacts", "")),
         billable_seconds=reply.get("BillableTimeInSeconds"),
-        metrics={str(m["MetricName"]): float(m["Value"]) for m in reply.get("FinalMetricDataList") or []})
+        metrics={metric_name(str(m["MetricName"])): float(m["Value"]) for m in reply.get("FinalMetricDataList") or []})
+
+
+# JumpStart's metric names (``<framework>:<name>``, its training script's MetricDefinitions) as the
+# local trainer names the same numbers, so the report and the leaderboard read one set of names.
+JUMPSTART_METRICS = {"train-loss": "train_loss", "eval-loss": "validation_loss", "eval-ppl": "validation_perplexity"}
+
+
+def metric_name(jumpstart: str) -> str:
+    """``huggingface-textgeneration:train-loss`` → ``train_loss``; an unknown one keeps its own name,
+    in the same style (``…:epoch-time`` → ``epoch_time``)."""
+    short = jumpstart.rpartition(":")[2]
+    return JUMPSTART_METRICS.get(short, short.replace("-", "_"))
 
 
 def _s3_channel(name: str, uri: str, **extra: Any) -> dict[str, Any]:
