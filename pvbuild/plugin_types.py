@@ -107,6 +107,28 @@ def validate_conversation(messages: Iterable[Message]) -> list[Message]:
     return checked
 
 
+def question_key(question: str) -> str:
+    """What makes two questions the same question: case, width, spaces and punctuation aside
+    ("补贴标准是什么？" and "补贴标准 是什么?" are one)."""
+    import unicodedata
+
+    folded = unicodedata.normalize("NFKC", question).casefold()
+    return "".join(ch for ch in folded if not (ch.isspace() or unicodedata.category(ch).startswith("P")))
+
+
+def drop_repeated_questions(messages: list[Message]) -> tuple[list[Message], int]:
+    """The conversation without the pairs whose question an earlier pair already asked (annotators
+    repeat themselves, and a repeated question weighs its answer twice in training), and how many went."""
+    kept: list[Message] = []
+    seen: set[str] = set()
+    for question, answer in zip(messages[::2], messages[1::2], strict=True):
+        key = question_key(question.content)
+        if key not in seen:
+            seen.add(key)
+            kept += [question, answer]
+    return kept, (len(messages) - len(kept)) // 2
+
+
 class AnnotatorRun:
     """One annotation run: created by ``Annotator.start`` and closed when the stage ends."""
 

@@ -161,9 +161,10 @@ class FakeOpenAI(_Running):
 
     ``script`` maps a substring of the article message to the list of outcomes of successive
     calls for that article ("ok", "429", "500", "quota", "auth", "invalid_json", "wrong_roles",
-    "empty", "schema_rejected", and the hostile ones: "html" (a 200 with an HTML page), "cut_off"
-    (a 200 whose JSON body ends early), "length" (an answer stopped at max_tokens), "trickle"
-    (the body a byte every ``trickle_delay`` seconds)); once a list runs out, calls succeed. ``reject_json_schema``
+    "empty", "schema_rejected", "repeats" (a question asked twice), and the hostile ones: "html"
+    (a 200 with an HTML page), "cut_off" (a 200 whose JSON body ends early), "length" (an answer
+    stopped at max_tokens), "trickle" (the body a byte every ``trickle_delay`` seconds)); once a
+    list runs out, calls succeed. ``reject_json_schema``
     answers 400 to strict-schema requests, like servers without structured outputs.
     """
 
@@ -235,6 +236,10 @@ class FakeOpenAI(_Running):
                     "wrong_roles": json.dumps({"conversations": [{"role": "user", "content": "问"},
                                                                  {"role": "user", "content": "又问"}]}),
                     "empty": json.dumps({"conversations": []}),
+                    # the first question asked again, once with spaces and ASCII punctuation
+                    "repeats": json.dumps({"conversations": conversation_for(user) + [
+                        {"role": "user", "content": " " + conversation_for(user)[0]["content"].replace("？", " ?")},
+                        {"role": "assistant", "content": "同一个问题的另一个回答。"}]}, ensure_ascii=False),
                 }
                 content = contents.get(outcome) or json.dumps({"conversations": conversation_for(user)},
                                                               ensure_ascii=False)

@@ -147,3 +147,16 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_timeout(project: Pr
     err = capsys.readouterr().err
     assert "no complete answer within timeout = 1.0 s" in err, err
     assert sorted(conversations(project)) == sorted(OTHER_IDS)
+
+
+def test_a_question_asked_twice_goes_into_the_data_once(project: Project, site: FixtureSite, llm: FakeOpenAI,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    llm.script[GBK_TITLE] = ["repeats"]
+    project.config(site_and_llm_config(site, llm))
+    project.build()  # the fixture site's 404 article fails; the others go through
+    lines = conversations(project)["1455301"].splitlines()
+    questions = [line for line in lines if line.startswith("user,")]
+    assert len(questions) == 2 and "同一个问题的另一个回答" not in "\n".join(lines)  # the first answer is kept
+    records = json.loads((project.artifacts() / ".state" / "conversations.json").read_text(encoding="utf-8"))
+    assert records["1455301"]["repeated_questions"] == 1 and "repeated_questions" not in records["1455093"]
+    assert "1 repeated question(s) left out" in capsys.readouterr().err

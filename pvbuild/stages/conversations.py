@@ -20,7 +20,14 @@ from pvbuild.engine.records import Item, digest, stale_reason
 from pvbuild.engine.stage import ArticleStage, Fingerprint, StaleItem
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
-from pvbuild.plugin_types import AnnotationError, Article, FatalAnnotationError, Message, validate_conversation
+from pvbuild.plugin_types import (
+    AnnotationError,
+    Article,
+    FatalAnnotationError,
+    Message,
+    drop_repeated_questions,
+    validate_conversation,
+)
 from pvbuild.progress import Progress
 
 
@@ -55,6 +62,7 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
 
     slots = asyncio.Semaphore(int(config.annotator.options["concurrency"]))
     fatal: list[str] = []
+    dropped = [0]  # repeated questions left out, over every article
     run = annotator.start(config.annotator.options)
 
     async def annotate_one(entry: StaleItem) -> None:
@@ -81,10 +89,13 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
                 return fail(str(error))
             except Exception as error:  # noqa: BLE001 - a plugin bug fails this article, not the run
                 return fail(f"annotator {config.annotator.plugin!r} raised {type(error).__name__}: {error}")
+        messages, repeated = drop_repeated_questions(messages)
         text = format_conversation(messages)
         workspace.write_output(entry.item.file, text.encode("utf-8"))
-        records.put(row.file_id, {"inputs": dict(entry.item.inputs), "output": digest(text.encode("utf-8")),
-                                  "pairs": len(messages) // 2, "usage": dict(sorted(annotation.usage.items()))})
+        record = {"inputs": dict(entry.item.inputs), "output": digest(text.encode("utf-8")),
+                  "pairs": len(messages) // 2, "usage": dict(sorted(annotation.usage.items()))}
+        records.put(row.file_id, record | ({"repeated_questions": repeated} if repeated else {}))
+        dropped[0] += repeated
         result.built += 1
         progress.advance(True)
 
@@ -93,6 +104,9 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
     finally:
         await run.aclose()
         progress.close()
+    if dropped[0]:
+        result.notes.append(f"{dropped[0]} repeated question(s) left out (the same question again, spaces, case "
+                            "and punctuation aside)")
 
 
 def annotator_identity(workspace: Workspace) -> str:
