@@ -78,6 +78,15 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
     return "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(for_people(v))}</td></tr>" for k, v in pairs)
 
 
+def _left_out(training: Mapping[str, Any]) -> str:
+    """How many training lines were left out, and which (the first ten)."""
+    dropped = list(training.get("dropped_examples") or [])
+    if not dropped:
+        return "0"
+    more = f", and {len(dropped) - 10} more (training.json lists them)" if len(dropped) > 10 else ""
+    return f"{len(dropped)}: {', '.join(dropped[:10])}{more}"
+
+
 def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapping[str, Any],
            endpoint: Mapping[str, Any], answers: list[tuple[str, str]],
            tokens: Mapping[str, int] | None = None) -> str:
@@ -90,6 +99,7 @@ def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapp
              ("base model", training.get("base_model", {}).get("name")), ("training job", training.get("job_name")),
              ("final training loss", metrics.get("train_loss")),
              ("final validation loss", metrics.get("validation_loss")),
+             ("examples left out (no room for a completion within max_input_length)", _left_out(training)),
              ("model.tar.gz", f"{model.get('uri')} (sha256 {str(model.get('sha256'))[:12]})"),
              # No URL or pid: they change on every deploy, and the same inputs give the same report.
              ("endpoint", f"{endpoint.get('endpoint_name')} ({endpoint.get('backend')}, "
