@@ -6,9 +6,9 @@ What is pvbuild's here is the mapping, not the training loop: ``epoch``, ``learn
 ``LoraConfig``. The examples are tokenised by ``sft_data`` (loss on the completion or on the
 assistant turns), handed to TRL pre-tokenised with their labels. On a GPU: bf16 where the card has
 it, batches grouped by length (or padding-free where flash attention is installed), fused AdamW,
-QLoRA through bitsandbytes when asked. On the CPU: fp32, threads by model size (``use_cpu_threads``). A NaN or
-infinite loss stops the job with the step it happened at. LoRA is merged into the weights before
-saving, so the output directory is a plain Hugging Face model either way.
+QLoRA through bitsandbytes when asked. On the CPU: fp32, threads by model size
+(``use_cpu_threads``). A NaN or infinite loss stops the job with the step it happened at. LoRA is
+merged into the weights before saving, so the output directory is a plain Hugging Face model.
 """
 
 from __future__ import annotations
@@ -69,9 +69,7 @@ class FinetuneResult:
                  "truncated_prompts": self.truncated}
         if self.epoch_validation_loss:
             found["validation_loss"] = self.epoch_validation_loss[-1]
-        if self.train_seconds > 0:
-            found["train_tokens_per_second"] = round(self.train_tokens / self.train_seconds, 1)
-        return found
+        return found  # no timings: the same inputs give the same record and report
 
 
 def quiet_transformers() -> None:
@@ -89,14 +87,16 @@ def pick_device(requested: str) -> str:
     return requested if requested != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
 
 
-SMALL_MODEL = 20_000_000  # parameters: below, one CPU thread is fastest; above, every core helps
+SMALL_MODEL = 20_000_000  # parameters: below, one CPU thread (see use_cpu_threads); above, every core
 
 
 def use_cpu_threads(model: Any) -> int:
     """Set and return the threads for CPU training and serving of ``model``: ``OMP_NUM_THREADS`` when
-    the user set it; else one for a small model (on 2-core VMs PyTorch's default of one per core
-    trained the tiny model up to 18x slower: a first doit of 69 s instead of 16 s) and every core
-    for a larger one (SmolLM2-135M trained 1.8x faster on 2 threads than on one)."""
+    the user set it; else one for a small model and every core for a larger one. On 2-core VMs
+    PyTorch's default of one per core once trained the tiny model 18x slower (a first doit of 69 s
+    instead of 16 s), though on a quiet one two threads trained it 1.6x faster (bench_train.py,
+    2026-11-25): one thread bounds the worst case where the model trains in seconds anyway.
+    SmolLM2-135M trained 1.8x faster on two threads than on one."""
     import torch
 
     try:
@@ -113,7 +113,7 @@ def _flag(hyperparameters: Mapping[str, Any], name: str) -> bool:
 
 
 def precision(device: str) -> str:
-    """bf16 on a GPU that has it (Ampere and later), else fp32 (CPU training in bf16 is slower here)."""
+    """bf16 (autocast) on a GPU that has it, Ampere and later; else fp32."""
     import torch
 
     return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
@@ -240,6 +240,26 @@ def _at_most(lines: list[Any], limit: Any) -> list[Any]:
     return lines if count < 0 else lines[:count]
 
 
+def _examples(tokenizer: Any, train_dir: Path, validation_dir: Path | None, hyperparameters: Mapping[str, Any],
+              policy: LongPrompts) -> tuple[Encoded, Encoded]:
+    """The training and validation examples of the channels, as JumpStart selects them."""
+    seed, chat = int(hyperparameters.get("seed", 42)), _flag(hyperparameters, "chat_dataset")
+    max_length = int(hyperparameters["max_input_length"])
+    train_lines, template = channel_lines(train_dir)
+    validation_lines = channel_lines(validation_dir)[0] if validation_dir else []
+    if not validation_lines:
+        train_lines, validation_lines = split_validation(
+            train_lines, float(hyperparameters.get("validation_split_ratio", 0.0)), seed)
+    train_lines = _at_most(train_lines, hyperparameters.get("max_train_samples"))
+    validation_lines = _at_most(validation_lines, hyperparameters.get("max_val_samples"))
+    train = encode(tokenizer, train_lines, template, chat, max_length, policy)
+    if not train.examples:
+        raise TrainingDataError(f"{train_dir}: no training examples"
+                                + (f" ({len(train.dropped)} left out: no room for a completion within "
+                                   f"max_input_length {max_length})" if train.dropped else ""))
+    return train, encode(tokenizer, validation_lines, template, chat, max_length, policy)
+
+
 def _load_model(model_source: Path | str, device: str, hyperparameters: Mapping[str, Any]) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
@@ -262,29 +282,15 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
 
     quiet_transformers()
     started = time.monotonic()
-    seed, chat = int(hyperparameters.get("seed", 42)), _flag(hyperparameters, "chat_dataset")
-    max_length = int(hyperparameters["max_input_length"])
     tokenizer = AutoTokenizer.from_pretrained(str(model_source))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train_lines, template = channel_lines(train_dir)
-    validation_lines = channel_lines(validation_dir)[0] if validation_dir else []
-    if not validation_lines:
-        train_lines, validation_lines = split_validation(
-            train_lines, float(hyperparameters.get("validation_split_ratio", 0.0)), seed)
-    train_lines = _at_most(train_lines, hyperparameters.get("max_train_samples"))
-    validation_lines = _at_most(validation_lines, hyperparameters.get("max_val_samples"))
-    policy = LongPrompts(long_prompts)
-    train = encode(tokenizer, train_lines, template, chat, max_length, policy)
-    validation = encode(tokenizer, validation_lines, template, chat, max_length, policy)
-    if not train.examples:
-        raise TrainingDataError(f"{train_dir}: no training examples"
-                                + (f" ({len(train.dropped)} left out: no room for a completion within "
-                                   f"max_input_length {max_length})" if train.dropped else ""))
+    train, validation = _examples(tokenizer, train_dir, validation_dir, hyperparameters, LongPrompts(long_prompts))
     device = pick_device(device)
     epochs = int(hyperparameters["epoch"])
-    batch = int(hyperparameters["per_device_train_batch_size"])
-    steps = epochs * math.ceil(len(train.examples) / batch)
+    batch = int(hyperparameters["per_device_train_batch_size"]) * int(
+        hyperparameters.get("gradient_accumulation_steps", 1))
+    steps = epochs * math.ceil(len(train.examples) / batch)  # optimizer steps
     result = FinetuneResult(train_examples=len(train.examples), validation_examples=len(validation.examples),
                             train_tokens=train.tokens * epochs, dropped=train.dropped + validation.dropped,
                             truncated=train.truncated + validation.truncated, log_every=log_every(steps),
