@@ -42,6 +42,8 @@ class JsonRecord:
     FILE: ClassVar[str] = ""
     # Keys only some backends write: left out when None, unless the record read had them.
     OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset()
+    # Keys added after 0.1: left out when empty, unless the record read had them (0.1 records round-trip).
+    OMIT_WHEN_EMPTY: ClassVar[frozenset[str]] = frozenset()
 
     extra: dict[str, Any] = field(default_factory=dict, kw_only=True)
     present: frozenset[str] = field(default=frozenset(), kw_only=True, compare=False, repr=False)
@@ -64,8 +66,8 @@ class JsonRecord:
 
     def to_json(self) -> dict[str, Any]:
         value = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("extra", "present")}
-        value = {key: item for key, item in value.items()
-                 if item is not None or key not in self.OMIT_WHEN_NONE or key in self.present}
+        value = {key: item for key, item in value.items() if key in self.present
+                 or not (item is None and key in self.OMIT_WHEN_NONE or item == [] and key in self.OMIT_WHEN_EMPTY)}
         return {**self.extra, **value}
 
     def write(self, path: Path) -> None:
@@ -91,6 +93,7 @@ class TrainingRecord(JsonRecord):
     service says about it."""
 
     FILE: ClassVar[str] = "training.json"
+    OMIT_WHEN_EMPTY: ClassVar[frozenset[str]] = frozenset({"dropped_examples"})
 
     job_name: str
     status: str

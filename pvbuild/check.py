@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pvbuild.engine import staleness
+from pvbuild.engine.prehash import prehash
 from pvbuild.engine.stage import Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.stages.catalog import CATALOG, up_to
@@ -85,8 +86,8 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     workspace.checking = True
     workspace.hasher.remember()  # a check writes nothing
     stages = up_to(until, catalog)
-    workspace.hasher.prehash([workspace.config.artifacts / path.removesuffix("*") for stage in stages
-                              for path in stage.writes or () if path.endswith(("/", "/*"))])
+    prehash(workspace.hasher, [workspace.config.artifacts / path.removesuffix("*") for stage in stages
+                               for path in stage.writes or () if path.endswith(("/", "/*"))])
     checker = Checker(workspace)
     gc.disable()  # short-lived, acyclic objects by the ten thousand: the cycle collector only costs time
     try:

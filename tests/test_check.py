@@ -15,6 +15,7 @@ import pytest
 from pvbuild.check import check as check_stale
 from pvbuild.cli import main
 from pvbuild.config import load_config
+from pvbuild.engine.prehash import prehash
 from pvbuild.engine.workspace import Workspace
 from tests.aws import Moto, moto_server
 from tests.conftest import ROOT, _stop_endpoints
@@ -194,7 +195,8 @@ def test_a_fresh_clone_checked_with_hashing_workers_finds_an_edited_conversation
     workspace = Workspace(load_config(clone, "test"))
     assert not workspace.hasher.entries, "a fresh clone has no stat cache"
     artifacts = workspace.config.artifacts
-    workspace.hasher.prehash([artifacts / "markdown", artifacts / "conversations", artifacts / "dataset"], min_files=1)
+    prehash(workspace.hasher, [artifacts / "markdown", artifacts / "conversations", artifacts / "dataset"],
+            min_files=1)
     assert workspace.hasher.pending is not None
     findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace)}
     assert findings[("conversations", conversation.stem)] == "output edited since it was built"

@@ -43,8 +43,8 @@ def test_the_workers_digest_every_file_as_the_hasher_does(tmp_path: Path) -> Non
     before = children()
     hasher = FileHasher(None, tmp_path)
     hasher.remember()
-    hasher.prehash([tmp_path / "artifacts" / "markdown", tmp_path / "artifacts" / "dataset"], min_files=1)
-    assert hasher.pending is not None and len(hasher.pending.workers) >= 2
+    prehash.prehash(hasher, [tmp_path / "artifacts" / "markdown", tmp_path / "artifacts" / "dataset"], min_files=1)
+    assert isinstance(hasher.pending, prehash.Prehash) and len(hasher.pending.workers) >= 2
     assert hasher.digests([str(path) for path in files]) == [FileHasher(None, tmp_path).digest(path) for path in files]
     assert hasher.pending is None and len(hasher.entries) == len(files), "one entry per file, from the workers"
     assert children() == before, "the workers are reaped"
@@ -71,7 +71,7 @@ def test_workers_not_waited_for_are_stopped(tmp_path: Path) -> None:
     tree(tmp_path)
     before = children()
     hasher = FileHasher(tmp_path / "cache.marshal", tmp_path)
-    hasher.prehash([tmp_path / "artifacts"], min_files=1)
+    prehash.prehash(hasher, [tmp_path / "artifacts"], min_files=1)
     hasher.save()  # nothing asked for those files (e.g. `check --until urls`)
     deadline = time.monotonic() + 5
     while children() != before and time.monotonic() < deadline:

@@ -19,9 +19,10 @@ import marshal
 import os
 import signal
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from pvbuild.engine.records import digest_bytes, read_all
+from pvbuild.engine.records import FileHasher, digest_bytes, read_all
 
 MIN_FILES = 2_000  # below this, forking costs more than it saves
 Entries = dict[str, list[Any]]
@@ -67,6 +68,13 @@ class Prehash:
                 os.waitpid(pid, 0)
         self.workers = []
         atexit.unregister(self.stop)
+
+
+def prehash(hasher: FileHasher, folders: Sequence[Path], min_files: int = MIN_FILES) -> None:
+    """On a fresh clone (``hasher`` has no stat cache yet), start digesting the files of ``folders`` in
+    worker processes; the hasher takes their entries when one of those files is first asked for."""
+    if not hasher.entries and hasher.pending is None:
+        hasher.pending = start([str(folder).rstrip(os.sep) + os.sep for folder in folders], hasher.prefix, min_files)
 
 
 def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES) -> Prehash | None:

@@ -19,14 +19,23 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from json.encoder import encode_basestring
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from pvbuild.engine.shards import ARTICLES_PER_SHARD, shard_count, shard_of
 from pvbuild.errors import StateError
 from pvbuild.files import DIRECTORY_MODE, TEMP_SUFFIX, atomic_write_bytes, atomic_write_text, replace_directory
 
-if TYPE_CHECKING:
-    from pvbuild.engine.prehash import Prehash
+
+class Pending(Protocol):
+    """Digests being computed elsewhere (``engine.prehash``): the folders they cover, as absolute
+    paths ending in a separator, and the stat-cache entries once ready."""
+
+    folders: tuple[str, ...]
+
+    def collect(self) -> dict[str, list[Any]]: ...
+
+    def stop(self) -> None: ...
+
 
 EDITED = "output edited since it was built"
 _UNSEEN = object()  # not looked at yet (a remembered None means: no such file)
@@ -117,7 +126,7 @@ class FileHasher:
         self.dirty = False
         self.remembered: dict[str, str | None] | None = None  # see remember()
         self.volatile: tuple[str, ...] = ()  # see writing()
-        self.pending: Prehash | None = None  # see prehash()
+        self.pending: Pending | None = None  # digests of some folders, computed elsewhere (engine.prehash)
         if cache_file is not None and cache_file.is_file():
             # marshal: machine-local and never committed, and ~10x faster than JSON at 20,000 entries.
             with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
@@ -148,14 +157,6 @@ class FileHasher:
         """pvbuild just wrote this file: look at it again next time."""
         if self.remembered is not None:
             self.remembered.pop(name, None)
-
-    def prehash(self, folders: list[Path], min_files: int | None = None) -> None:
-        """On a fresh clone (no stat cache yet), start digesting the files of ``folders`` in worker
-        processes (``engine.prehash``); their entries are taken when one of those files is first asked for."""
-        from pvbuild.engine import prehash  # it imports this module
-        if not self.entries and self.pending is None:
-            self.pending = prehash.start([str(folder).rstrip(os.sep) + os.sep for folder in folders], self.prefix,
-                                         prehash.MIN_FILES if min_files is None else min_files)
 
     def _take_pending(self) -> None:
         pending, self.pending = self.pending, None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pvbuild.stages.report import render
 
 TRAINING = {"job_name": "pv-tiny-0123456789-1", "base_model": {"name": "tiny"},
@@ -9,7 +11,7 @@ TRAINING = {"job_name": "pv-tiny-0123456789-1", "base_model": {"name": "tiny"},
             "hyperparameters": {"epoch": "1"}}
 
 
-def page(training: dict[str, object]) -> str:
+def page(training: Mapping[str, object]) -> str:
     return render({"articles": 3, "pairs": 6, "format": "instruction"}, training, {"uri": "local://m", "sha256": "ab"},
                   {"endpoint_name": "e", "backend": "local", "instance_type": ""}, [("问题？", "回答。")])
 
