@@ -77,7 +77,8 @@ def build_model(shape: str, tokenizer_dir: Path | None, texts: list[str], direct
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
-                         rope_theta=100000.0, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                         rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                         tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(42)
     LlamaForCausalLM(config).save_pretrained(directory)
@@ -93,7 +94,8 @@ def baseline_loop(model_dir: Path, train: list[Example], validation: list[Exampl
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).to(device)
+    model: Any = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = model.to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
     rng = random.Random(42)
 
