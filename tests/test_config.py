@@ -43,6 +43,10 @@ def test_profile_from_environment(project: Project, monkeypatch: pytest.MonkeyPa
     ('[profile.default]\nartifact = "x"', "profile.default.artifact: unknown section (did you mean 'artifacts'?)"),
     ('[profile.default]\nartifacts = "../elsewhere"', "artifacts: must be a relative path inside the project"),
     ("[profile.default\n", "pvbuild.toml: invalid TOML"),
+    ('[profile.default.training]\ngpus = 0', 'training.gpus: must be "auto" (every visible GPU) or a whole number'),
+    ('[profile.default.training]\ngpus = "two"', "training.gpus: must be"),
+    ('[profile.default.training]\nlong_prompts = "cut"',
+     "training.long_prompts: unknown way to treat prompts longer than max_input_length 'cut'"),
 ])
 def test_errors_name_file_and_key(project: Project, toml: str, message: str) -> None:
     project.config(toml)

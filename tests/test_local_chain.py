@@ -169,3 +169,23 @@ hyperparameters = {{ epoch = 1, max_input_length = 128 }}
     assert done["hyperparameters"]["lora_r"] == "8" and done["hyperparameters"]["instruction_tuned"] == "True"
     model_dir = project.path / ".pvbuild/object-store" / done["model_artifacts"].removeprefix("local://")
     assert (model_dir / "model.safetensors").is_file() and not (model_dir / "adapter_config.json").exists()
+
+
+def test_training_in_two_processes_writes_one_record_and_one_model(project: Project) -> None:
+    """The multi-GPU path (accelerate's launcher, one process a GPU), run with two CPU processes."""
+    project.config(CONFIG.format(model="tiny").replace("[profile.test.training]\n",
+                                                       '[profile.test.training]\ngpus = 2\ndevice = "cpu"\n'))
+    try:
+        assert project.build_all() == 0
+        training = record(project, "training.json")
+        assert training["status"] == "Completed" and len(jobs(project)) == 1
+        assert training["metrics"]["processes"] == 2
+        assert training["metrics"]["global_batch_size"] == 2 * int(training["hyperparameters"][
+            "per_device_train_batch_size"])
+        store = project.path / ".pvbuild" / "object-store"
+        models = sorted(path.relative_to(store) for path in store.rglob("model.safetensors"))
+        assert len(models) == 1, models
+        assert (project.path / ".pvbuild" / "test" / "training.log").is_file()
+        assert isinstance(Asker(pipeline(project)).ask("分布式光伏项目如何申请补贴？"), str)
+    finally:
+        main(["--project", str(project.path), "teardown", "--profile", "test"])

@@ -13,8 +13,10 @@ merged into the weights before saving, so the output directory is a plain Huggin
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,12 +63,15 @@ class FinetuneResult:
     device: str = "cpu"
     seconds: float = 0.0
     train_seconds: float = 0.0
+    processes: int = 1  # data-parallel processes (one per GPU)
+    global_batch_size: int = 0  # examples per optimizer step, over every process
 
     def metrics(self) -> dict[str, float]:
         found = {"train_loss": self.epoch_train_loss[-1] if self.epoch_train_loss else math.nan,
                  "train_examples": self.train_examples, "validation_examples": self.validation_examples,
                  "train_tokens": self.train_tokens, "dropped_examples": len(self.dropped),
-                 "truncated_prompts": self.truncated}
+                 "truncated_prompts": self.truncated, "processes": self.processes,
+                 "global_batch_size": self.global_batch_size}
         if self.epoch_validation_loss:
             found["validation_loss"] = self.epoch_validation_loss[-1]
         return found  # no timings: the same inputs give the same record and report
@@ -106,6 +111,16 @@ def use_cpu_threads(model: Any) -> int:
         threads = 1 if model.num_parameters() < SMALL_MODEL else cores
     torch.set_num_threads(threads)
     return threads
+
+
+def _this_process_device(device: str) -> str:
+    """Under a launcher, each process trains on its own GPU (``LOCAL_RANK``)."""
+    if device != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    import torch
+
+    torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return f"cuda:{os.environ['LOCAL_RANK']}"
 
 
 def _flag(hyperparameters: Mapping[str, Any], name: str) -> bool:
@@ -158,7 +173,7 @@ def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str
 
     dtype = precision(device)
     padding_free = _attention(device) == "flash_attention_2"
-    return SFTConfig(
+    config = SFTConfig(
         output_dir=str(output_dir), num_train_epochs=int(hyperparameters["epoch"]),
         learning_rate=float(hyperparameters["learning_rate"]),
         per_device_train_batch_size=int(hyperparameters["per_device_train_batch_size"]),
@@ -174,7 +189,13 @@ def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=log_every(steps), logging_nan_inf_filter=False, eval_strategy="epoch" if has_validation else "no",
         save_strategy="no", report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient: no search a step
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
+    if device.startswith("cuda") and "LOCAL_RANK" not in os.environ and config.n_gpu > 1:
+        # One process on a machine of several GPUs (training.gpus = 1): one GPU. Left alone, the Trainer
+        # would wrap the model in nn.DataParallel, which TRL refuses; several GPUs go through services.launch.
+        config._n_gpu = 1
+    return config
 
 
 def _checkpointing(enabled: bool) -> dict[str, Any]:
@@ -286,19 +307,22 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     train, validation = _examples(tokenizer, train_dir, validation_dir, hyperparameters, LongPrompts(long_prompts))
-    device = pick_device(device)
+    device = _this_process_device(pick_device(device))
     epochs = int(hyperparameters["epoch"])
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # set by a launcher (services.launch)
     batch = int(hyperparameters["per_device_train_batch_size"]) * int(
-        hyperparameters.get("gradient_accumulation_steps", 1))
+        hyperparameters.get("gradient_accumulation_steps", 1)) * processes
     steps = epochs * math.ceil(len(train.examples) / batch)  # optimizer steps
     result = FinetuneResult(train_examples=len(train.examples), validation_examples=len(validation.examples),
                             train_tokens=train.tokens * epochs, dropped=train.dropped + validation.dropped,
                             truncated=train.truncated + validation.truncated, log_every=log_every(steps),
-                            precision=precision(device), device=device)
+                            precision=precision(device), device=device, processes=processes,
+                            global_batch_size=batch)
     model = _load_model(model_source, device, hyperparameters)
     if device == "cpu":
         use_cpu_threads(model)
-    progress = Progress("train", steps)
+    # One progress line however many processes train: the first one's.
+    progress = Progress("train", steps, stream=None if int(os.environ.get("RANK", "0")) == 0 else io.StringIO())
     trainer = SFTTrainer(
         model=model, args=sft_config(hyperparameters, output_dir.with_name(output_dir.name + ".trainer"), device,
                                      steps, bool(validation.examples)),
@@ -316,7 +340,9 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
         progress.close()
     result.step_losses, result.epoch_train_loss, result.epoch_validation_loss = _losses(trainer.state.log_history,
                                                                                         epochs)
-    _save(trainer.model, tokenizer, output_dir, lora)
+    if trainer.is_world_process_zero():  # one model, however many processes trained it
+        _save(trainer.model, tokenizer, output_dir, lora)
+        shutil.rmtree(str(trainer.args.output_dir), ignore_errors=True)  # the trainer's own folder: nothing kept there
     result.seconds = time.monotonic() - started
     return result
 

@@ -13,12 +13,15 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pvbuild.files import atomic_write_text
 from pvbuild.services.processes import process_alive
 from pvbuild.services.stores import ObjectStore, download_prefix
 from pvbuild.services.training import COMPLETED, RUNNING, JobState, JobStatus, TrainingRequest
+
+if TYPE_CHECKING:
+    from pvbuild.services.finetune import FinetuneResult
 
 
 def text_fields(lines: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -81,9 +84,24 @@ class LocalTraining:
         base.build_local(texts, work / "base", int(request.hyperparameters.get("seed", 42)))
         return work / "base"
 
-    def wait(self, request: TrainingRequest, on_update: Callable[[JobState], None]) -> JobState:
-        from pvbuild.services.finetune import finetune
+    def _train(self, request: TrainingRequest, source: Path | str, train_dir: Path, validation_dir: Path | None,
+               work: Path) -> FinetuneResult:
+        """In this process, or data-parallel in one process per GPU (``training.gpus``)."""
+        from pvbuild.services.finetune import finetune, pick_device
+        from pvbuild.services.launch import LaunchSpec, launch, processes_for
 
+        device = pick_device(str(request.options["device"]))
+        lora, long_prompts = bool(request.options.get("lora")), str(request.options.get("long_prompts", "drop"))
+        processes = processes_for(request.options.get("gpus", "auto"), device)
+        if processes == 1:
+            return finetune(source, train_dir, validation_dir, request.hyperparameters, work / "model", lora=lora,
+                            device=device, long_prompts=long_prompts)
+        spec = LaunchSpec(str(source), str(train_dir), str(validation_dir) if validation_dir else None,
+                          dict(request.hyperparameters), str(work / "model"), lora, device, long_prompts,
+                          str(work / "result.json"))
+        return launch(spec, processes, self.cache_dir / "training.log")
+
+    def wait(self, request: TrainingRequest, on_update: Callable[[JobState], None]) -> JobState:
         state = self.describe(request.job_name)
         if state is not None and state.status == COMPLETED:
             return state
@@ -99,9 +117,7 @@ class LocalTraining:
                 validation = request.channels.get("validation")
                 validation_dir = self._download(validation, work / "input" / "validation") if validation else None
                 source = self._base_model(request, train_dir, work)
-                result = finetune(source, train_dir, validation_dir, request.hyperparameters, work / "model",
-                                  lora=bool(request.options.get("lora")), device=str(request.options["device"]),
-                                  long_prompts=str(request.options.get("long_prompts", "drop")))
+                result = self._train(request, source, train_dir, validation_dir, work)
                 for path in sorted((work / "model").rglob("*")):
                     if path.is_file():
                         self.store.put(f"{model_key}/{path.relative_to(work / 'model')}", path)
