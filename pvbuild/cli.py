@@ -56,7 +56,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.profile:
         os.environ["PVBUILD_PROFILE"] = args.profile
     try:
-        namespace = {**tasks.stage_tasks(), "DOIT_CONFIG": tasks.DOIT_CONFIG}
+        # doit's default output is the sys.stdout of when doit was imported; a caller may have replaced
+        # (and closed) it since, as pytest's capture does: write to today's.
+        namespace = {**tasks.stage_tasks(), "DOIT_CONFIG": {**tasks.DOIT_CONFIG, "outfile": sys.stdout}}
         return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
     finally:
         os.chdir(directory)

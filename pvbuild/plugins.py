@@ -57,12 +57,15 @@ class PluginInfo:
     version: str
     source: str  # "builtin", "entrypoint" or "local"
     path: str
+    # The module's ``__cache_version__``: what its outputs depend on, bumped by its author when they
+    # change. Without one, ``version`` stands in (a release, or a local file's content hash).
+    cache_version: str | None = None
     hooks: list[str] = field(default_factory=list)
     registered: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in KINDS.values()})
 
     def as_json(self) -> dict[str, Any]:
         return {"name": self.name, "version": self.version, "source": self.source,
-                "hooks": self.hooks, **self.registered}
+                "cache_version": self.cache_version, "hooks": self.hooks, **self.registered}
 
 
 @dataclass(frozen=True)
@@ -86,7 +89,9 @@ class Registered(Generic[T]):
 
     @property
     def identity(self) -> dict[str, str]:
-        return {"plugin": self.plugin.name, "version": self.plugin.version}
+        """What of the plugin its artifacts depend on: its cache version where it declares one, so a
+        patch release or an edited comment rebuilds nothing; else its version."""
+        return {"plugin": self.plugin.name, "version": self.plugin.cache_version or self.plugin.version}
 
 
 @dataclass
@@ -189,7 +194,10 @@ class PluginLoader:
             if version is None:
                 module_file = Path(module.__file__ or path)
                 version = str(getattr(module, "__version__", "")) or _file_version(module_file)
-            info = PluginInfo(name=name, version=version, source=source, path=path)
+            cache_version = getattr(module, "__cache_version__", None)
+            if cache_version is not None and (not isinstance(cache_version, str) or not cache_version.strip()):
+                raise PluginError(f"__cache_version__ must be a non-empty string, not {cache_version!r}")
+            info = PluginInfo(name=name, version=version, source=source, path=path, cache_version=cache_version)
             self.manager.register(module, name=f"{source}:{name}")
             self.manager.check_pending()
             self._collect(module, info)

@@ -11,7 +11,7 @@ import pytest
 from pvbuild.builtins.sample import serve_directory
 from pvbuild.cli import main
 from pvbuild.errors import PluginError
-from pvbuild.plugins import load_plugins
+from pvbuild.plugins import forget_plugins, load_plugins
 from tests.conftest import ROOT, Project
 
 
@@ -26,6 +26,27 @@ def readme_example() -> str:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Adding a source site", 1)[1]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)  # type: ignore[union-attr]
+
+
+NEA_CONFIG = """
+[profile.test.sources.nea]
+list_url = "{base}/policy/list_{{page}}.html"
+last_page = 1
+"""
+
+
+def nea_site(project: Project) -> Path:
+    """A one-article site for the README's example crawler."""
+    site = project.path / "site"
+    (site / "policy").mkdir(parents=True)
+    (site / "policy" / "list_1.html").write_text(
+        "<html><body><ul class='policy-list'><li><a href='/policy/a1.html'>关于光伏的政策</a>"
+        "<span class='date'>2025-09-01</span></li></ul>" + "<p>国家能源局政策列表页。</p>" * 30 + "</body></html>",
+        encoding="utf-8")
+    (site / "policy" / "a1.html").write_text(
+        "<html><body><div class='nav'>导航</div><div class='article-content'><h2>要点</h2>"
+        "<p>光伏项目应当配置储能。</p></div></body></html>", encoding="utf-8")
+    return site
 
 
 def test_builtins_are_ordinary_plugins(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,21 +66,8 @@ def test_readme_example_plugin_is_listed_selected_and_crawled(project: Project,
     assert listing[0]["source"] == "local" and str(listing[0]["version"]).startswith("sha256:")
     assert listing[0]["hooks"] == ["register_crawlers"]
 
-    site = project.path / "site"
-    (site / "policy").mkdir(parents=True)
-    (site / "policy" / "list_1.html").write_text(
-        "<html><body><ul class='policy-list'><li><a href='/policy/a1.html'>关于光伏的政策</a>"
-        "<span class='date'>2025-09-01</span></li></ul>" + "<p>国家能源局政策列表页。</p>" * 30 + "</body></html>",
-        encoding="utf-8")
-    (site / "policy" / "a1.html").write_text(
-        "<html><body><div class='nav'>导航</div><div class='article-content'><h2>要点</h2>"
-        "<p>光伏项目应当配置储能。</p></div></body></html>", encoding="utf-8")
-    with serve_directory(site) as base:
-        project.config(f"""
-[profile.test.sources.nea]
-list_url = "{base}/policy/list_{{page}}.html"
-last_page = 1
-""")
+    with serve_directory(nea_site(project)) as base:
+        project.config(NEA_CONFIG.format(base=base))
         assert project.build() == 0
     markdown = (project.artifacts() / "markdown" / "a1.md").read_text(encoding="utf-8")
     assert "光伏项目应当配置储能" in markdown and "导航" not in markdown
@@ -124,3 +132,33 @@ def test_local_plugin_version_follows_its_content(tmp_path: Path) -> None:
     first = load_plugins(tmp_path, fresh=True).crawlers["nea"].plugin.version
     plugin.write_text(readme_example() + "\n# changed\n", encoding="utf-8")
     assert load_plugins(tmp_path, fresh=True).crawlers["nea"].plugin.version != first
+
+
+def test_a_declared_cache_version_decides_what_an_edit_rebuilds(project: Project) -> None:
+    from pvbuild.config import load_config
+    from pvbuild.engine import staleness
+    from pvbuild.engine.workspace import Workspace
+    from pvbuild.stages.catalog import stage_named
+
+    plugin = project.path / "plugins" / "nea.py"
+    plugin.write_text(readme_example() + '\n__cache_version__ = "1"\n', encoding="utf-8")
+
+    def stale_markdown() -> list[str]:
+        forget_plugins()  # as a new process would: load the plugin file again
+        workspace = Workspace(load_config(project.path, "test"))
+        return [entry.reason for entry in staleness.stale(workspace, stage_named("markdown"))]
+
+    with serve_directory(nea_site(project)) as base:
+        project.config(NEA_CONFIG.format(base=base))
+        assert project.build() == 0
+        plugin.write_text("# A comment, and a patch release: nothing to re-crawl.\n" + plugin.read_text(), "utf-8")
+        assert stale_markdown() == []
+        plugin.write_text(plugin.read_text().replace('__cache_version__ = "1"', '__cache_version__ = "2"'), "utf-8")
+        assert stale_markdown() and all("crawler" in reason or "source" in reason for reason in stale_markdown())
+
+
+def test_a_cache_version_must_be_a_string(project: Project, capsys: pytest.CaptureFixture[str]) -> None:
+    (project.path / "plugins" / "nea.py").write_text(readme_example() + "\n__cache_version__ = 2\n", "utf-8")
+    listing = plugins_json(project, capsys)
+    assert listing == [{"name": "nea", "path": "plugins/nea.py",
+                        "error": "PluginError: __cache_version__ must be a non-empty string, not 2"}]

@@ -11,6 +11,8 @@ from typing import Any
 from pvbuild import hookimpl
 from pvbuild.plugin_types import Backend, ServiceContext
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 
 def local_store(context: ServiceContext) -> Any:
     from pvbuild.services.stores import LocalObjectStore

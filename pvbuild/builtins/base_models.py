@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from pvbuild import BaseModel, hookimpl
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 _COMMON = {"epoch": 5, "learning_rate": 1e-4, "lora_r": 8, "lora_alpha": 32, "lora_dropout": 0.05,
            "per_device_train_batch_size": 4, "validation_split_ratio": 0.2, "max_input_length": 1024}
 # The other hyperparameters JumpStart documents for its Llama fine-tuning (the SageMaker JumpStart

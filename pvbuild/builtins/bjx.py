@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 from pvbuild import CssSite, hookimpl
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 BJX_SELECTORS = {
     "item_selector": "div.cc-layout-3 .box .center li",
     "title_selector": "a",

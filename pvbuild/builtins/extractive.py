@@ -13,6 +13,8 @@ from typing import Any
 from pvbuild import Annotation, Annotator, Article, Message, hookimpl
 from pvbuild.plugin_types import AnnotatorRun
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 _HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
 _SENTENCE = re.compile(r"[^。！？!?]+[。！？!?]?")
 _QUESTION_PREFIX = re.compile(r"^(问|Q)[：:]\s*")

@@ -14,6 +14,8 @@ from pvbuild.config import TEMPLATE_FIELDS
 from pvbuild.errors import PvbuildError
 from pvbuild.plugin_types import DatasetFormat, Dialogue
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 # One encoder for every line: json.dumps with these options builds a new one per call (half the cost).
 _LINE = json.JSONEncoder(ensure_ascii=False, sort_keys=True)
 

@@ -23,6 +23,8 @@ from typing import Any
 from pvbuild import Annotation, Annotator, Article, Message, hookimpl
 from pvbuild.plugin_types import AnnotationError, AnnotatorRun, FatalAnnotationError, validate_conversation
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 BAD_OUTPUT_RETRIES = 1
 CONVERSATION_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["conversations"],

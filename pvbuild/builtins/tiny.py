@@ -13,6 +13,8 @@ from pathlib import Path
 from pvbuild import BaseModel, hookimpl
 from pvbuild.services.finetune import LOCAL_HYPERPARAMETERS
 
+__cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
+
 LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                          "<|eot_id|>"]
 LLAMA3_CHAT_TEMPLATE = (
