@@ -77,6 +77,7 @@ class Annotation:
 
     messages: list[Message]
     usage: Mapping[str, int] = field(default_factory=dict)
+    cut_from: int = 0  # the article's length in characters when only its start was sent (0: all of it)
 
 
 class AnnotationError(Exception):

@@ -160,3 +160,28 @@ def test_a_question_asked_twice_goes_into_the_data_once(project: Project, site: 
     records = json.loads((project.artifacts() / ".state" / "conversations.json").read_text(encoding="utf-8"))
     assert records["1455301"]["repeated_questions"] == 1 and "repeated_questions" not in records["1455093"]
     assert "1 repeated question(s) left out" in capsys.readouterr().err
+
+
+def test_an_article_past_max_article_chars_is_sent_cut_and_the_cut_recorded(
+        project: Project, site: FixtureSite, llm: FakeOpenAI, capsys: pytest.CaptureFixture[str]) -> None:
+    project.config(site_and_llm_config(site, llm, extra="max_article_chars = 20"))  # the fixture's are ~25-40
+    project.build()
+    bodies = [call["messages"][-1]["content"].split("正文：\n", 1)[1] for call in llm.calls]
+    note = "\n\n（正文过长，只给出前 20 字以内的部分。）"
+    cut = [body for body in bodies if body.endswith(note)]
+    assert cut and all(len(body) <= 20 + len(note) for body in cut)
+    assert all(len(body) <= 20 for body in bodies if not body.endswith(note)), "a short article goes whole"
+    records = json.loads((project.artifacts() / ".state" / "conversations.json").read_text(encoding="utf-8"))
+    markdown = (project.artifacts() / "markdown" / "1455093.md").read_text(encoding="utf-8")
+    assert records["1455093"]["cut_from_chars"] == len(markdown) > 20
+    assert sum("cut_from_chars" in record for record in records.values()) == len(cut)
+    assert f"{len(cut)} article(s) longer than the annotator's limit" in capsys.readouterr().err
+
+
+def test_the_default_limit_leaves_earlier_conversations_valid() -> None:
+    from pvbuild.builtins.openai_annotator import MAX_ARTICLE_CHARS, OpenAIAnnotator
+
+    annotator = OpenAIAnnotator()
+    assert "max_article_chars" not in annotator.identity(dict(annotator.options))
+    assert annotator.identity({**annotator.options, "max_article_chars": MAX_ARTICLE_CHARS // 2})[
+        "max_article_chars"] == MAX_ARTICLE_CHARS // 2

@@ -26,6 +26,9 @@ from pvbuild.plugin_types import AnnotationError, AnnotatorRun, FatalAnnotationE
 __cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
 
 BAD_OUTPUT_RETRIES = 1
+# Characters of an article sent at most (0: no limit): about as many tokens of Chinese text, well
+# inside gpt-4o's 128k context beside the prompt and the answer. A 5 MB page is never sent whole.
+MAX_ARTICLE_CHARS = 60_000
 CONVERSATION_SCHEMA = {
     "type": "object", "additionalProperties": False, "required": ["conversations"],
     "properties": {"conversations": {"type": "array", "items": {
@@ -41,9 +44,15 @@ def default_prompt() -> str:
     return resources.files("pvbuild").joinpath("prompts/annotate_zh.txt").read_text(encoding="utf-8")
 
 
-def article_message(article: Article) -> str:
-    """The article goes last, after the fixed instructions, so prompts share a cacheable prefix."""
-    return f"标题：{article.title}\n发布日期：{article.date}\n原文链接：{article.link}\n\n正文：\n{article.markdown}"
+def article_message(article: Article, max_chars: int = 0) -> str:
+    """The article goes last, after the fixed instructions, so prompts share a cacheable prefix. Past
+    ``max_chars`` only its start is sent, cut at a paragraph where one is near."""
+    text = article.markdown
+    if 0 < max_chars < len(text):
+        cut = text.rfind("\n\n", 0, max_chars)
+        kept = text[:cut if cut > max_chars * 0.8 else max_chars]
+        text = f"{kept}\n\n（正文过长，只给出前 {max_chars} 字以内的部分。）"
+    return f"标题：{article.title}\n发布日期：{article.date}\n原文链接：{article.link}\n\n正文：\n{text}"
 
 
 def parse_conversation(content: str | None) -> list[Message]:
@@ -119,7 +128,9 @@ class _OpenAIRun(AnnotatorRun):
                 messages = parse_conversation(choice.message.content)
                 if not messages:
                     raise AnnotationError("the model returned an empty conversation list")
-                return Annotation(validate_conversation(messages), usage)
+                limit = int(self.options["max_article_chars"])
+                cut_from = len(article.markdown) if 0 < limit < len(article.markdown) else 0
+                return Annotation(validate_conversation(messages), usage, cut_from)
             except _CutOff:
                 raise
             except AnnotationError:
@@ -131,7 +142,8 @@ class _OpenAIRun(AnnotatorRun):
         request = {"model": self.options["model"], "temperature": self.options["temperature"],
                    "max_tokens": self.options["max_tokens"],
                    "messages": [{"role": "system", "content": self.prompt},
-                                {"role": "user", "content": article_message(article)}]}
+                                {"role": "user", "content": article_message(article,
+                                                                            int(self.options["max_article_chars"]))}]}
         try:
             return await self.client.chat.completions.create(response_format=self.response_format, **request)
         except self.openai.BadRequestError as error:
@@ -178,12 +190,14 @@ class OpenAIAnnotator(Annotator):
     description = "One chat completion per article through any OpenAI-compatible API (OPENAI_API_KEY)"
     options = {"model": "gpt-4o", "base_url": "", "prompt": "", "prompt_file": "", "temperature": 0.3,
                "max_tokens": 4096, "response_format": "json_schema", "timeout": 120.0, "max_retries": 5,
-               "retry_base_delay": 1.0}
+               "retry_base_delay": 1.0, "max_article_chars": MAX_ARTICLE_CHARS}
     runtime_options = frozenset({"concurrency", "timeout", "max_retries", "retry_base_delay", "prompt_file"})
 
     def identity(self, options: Mapping[str, Any]) -> dict[str, Any]:
         # The prompt text itself decides the output, whether it is inline, from a file or built in.
         resolved = dict(options, prompt=str(options["prompt"]) or default_prompt())
+        if resolved.get("max_article_chars") == MAX_ARTICLE_CHARS:
+            del resolved["max_article_chars"]  # added after 0.1: at its default, 0.1's conversations stay valid
         return super().identity(resolved)
 
     def start(self, options: Mapping[str, Any]) -> AnnotatorRun:

@@ -62,7 +62,7 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
 
     slots = asyncio.Semaphore(int(config.annotator.options["concurrency"]))
     fatal: list[str] = []
-    dropped = [0]  # repeated questions left out, over every article
+    dropped, cut = [0], [0]  # repeated questions left out, articles sent only in part
     run = annotator.start(config.annotator.options)
 
     async def annotate_one(entry: StaleItem) -> None:
@@ -94,7 +94,11 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
         workspace.write_output(entry.item.file, text.encode("utf-8"))
         record = {"inputs": dict(entry.item.inputs), "output": digest(text.encode("utf-8")),
                   "pairs": len(messages) // 2, "usage": dict(sorted(annotation.usage.items()))}
-        records.put(row.file_id, record | ({"repeated_questions": repeated} if repeated else {}))
+        extra = {"repeated_questions": repeated} if repeated else {}
+        if annotation.cut_from:
+            extra["cut_from_chars"] = annotation.cut_from  # only the article's start was annotated
+            cut[0] += 1
+        records.put(row.file_id, record | extra)
         dropped[0] += repeated
         result.built += 1
         progress.advance(True)
@@ -104,6 +108,9 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
     finally:
         await run.aclose()
         progress.close()
+    if cut[0]:
+        result.notes.append(f"{cut[0]} article(s) longer than the annotator's limit were annotated from their "
+                            "start only (their records say how long they were)")
     if dropped[0]:
         result.notes.append(f"{dropped[0]} repeated question(s) left out (the same question again, spaces, case "
                             "and punctuation aside)")
