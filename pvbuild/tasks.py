@@ -136,8 +136,8 @@ def _action(stage: Stage) -> Callable[[], Any]:
             return True
         save_failures(current.config.cache_dir, result)
         say(result.summary())
-        for failure in result.failures:
-            say(f"  failed, will retry next run: {failure}")
+        for line in result.failure_lines():
+            say(f"  {line}")
         if result.failures and not gate_runs(SELECTED):
             return TaskFailed(f"{stage.name}: {len(result.failures)} item(s) failed (listed above); the next run "
                               "retries them")

@@ -76,8 +76,17 @@ def test_insufficient_quota_stops_the_stage(project: Project, site: FixtureSite,
     assert conversations(project) == {}
     assert len(llm.calls) == 1  # fail fast: no retries, no other article attempted
     err = capsys.readouterr().err
-    assert "no quota left" in err and "not attempted" in err
+    assert "failed, will retry next run: 4 items (" in err and "(3 not attempted after it)" in err
+    assert err.count("no quota left") == 1, "one line for the four articles"
     assert "sk-test-secret" not in err
+    # Had the dataset step run, its error would have said why there is nothing to build from:
+    from pvbuild.config import load_config
+    from pvbuild.engine.workspace import Workspace
+    from pvbuild.stages.dataset import no_conversations
+
+    message = no_conversations(Workspace(load_config(project.path, "test")))
+    assert message.startswith("no conversations to build a dataset from: all 4 article(s) failed to annotate, "
+                              "mostly: no quota left on this API key"), message
 
 
 def test_server_without_json_schema_falls_back_to_json_object(project: Project, site: FixtureSite,

@@ -35,6 +35,39 @@ class StageResult:
         counts = f"{self.stage}: {self.built} built, {self.skipped} up to date, {len(self.failures)} failed"
         return "; ".join([counts, *self.notes])
 
+    def failure_lines(self) -> list[str]:
+        """One line per failure, or, where more than three items failed for the same reason (every
+        article on a 401), one line for all of them: the reason once, then which items."""
+        return failure_lines(self.failures)
+
+
+GROUPED = 3  # more failures than this with one reason share a line
+
+
+NOT_ATTEMPTED = "not attempted: "  # the reason of an item skipped after an error that stops the stage
+
+
+def failure_lines(failures: list[Failure]) -> list[str]:
+    by_reason: dict[str, list[Failure]] = {}
+    for failure in failures:
+        by_reason.setdefault(failure.reason.removeprefix(NOT_ATTEMPTED), []).append(failure)
+    lines = []
+    for reason, group in by_reason.items():
+        if len(group) <= GROUPED:
+            lines += [f"failed, will retry next run: {failure}" for failure in group]
+            continue
+        keys = ", ".join(failure.key for failure in group[:5]) + (", ..." if len(group) > 5 else "")
+        skipped = sum(failure.reason.startswith(NOT_ATTEMPTED) for failure in group)
+        after = f" ({skipped} not attempted after it)" if skipped else ""
+        lines.append(f"failed, will retry next run: {len(group)} items ({keys}): {reason}{after}")
+    return lines
+
+
+def common_reason(failures: list[Failure]) -> str:
+    """The reason most of ``failures`` share (for a one-line summary)."""
+    reasons = [failure.reason.removeprefix(NOT_ATTEMPTED) for failure in failures]
+    return max(set(reasons), key=reasons.count) if reasons else ""
+
 
 def failures_file(cache_dir: Path, stage: str) -> Path:
     return cache_dir / "failures" / f"{stage}.json"

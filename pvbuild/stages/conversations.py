@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from pvbuild.engine import staleness
-from pvbuild.engine.outcomes import Failure, StageResult
+from pvbuild.engine.outcomes import NOT_ATTEMPTED, Failure, StageResult
 from pvbuild.engine.records import Item, digest, stale_reason
 from pvbuild.engine.stage import ArticleStage, Fingerprint, StaleItem
 from pvbuild.engine.url_table import UrlRow
@@ -76,7 +76,7 @@ async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageR
 
         async with slots:
             if fatal:
-                return fail(f"not attempted: {fatal[0]}")
+                return fail(f"{NOT_ATTEMPTED}{fatal[0]}")
             article = Article(row.file_id, row.title, row.link, row.date, row.source,
                               markdown_path.read_text(encoding="utf-8"))
             try:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from pvbuild.engine import staleness
-from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.outcomes import StageResult, common_reason, load_failures
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.shards import shard_count, shard_name, shard_of
 from pvbuild.engine.stage import StageBase, StaleItem
@@ -154,6 +154,15 @@ def _shard_entry(built: ShardFiles, inputs: str, files: dict[str, str]) -> dict[
     return {"inputs": inputs, **{name: getattr(built, name) for name in COUNTS}, "files": files}
 
 
+def no_conversations(workspace: Workspace) -> str:
+    """Why there is nothing to build from: the conversations' failures of the last run, if any."""
+    failed = load_failures(workspace.config.cache_dir, "conversations")
+    if not failed:
+        return "no conversations to build a dataset from: no article was crawled and annotated"
+    return (f"no conversations to build a dataset from: all {len(failed)} article(s) failed to annotate, "
+            f"mostly: {common_reason(failed)} (the conversations step lists them; fix that and run again)")
+
+
 def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResult:
     """Rebuild the shards whose articles or options changed (all of them when doit -a forces it), then
     the files every shard shares, then the manifest."""
@@ -163,7 +172,7 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
         return result
     members = dataset_members(workspace)
     if not members:
-        raise PvbuildError("no conversations to build a dataset from: every article failed or none was crawled")
+        raise PvbuildError(no_conversations(workspace))
     options = workspace.config.dataset
     formats: list[DatasetFormat] = [entry.item for entry in workspace.config.registry.dataset_formats.values()]
     groups = shards_of(members, int(options["articles_per_shard"]))
