@@ -100,7 +100,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     archive = Path(args.model)
     if not archive.is_file():
         raise PvbuildError(f"{archive}: no such model archive (a model.tar.gz)")
-    serve(archive, args.host, args.port, Path(args.work_dir), Path(args.ready_file) if args.ready_file else None)
+    serve(archive, args.host, args.port, Path(args.work_dir), Path(args.ready_file) if args.ready_file else None,
+          idle_seconds=args.idle_seconds, idle_note=Path(args.idle_note) if args.idle_note else None)
     return 0
 
 
@@ -207,6 +208,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8080, help="0 picks a free port (default: 8080, as SageMaker)")
     serve.add_argument("--work-dir", default=".pvbuild/serve", help="where the archive is unpacked")
     serve.add_argument("--ready-file", help="write {url, pid, model_sha256} here once serving")
+    serve.add_argument("--idle-seconds", type=float, default=0.0,
+                       help="exit after this long without an invocation (default 0: never)")
+    serve.add_argument("--idle-note", help="write {pid, idle_seconds} here when exiting for want of requests")
     serve.set_defaults(run=cmd_serve)
     return top
 

@@ -59,7 +59,7 @@ TRAINING_OPTIONS: dict[str, Any] = {
     "max_runtime_seconds": 86400, "long_prompts": "drop", "gpus": "auto",
 }
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
-                                    "startup_timeout": 300.0, "poll_seconds": 30.0}
+                                    "startup_timeout": 300.0, "poll_seconds": 30.0, "idle_hours": 0.0}
 ASK_OPTIONS: dict[str, Any] = {
     "system_prompt": "你是一位光伏行业专家，请用中文回答。", "max_new_tokens": 1024, "top_p": 0.9,
     "temperature": 0.6, "repetition_penalty": 1.1, "stop": ["<|eot_id|>", "<|end_of_text|>"], "tokenizer": "",
@@ -69,7 +69,7 @@ ASK_OPTIONS: dict[str, Any] = {
 # pvbuild rebuilds nothing.
 LATER_MODEL_OPTIONS: dict[str, Any] = {"long_prompts": "drop"}
 # Options that change how a step runs, not what it produces.
-RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "gpus", "host", "port", "poll_seconds",
+RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "gpus", "host", "port", "poll_seconds", "idle_hours",
                                    "max_runtime_seconds"})
 
 
@@ -301,6 +301,8 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
     if gpus != "auto" and not (isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1):
         raise check.fail("training.gpus", f"must be \"auto\" (every visible GPU) or a whole number of at least 1, "
                          f"not {gpus!r}")
+    if tables["endpoint"]["idle_hours"] < 0:
+        raise check.fail("endpoint.idle_hours", "must be 0 (never) or more hours")
     check.plugin("training.long_prompts", tables["training"]["long_prompts"], dict.fromkeys(("drop", "truncate")),
                  "way to treat prompts longer than max_input_length")
     _aws(check, tables["aws"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -187,5 +189,28 @@ def test_training_in_two_processes_writes_one_record_and_one_model(project: Proj
         assert len(models) == 1, models
         assert (project.path / ".pvbuild" / "test" / "training.log").is_file()
         assert isinstance(Asker(pipeline(project)).ask("分布式光伏项目如何申请补贴？"), str)
+    finally:
+        main(["--project", str(project.path), "teardown", "--profile", "test"])
+
+
+def test_an_idle_local_endpoint_exits_and_the_next_build_starts_it_again(project: Project) -> None:
+    project.config(CONFIG.format(model="tiny") + "[profile.test.endpoint]\nidle_hours = 0.001\n")  # 3.6 s
+    try:
+        assert project.build_all() == 0
+        first = record(project, "endpoint.json")
+        assert first["status"] == "InService"
+        deadline = time.monotonic() + 60
+        while process_alive(first["pid"]) and time.monotonic() < deadline:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(first["pid"], os.WNOHANG)  # the server is this test process's child: reap it
+            time.sleep(0.2)
+        assert not process_alive(first["pid"]), "the endpoint stopped on its own"
+        reasons = [entry.reason for entry in stale(pipeline(project), "deploy")]
+        assert reasons == [f"endpoint {first['endpoint_name']}: stopped after 0.001 h without a request "
+                           "(endpoint.idle_hours); the next doit starts it again"]
+        assert project.build_all() == 0
+        again = record(project, "endpoint.json")
+        assert again["status"] == "InService" and process_alive(again["pid"]) and again["pid"] != first["pid"]
+        assert len(jobs(project)) == 1, "nothing retrained"
     finally:
         main(["--project", str(project.path), "teardown", "--profile", "test"])

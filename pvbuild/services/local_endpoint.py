@@ -51,7 +51,8 @@ class LocalEndpoints:
     def _start(self, archive: Path, options: Mapping[str, Any], ready_file: Path, log: Path) -> subprocess.Popen[Any]:
         command = [sys.executable, "-m", "pvbuild", "serve", str(archive), "--host", str(options["host"]),
                    "--port", str(options["port"]), "--work-dir", str(self.cache_dir / "serve"),
-                   "--ready-file", str(ready_file)]
+                   "--ready-file", str(ready_file), "--idle-note", str(self.idle_note),
+                   "--idle-seconds", str(float(options.get("idle_hours", 0.0)) * 3600)]
         with log.open("ab") as stream:
             return subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     start_new_session=True)  # outlives this doit run, like a real endpoint
@@ -93,9 +94,18 @@ class LocalEndpoints:
                 "model_sha256": model["sha256"], "model_uri": model["uri"], "status": IN_SERVICE,
                 "instance_type": "local"}
 
+    @property
+    def idle_note(self) -> Path:
+        return self.cache_dir / "endpoint.idle"
+
     def problem(self, record: Mapping[str, Any]) -> str | None:
         pid = record.get("pid")
         if not process_alive(pid):
+            with contextlib.suppress(OSError, ValueError):
+                note = json.loads(self.idle_note.read_text(encoding="utf-8"))
+                if note.get("pid") == pid:
+                    return (f"endpoint {record.get('endpoint_name')}: stopped after {note['idle_seconds'] / 3600:g} h "
+                            "without a request (endpoint.idle_hours); the next doit starts it again")
             return f"endpoint {record.get('endpoint_name')}: process {pid} is gone (stale pid)"
         try:
             ping = http_json(f"{record['url']}/ping", timeout=5)

@@ -15,7 +15,8 @@ import shutil
 import signal
 import tarfile
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -142,7 +143,30 @@ class ModelRunner:
         return request.inputs + text if parameters.get("return_full_text") else text
 
 
-def make_handler(runner: ModelRunner, sha256: str) -> type[BaseHTTPRequestHandler]:
+class Idle:
+    """When the endpoint was last asked something (``POST /invocations``; health checks do not count,
+    as SageMaker counts invocations)."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+
+    def touch(self) -> None:
+        self.last = time.monotonic()
+
+    def watch(self, limit: float, stop: Callable[[], None], note: Path | None) -> None:
+        """Call ``stop`` once nothing was asked for ``limit`` seconds, leaving ``note`` saying why."""
+        while True:
+            left = limit - (time.monotonic() - self.last)
+            if left <= 0:
+                break
+            time.sleep(min(max(left, 0.05), 30.0))
+        print(f"no request for {limit:.0f} s (endpoint.idle_hours): shutting down", flush=True)
+        if note is not None:
+            atomic_write_text(note, json.dumps({"pid": os.getpid(), "idle_seconds": limit}))
+        stop()
+
+
+def make_handler(runner: ModelRunner, sha256: str, idle: Idle | None = None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def _reply(self, status: int, body: Any) -> None:
             data = json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -163,6 +187,8 @@ def make_handler(runner: ModelRunner, sha256: str) -> type[BaseHTTPRequestHandle
             if self.path != "/invocations":
                 self._reply(404, {"error": f"no such path {self.path}; POST /invocations"})
                 return
+            if idle is not None:
+                idle.touch()
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             try:
                 request = parse_payload(body)
@@ -180,13 +206,18 @@ def make_handler(runner: ModelRunner, sha256: str) -> type[BaseHTTPRequestHandle
     return Handler
 
 
-def serve(archive: Path, host: str, port: int, work_dir: Path, ready_file: Path | None = None) -> None:
-    """Load the archive's model and serve it until SIGTERM/SIGINT."""
+def serve(archive: Path, host: str, port: int, work_dir: Path, ready_file: Path | None = None,
+          idle_seconds: float = 0.0, idle_note: Path | None = None) -> None:
+    """Load the archive's model and serve it until SIGTERM/SIGINT, or until ``idle_seconds`` pass
+    without an invocation (0: never), leaving ``idle_note`` to say so."""
     sha256 = sha256_file(archive)
     runner = ModelRunner(unpack(archive, work_dir, sha256))
-    server = ThreadingHTTPServer((host, port), make_handler(runner, sha256))
+    idle = Idle()
+    server = ThreadingHTTPServer((host, port), make_handler(runner, sha256, idle))
     url = f"http://{host}:{server.server_address[1]}"
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    if idle_seconds > 0:
+        threading.Thread(target=idle.watch, args=(idle_seconds, server.shutdown, idle_note), daemon=True).start()
     if ready_file is not None:
         atomic_write_text(ready_file, json.dumps({"url": url, "pid": os.getpid(), "model_sha256": sha256}))
     print(f"serving {archive.name} ({sha256[:12]}) at {url}", flush=True)
