@@ -94,6 +94,7 @@ class TrainingRecord(JsonRecord):
 
     FILE: ClassVar[str] = "training.json"
     OMIT_WHEN_EMPTY: ClassVar[frozenset[str]] = frozenset({"dropped_examples"})
+    OMIT_WHEN_NONE: ClassVar[frozenset[str]] = frozenset({"training_seconds"})
 
     job_name: str
     status: str
@@ -110,6 +111,7 @@ class TrainingRecord(JsonRecord):
     failure_reason: str = ""
     model_artifacts: str = ""
     billable_seconds: int | None = None
+    training_seconds: int | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
     dropped_examples: list[str] = field(default_factory=list)  # lines without room for a completion

@@ -56,7 +56,7 @@ AWS_PARTITIONS = {"aws": "", "aws-cn": "cn-", "aws-us-gov": "us-gov-"}  # partit
 TRAINING_OPTIONS: dict[str, Any] = {
     "backend": "local", "base_model": "llama-3.2-1b-instruct", "hyperparameters": {}, "instance_type": "",
     "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
-    "max_runtime_seconds": 86400, "long_prompts": "drop", "gpus": "auto",
+    "max_runtime_seconds": 86400, "long_prompts": "drop", "gpus": "auto", "spot": False, "max_wait_seconds": 0,
 }
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
                                     "startup_timeout": 300.0, "poll_seconds": 30.0, "idle_hours": 0.0}
@@ -70,7 +70,7 @@ ASK_OPTIONS: dict[str, Any] = {
 LATER_MODEL_OPTIONS: dict[str, Any] = {"long_prompts": "drop"}
 # Options that change how a step runs, not what it produces.
 RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "gpus", "host", "port", "poll_seconds", "idle_hours",
-                                   "max_runtime_seconds"})
+                                   "max_runtime_seconds", "spot", "max_wait_seconds"})
 
 
 @dataclass(frozen=True)
@@ -301,6 +301,11 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
     if gpus != "auto" and not (isinstance(gpus, int) and not isinstance(gpus, bool) and gpus >= 1):
         raise check.fail("training.gpus", f"must be \"auto\" (every visible GPU) or a whole number of at least 1, "
                          f"not {gpus!r}")
+    training = tables["training"]
+    if training["spot"] and training["max_wait_seconds"] and training["max_wait_seconds"] < training[
+            "max_runtime_seconds"]:
+        raise check.fail("training.max_wait_seconds", "must be at least max_runtime_seconds (SageMaker's rule for "
+                         "spot jobs); 0 means twice max_runtime_seconds")
     if tables["endpoint"]["idle_hours"] < 0:
         raise check.fail("endpoint.idle_hours", "must be 0 (never) or more hours")
     check.plugin("training.long_prompts", tables["training"]["long_prompts"], dict.fromkeys(("drop", "truncate")),

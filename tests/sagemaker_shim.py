@@ -12,7 +12,8 @@ HTTP calls, and fills those gaps:
   polls of ``DescribeTrainingJob``, then ends as the next entry of ``outcomes`` says:
   ``"complete"`` (the default) writes model files under ``<S3OutputPath>/<job>/output/model/`` in
   moto's S3 and reports that prefix, billable seconds and final metrics; ``"fail:<reason>"`` reports
-  ``Failed`` with that reason; ``"hold"`` stays ``InProgress`` until ``release(job)``.
+  ``Failed`` with that reason; ``"hold"`` stays ``InProgress`` until ``release(job)``;
+  ``"spot-interrupted"`` passes through ``Interrupted`` once, then completes billed for 300 of 1,000 s.
 - An endpoint is ``Creating`` for ``steps`` polls of ``DescribeEndpoint`` after it is created.
 - ``UpdateEndpoint`` (moto has none) replaces moto's endpoint with one on the new config (through
   moto's own API, so that replacement also counts as a ``CreateEndpoint``).
@@ -70,6 +71,8 @@ def model_files(job: str) -> dict[str, bytes]:
 
 DEFAULT_ANSWER = [{"generated_text": "（moto 端点的默认回答）"}]
 PHASES = ("Starting", "Downloading", "Training", "Uploading")
+# A managed spot job that loses its instance once and resumes from its checkpoint.
+SPOT_INTERRUPTED = ("Starting", "Downloading", "Training", "Interrupted", "Starting", "Training", "Uploading")
 
 
 @dataclass
@@ -164,8 +167,12 @@ class SageMakerShim:
         if job is None:
             return reply
         job["polls"] += 1
-        if job["polls"] <= self.steps or reply["TrainingJobName"] in self._held:
-            phase = PHASES[min(job["polls"], len(PHASES)) - 1]
+        spot = bool(job["request"].get("EnableManagedSpotTraining"))
+        reply["EnableManagedSpotTraining"] = spot
+        phases = SPOT_INTERRUPTED if job["outcome"] == "spot-interrupted" else PHASES
+        if job["polls"] <= max(self.steps, len(phases) if phases is SPOT_INTERRUPTED else 0) \
+                or reply["TrainingJobName"] in self._held:
+            phase = phases[min(job["polls"], len(phases)) - 1]
             reply.update(TrainingJobStatus="InProgress", SecondaryStatus=phase)
             reply.pop("ModelArtifacts", None)
             return reply
@@ -177,7 +184,9 @@ class SageMakerShim:
         if not job.get("written"):
             self._write_model(prefix, model_files(reply["TrainingJobName"]))
             job["written"] = True
-        reply.update(ModelArtifacts={"S3ModelArtifacts": prefix}, BillableTimeInSeconds=431,
+        # A spot job is billed for less than it ran (here 70 % less, as the SageMaker docs' example).
+        reply.update(ModelArtifacts={"S3ModelArtifacts": prefix}, BillableTimeInSeconds=431 if not spot else 300,
+                     TrainingTimeInSeconds=431 if not spot else 1000,
                      FinalMetricDataList=[{"MetricName": "huggingface-textgeneration:train-loss", "Value": 1.25,
                                            "Timestamp": reply.get("CreationTime")},
                                           {"MetricName": "huggingface-textgeneration:eval-loss", "Value": 1.5,

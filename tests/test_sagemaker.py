@@ -270,3 +270,26 @@ def test_the_china_partition_is_accepted(project: Project) -> None:
     project.config('[profile.test]\n[profile.test.aws]\nregion = "cn-northwest-1"\npartition = "aws-cn"\n'
                    'role_arn = "arn:aws-cn:iam::123456789012:role/pvbuild"\n')
     assert load_config(project.path, "test").aws["partition"] == "aws-cn"
+
+
+def test_a_spot_job_interrupted_once_resumes_and_is_recorded_once(cloud: Cloud,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    config = (cloud.project.path / "pvbuild.toml").read_text(encoding="utf-8")
+    (cloud.project.path / "pvbuild.toml").write_text(
+        config.replace("poll_seconds = 0.01\n[profile.test.endpoint]", "poll_seconds = 0.01\nspot = true\n"
+                       "max_runtime_seconds = 3600\n[profile.test.endpoint]", 1), encoding="utf-8")
+    cloud.shim.outcomes.append("spot-interrupted")
+    assert cloud.build() == 0
+    assert cloud.shim.created["CreateTrainingJob"] == 1, "resumed, not created again"
+    job = cloud.shim.requests["CreateTrainingJob"][0]
+    assert job["EnableManagedSpotTraining"] is True
+    assert job["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    assert job["CheckpointConfig"] == {
+        "S3Uri": f"s3://pv-cloud/llm-fine-tuning/output/{job['TrainingJobName']}/checkpoints/",
+        "LocalPath": "/opt/ml/checkpoints"}
+    training = cloud.record("training.json")
+    assert training["billable_seconds"] == 300 and training["training_seconds"] == 1000
+    assert training["metrics"]["spot_saving"] == 0.7
+    assert "InProgress / Interrupted" in capsys.readouterr().err, "the interruption is shown"
+    report = (cloud.project.artifacts() / "report" / "report.html").read_text(encoding="utf-8")
+    assert "300 of 1,000 trained (managed spot saved 70%)" in report

@@ -124,8 +124,17 @@ def _job_state(reply: Mapping[str, Any]) -> JobState:
         arn=str(reply.get("TrainingJobArn", "")), secondary_status=str(reply.get("SecondaryStatus", "")),
         failure_reason=str(reply.get("FailureReason", "")),
         model_artifacts=str((reply.get("ModelArtifacts") or {}).get("S3ModelArtifacts", "")),
-        billable_seconds=reply.get("BillableTimeInSeconds"),
-        metrics={metric_name(str(m["MetricName"])): float(m["Value"]) for m in reply.get("FinalMetricDataList") or []})
+        billable_seconds=reply.get("BillableTimeInSeconds"), training_seconds=reply.get("TrainingTimeInSeconds"),
+        metrics={metric_name(str(m["MetricName"])): float(m["Value"]) for m in reply.get("FinalMetricDataList") or []}
+        | _spot_saving(reply))
+
+
+def _spot_saving(reply: Mapping[str, Any]) -> dict[str, float]:
+    """What managed spot saved: 1 - billable / training seconds (SageMaker bills spot jobs less)."""
+    billable, training = reply.get("BillableTimeInSeconds"), reply.get("TrainingTimeInSeconds")
+    if not reply.get("EnableManagedSpotTraining") or not billable or not training:
+        return {}
+    return {"spot_saving": round(1 - billable / training, 3)}
 
 
 # JumpStart's metric names (``<framework>:<name>``, its training script's MetricDefinitions) as the
@@ -153,6 +162,19 @@ class SageMakerTraining:
         self.role_arn = str(aws["role_arn"])
         self.poll_seconds = float(options["poll_seconds"])
         self.max_runtime = int(options["max_runtime_seconds"])
+        self.spot = bool(options.get("spot", False))
+        # Spot capacity may keep a job waiting: twice its run time, unless configured.
+        self.max_wait = int(options.get("max_wait_seconds") or 2 * self.max_runtime)
+
+    def _spot(self, request: TrainingRequest) -> dict[str, Any]:
+        """Managed spot training: up to ~70 % cheaper; an interrupted job resumes from the checkpoints
+        the training script writes to /opt/ml/checkpoints, kept under the job's own S3 prefix."""
+        if not self.spot:
+            return {"StoppingCondition": {"MaxRuntimeInSeconds": self.max_runtime}}
+        return {"EnableManagedSpotTraining": True,
+                "StoppingCondition": {"MaxRuntimeInSeconds": self.max_runtime, "MaxWaitTimeInSeconds": self.max_wait},
+                "CheckpointConfig": {"S3Uri": f"{request.output_uri.rstrip('/')}/{request.job_name}/checkpoints/",
+                                     "LocalPath": "/opt/ml/checkpoints"}}
 
     def describe(self, job_name: str) -> JobState | None:
         reply = lookup(f"DescribeTrainingJob {job_name}", self.client.describe_training_job, TrainingJobName=job_name)
@@ -186,14 +208,14 @@ class SageMakerTraining:
                                        "CompressionType": "NONE" if model.flag("DisableOutputCompression") else "GZIP"},
                      ResourceConfig={"InstanceType": request.instance_type, "InstanceCount": 1,
                                      "VolumeSizeInGB": int(model.document.get("TrainingVolumeSize") or 30)},
-                     StoppingCondition={"MaxRuntimeInSeconds": self.max_runtime},
+                     **self._spot(request),
                      EnableNetworkIsolation=model.flag("TrainingEnableNetworkIsolation"),
                      Environment=model.training_environment(request.instance_type),
                      Tags=[{"Key": "sagemaker-sdk:jumpstart-model-id", "Value": model.model_id},
                            {"Key": "sagemaker-sdk:jumpstart-model-version", "Value": model.version},
                            {"Key": "pvbuild:base-model", "Value": base.name}])
         say(f"train: created SageMaker job {request.job_name} ({model.model_id} {model.version}, "
-            f"{request.instance_type}); it bills until it ends")
+            f"{request.instance_type}{', managed spot' if self.spot else ''}); it bills until it ends")
         return JobState(name=request.job_name, status=RUNNING, arn=str(reply.get("TrainingJobArn", "")))
 
     def wait(self, request: TrainingRequest, on_update: Callable[[JobState], None]) -> JobState:

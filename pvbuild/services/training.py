@@ -39,6 +39,7 @@ class JobState:
     failure_reason: str = ""
     model_artifacts: str = ""
     billable_seconds: int | None = None
+    training_seconds: int | None = None  # SageMaker's TrainingTimeInSeconds (spot: more than billed)
     metrics: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[float]] = field(default_factory=dict)
     dropped_examples: list[str] = field(default_factory=list)  # lines left out: no room for a completion

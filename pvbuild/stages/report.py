@@ -78,6 +78,17 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
     return "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(for_people(v))}</td></tr>" for k, v in pairs)
 
 
+def _billed(training: Mapping[str, Any]) -> str:
+    """Billable seconds, and with managed spot what they were of the training time."""
+    billable, trained = training.get("billable_seconds"), training.get("training_seconds")
+    saving = (training.get("metrics") or {}).get("spot_saving")
+    if billable is None or training.get("backend") == "local":
+        return "none (trained locally)"
+    if saving is None or not trained:
+        return for_people(billable)
+    return f"{for_people(billable)} of {for_people(trained)} trained (managed spot saved {saving:.0%})"
+
+
 def _left_out(training: Mapping[str, Any]) -> str:
     """How many training lines were left out, and which (the first ten)."""
     dropped = list(training.get("dropped_examples") or [])
@@ -100,6 +111,7 @@ def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapp
              ("final training loss", metrics.get("train_loss")),
              ("final validation loss", metrics.get("validation_loss")),
              ("examples left out (no room for a completion within max_input_length)", _left_out(training)),
+             ("billed seconds", _billed(training)),
              ("model.tar.gz", f"{model.get('uri')} (sha256 {str(model.get('sha256'))[:12]})"),
              # No URL or pid: they change on every deploy, and the same inputs give the same report.
              ("endpoint", f"{endpoint.get('endpoint_name')} ({endpoint.get('backend')}, "
