@@ -90,7 +90,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 def cmd_teardown(args: argparse.Namespace) -> int:
     from pvbuild.stages.deploy import teardown
 
-    print(teardown(_workspace(args)))
+    print(teardown(_workspace(args), idle_only=args.idle))
     return 0
 
 
@@ -201,6 +201,8 @@ def parser() -> argparse.ArgumentParser:
     ask.set_defaults(run=cmd_ask)
     teardown = commands.add_parser("teardown", help="delete the deployed endpoint (endpoints bill while they run)")
     _profile_option(teardown)
+    teardown.add_argument("--idle", action="store_true",
+                          help="only if it served no request for endpoint.idle_hours (run it from cron)")
     teardown.set_defaults(run=cmd_teardown)
     serve = commands.add_parser("serve", help="serve a model.tar.gz over HTTP (SageMaker container contract)")
     serve.add_argument("model", help="path to model.tar.gz")

@@ -293,3 +293,32 @@ def test_a_spot_job_interrupted_once_resumes_and_is_recorded_once(cloud: Cloud,
     assert "InProgress / Interrupted" in capsys.readouterr().err, "the interruption is shown"
     report = (cloud.project.artifacts() / "report" / "report.html").read_text(encoding="utf-8")
     assert "300 of 1,000 trained (managed spot saved 70%)" in report
+
+
+def test_teardown_idle_deletes_an_unused_endpoint_and_leaves_a_busy_one(cloud: Cloud,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import datetime
+
+    import boto3
+
+    config = (cloud.project.path / "pvbuild.toml").read_text(encoding="utf-8")
+    (cloud.project.path / "pvbuild.toml").write_text(config.replace(
+        '[profile.test.endpoint]\nbackend = "sagemaker"\n', '[profile.test.endpoint]\nbackend = "sagemaker"\n'
+        "idle_hours = 0.002\n", 1), encoding="utf-8")  # 7.2 s
+    assert cloud.build() == 0
+    name = cloud.record("endpoint.json")["endpoint_name"]
+    time.sleep(7.5)  # older than idle_hours: only its traffic decides
+    cloudwatch = boto3.session.Session().client("cloudwatch", endpoint_url=cloud.url, region_name="us-east-1")
+    cloudwatch.put_metric_data(Namespace="AWS/SageMaker", MetricData=[{  # as SageMaker reports a request
+        # a second ago: moto compares timestamps to the query's end time in whole seconds
+        "MetricName": "Invocations", "Value": 3, "Timestamp": datetime.datetime.now(datetime.UTC)
+        - datetime.timedelta(seconds=1),
+        "Dimensions": [{"Name": "EndpointName", "Value": name}, {"Name": "VariantName", "Value": "AllTraffic"}]}])
+    capsys.readouterr()
+    assert main(["--project", str(cloud.project.path), "teardown", "--profile", "test", "--idle"]) == 0
+    assert "served requests within 0.002 h: left in service" in capsys.readouterr().out
+    assert cloud.endpoints() == [name]
+    time.sleep(7.5)  # and then nothing
+    assert main(["--project", str(cloud.project.path), "teardown", "--profile", "test", "--idle"]) == 0
+    assert f"endpoint {name} torn down" in capsys.readouterr().out
+    assert cloud.endpoints() == [] and cloud.record("endpoint.json")["status"] == "Deleted"

@@ -118,6 +118,12 @@ class LocalEndpoints:
     def invoke(self, record: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:
         return http_json(f"{record['url']}/invocations", payload)
 
+    def idle(self, record: Mapping[str, Any], hours: float) -> bool:
+        """A local server keeps its own time (``pvbuild serve --idle-seconds``) and exits by itself;
+        teardown --idle only deletes one that already stopped for want of requests."""
+        problem = self.problem(record) or ""
+        return "without a request" in problem
+
     def delete(self, record: Mapping[str, Any]) -> dict[str, Any]:
         pid = record.get("pid")
         ours = is_serve_process(pid) if record.get("status") == CREATING else self.problem(record) is None

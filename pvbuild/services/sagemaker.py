@@ -326,6 +326,27 @@ class SageMakerEndpoints:
                     f"not the recorded {record.get('endpoint_config_name')}")
         return None
 
+    def idle(self, record: Mapping[str, Any], hours: float) -> bool:
+        """No ``Invocations`` in CloudWatch (namespace AWS/SageMaker) over the last ``hours``, for an
+        endpoint older than that. SageMaker has no idle shutdown of its own for a real-time endpoint."""
+        import datetime
+
+        name = str(record.get("endpoint_name"))
+        reply = lookup(f"DescribeEndpoint {name}", self.client.describe_endpoint, EndpointName=name)
+        if reply is None:
+            return False
+        now = datetime.datetime.now(datetime.UTC)
+        window = datetime.timedelta(hours=hours)
+        if now - reply["CreationTime"] < window:
+            return False
+        seconds = max(60, int(window.total_seconds()) // 60 * 60)  # CloudWatch periods are whole minutes
+        cloudwatch = aws_client("cloudwatch", self.aws)
+        metrics = call(f"GetMetricStatistics Invocations {name}", cloudwatch.get_metric_statistics,
+                       Namespace="AWS/SageMaker", MetricName="Invocations", StartTime=now - window, EndTime=now,
+                       Period=seconds, Statistics=["Sum"], Dimensions=[
+                           {"Name": "EndpointName", "Value": name}, {"Name": "VariantName", "Value": "AllTraffic"}])
+        return sum(float(point.get("Sum", 0)) for point in metrics.get("Datapoints") or []) == 0
+
     def invoke(self, record: Mapping[str, Any], payload: Mapping[str, Any]) -> Any:
         if self._runtime is None:
             self._runtime = aws_client("sagemaker-runtime", self.aws)

@@ -16,6 +16,7 @@ from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
+from pvbuild.errors import PvbuildError
 from pvbuild.files import write_artifact
 from pvbuild.progress import say
 from pvbuild.services.endpoints import CREATING, DELETED, IN_SERVICE, DeployRequest, EndpointBackend, EndpointError
@@ -30,14 +31,22 @@ def _after_interrupted_deploy(backend: EndpointBackend, interrupted: Mapping[str
     return dict(previous) if isinstance(previous, Mapping) else None
 
 
-def teardown(workspace: Workspace) -> str:
-    """Delete the recorded endpoint (and, on SageMaker, its config and model); update the record."""
+def teardown(workspace: Workspace, idle_only: bool = False) -> str:
+    """Delete the recorded endpoint (and, on SageMaker, its config and model); update the record.
+    ``idle_only``: only if it served nothing for ``endpoint.idle_hours`` (``teardown --idle``, e.g. from cron)."""
     record = workspace.read_artifact(workspace.endpoint_record)
     if not record:
         return "no endpoint record: nothing to tear down"
     if record.get("status") == DELETED:
         return f"endpoint {record.get('endpoint_name')} was already torn down"
     backend = workspace.endpoint_backend()
+    if idle_only:
+        hours = float(workspace.config.endpoint["idle_hours"])
+        if hours <= 0:
+            raise PvbuildError(f"{workspace.config.config_file}: endpoint.idle_hours: teardown --idle needs it set "
+                               "(hours without an invocation, e.g. 2)")
+        if not backend.idle(record, hours):
+            return f"endpoint {record.get('endpoint_name')} served requests within {hours:g} h: left in service"
     if record.get("status") == CREATING and isinstance(record.get("previous"), Mapping):
         backend.delete(record["previous"])  # an interrupted deploy left the endpoint it was replacing
     deleted = backend.delete(record)
