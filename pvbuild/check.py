@@ -23,6 +23,7 @@ from pvbuild.engine.prehash import prehash
 from pvbuild.engine.stage import Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.stages.catalog import CATALOG, up_to
+from pvbuild.stages.gate import allowed_failures
 
 UP_TO_DATE, STALE = 0, 1
 
@@ -36,6 +37,7 @@ class Finding:
     output: str
     reason: str
     changes: list[dict[str, Any]] = field(default_factory=list)
+    excused: bool = False  # a failed article within dataset.max_failed: named, not stale
 
 
 def _diff(old: Any, new: Any, path: str = "") -> list[str]:
@@ -78,7 +80,7 @@ class Checker:
         reason = f"upstream: {found.upstream} is stale ({stale.reason})" if found.upstream else stale.reason
         output = os.path.relpath(stale.item.file, self.workspace.config.project_dir)
         changes = self._changes(found.stage, stale) if stale.item.inputs else []
-        return Finding(found.stage, stale.item.key, output, reason, changes)
+        return Finding(found.stage, stale.item.key, output, reason, changes, found.excused)
 
 
 def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, ...] = CATALOG) -> list[Finding]:
@@ -91,7 +93,8 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     checker = Checker(workspace)
     gc.disable()  # short-lived, acyclic objects by the ten thousand: the cycle collector only costs time
     try:
-        findings = [checker.report(found) for found in staleness.walk(workspace, stages)]
+        excused = frozenset(entry.item.key.partition(":")[2] for entry in allowed_failures(workspace))
+        findings = [checker.report(found) for found in staleness.walk(workspace, stages, excused)]
     finally:
         gc.enable()
     with contextlib.suppress(OSError):  # a read-only checkout: the cache only saves time next run
@@ -99,9 +102,24 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     return findings
 
 
-def summary(findings: list[Finding], profile: str) -> str:
+def stale_ones(findings: list[Finding]) -> list[Finding]:
+    """The findings that make the profile stale (excused failures do not)."""
+    return [finding for finding in findings if not finding.excused]
+
+
+def _excused_lines(findings: list[Finding]) -> list[str]:
+    excused = [finding for finding in findings if finding.excused]
+    if not excused:
+        return []
+    return ["", f"failed, and allowed by dataset.max_failed ({len(excused)}):",
+            *(f"  {finding.stage} {finding.key}: {finding.output}: {finding.reason}" for finding in excused)]
+
+
+def summary(all_findings: list[Finding], profile: str) -> str:
+    findings = stale_ones(all_findings)
     if not findings:
-        return f"pvbuild check: profile {profile}: every artifact is up to date"
+        return "\n".join([f"pvbuild check: profile {profile}: every artifact is up to date",
+                          *_excused_lines(all_findings)])
     counts = Counter(finding.stage for finding in findings)
     lines = [f"pvbuild check: profile {profile}: {len(findings)} stale artifact(s)"]
     lines += [f"  {stage.name}: {counts[stage.name]}" for stage in CATALOG if counts[stage.name]]
@@ -112,9 +130,12 @@ def summary(findings: list[Finding], profile: str) -> str:
         for change in finding.changes:
             detail = ", ".join(change["keys"]) if change.get("keys") else change.get("what", "changed")
             lines.append(f"    {change['input']}: {detail} ({change['old']} -> {change['new']})")
-    return "\n".join(lines)
+    return "\n".join(lines + _excused_lines(all_findings))
 
 
 def as_json(findings: list[Finding], profile: str) -> str:
-    return json.dumps({"profile": profile, "up_to_date": not findings,
-                       "stale": [asdict(finding) for finding in findings]}, ensure_ascii=False, indent=1)
+    stale = stale_ones(findings)
+    return json.dumps({"profile": profile, "up_to_date": not stale,
+                       "stale": [asdict(finding) for finding in stale],
+                       "failed_allowed": [asdict(finding) for finding in findings if finding.excused]},
+                      ensure_ascii=False, indent=1)

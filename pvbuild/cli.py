@@ -106,13 +106,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from pvbuild.check import STALE, UP_TO_DATE, as_json, check, summary
+    from pvbuild.check import STALE, UP_TO_DATE, as_json, check, stale_ones, summary
 
     workspace = _workspace(args, live=args.remote)
     findings = check(workspace, args.until)
     profile = workspace.config.profile
     _print(as_json(findings, profile) if args.json else summary(findings, profile))
-    return STALE if findings else UP_TO_DATE
+    return STALE if stale_ones(findings) else UP_TO_DATE
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -45,6 +45,8 @@ DATASET_OPTIONS: dict[str, Any] = {
     "validation_ratio": 0.0,
     "seed": 42,
     "articles_per_shard": 2048,  # the dataset is rebuilt, stored and uploaded in shards of about this many
+    # Failed articles the model half may go on without: a count, or a ratio of the URL table (0.01).
+    "max_failed": 0,
 }
 TEMPLATE_FIELDS = ("context", "question", "answer")  # what an instruction line can hold
 
@@ -209,6 +211,8 @@ class _Validator:
             ok = isinstance(value, bool)
         elif key.endswith(".gpus"):  # "auto", or how many
             ok = isinstance(value, str | int) and not isinstance(value, bool)
+        elif key.endswith(".max_failed"):  # a count, or a ratio
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
         elif isinstance(default, float):
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             value = float(value) if ok else value
@@ -266,6 +270,10 @@ def _dataset(check: _Validator, table: Any, registry: Registry) -> dict[str, Any
     formats = list(registry.dataset_formats)  # dataset formats are plugins, in registration order
     if options["format"] not in formats:
         raise check.fail("dataset.format", f"must be one of {', '.join(formats)}{suggest(options['format'], formats)}")
+    failed = options["max_failed"]
+    if failed < 0 or isinstance(failed, float) and failed >= 1:
+        raise check.fail("dataset.max_failed", f"must be a count (0, 1, 2, ...) or a ratio below 1 (0.01), "
+                         f"not {failed}")
     if not 0.0 <= options["validation_ratio"] < 1.0:
         raise check.fail("dataset.validation_ratio", "must be at least 0 and below 1")
     if options["articles_per_shard"] < 1:

@@ -22,6 +22,7 @@ from pvbuild.services.processes import process_alive
 from pvbuild.stages.asking import Asker
 from pvbuild.stages.catalog import stage_named
 from tests.conftest import Project
+from tests.standins import FixtureSite
 
 CONFIG = """
 [profile.test]
@@ -212,5 +213,34 @@ def test_an_idle_local_endpoint_exits_and_the_next_build_starts_it_again(project
         again = record(project, "endpoint.json")
         assert again["status"] == "InService" and process_alive(again["pid"]) and again["pid"] != first["pid"]
         assert len(jobs(project)) == 1, "nothing retrained"
+    finally:
+        main(["--project", str(project.path), "teardown", "--profile", "test"])
+
+
+def test_a_dead_link_within_max_failed_lets_the_chain_finish(project: Project, site: FixtureSite,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """The fixture site lists one article that answers 404 (1455400)."""
+    text = CONFIG.format(model="tiny") + (f'[profile.test.sources.bjx]\nlist_url = "{site.url}/zc/{{page}}"\n'
+                                         "first_page = 1\nlast_page = 2\nretries = 0\n")
+    project.config(text)
+    assert project.build_all() != 0, "by default a failed article stops the model half"
+    assert not (project.artifacts() / "training.json").exists()
+    project.config(text + "[profile.test.dataset]\nmax_failed = 1\n")
+    try:
+        assert project.build_all() == 0
+        assert record(project, "training.json")["status"] == "Completed"
+        err = capsys.readouterr().err
+        assert "failed, will retry next run: 1455400" in err and "HTTP 404" in err
+        report = (project.artifacts() / "report" / "report.html").read_text(encoding="utf-8")
+        assert "Left out after failing (1, within dataset.max_failed)" in report and "1455400" in report
+        assert "HTTP 404" in report
+        assert main(["--project", str(project.path), "check", "--profile", "test", "--json"]) == 0
+        found = json.loads(capsys.readouterr().out)
+        assert found["up_to_date"] is True and found["stale"] == []
+        assert [(f["stage"], f["key"]) for f in found["failed_allowed"]] == [("markdown", "1455400")]
+        capsys.readouterr()
+        assert main(["--project", str(project.path), "check", "--profile", "test"]) == 0
+        human = capsys.readouterr().out
+        assert "every artifact is up to date" in human and "failed, and allowed by dataset.max_failed (1):" in human
     finally:
         main(["--project", str(project.path), "teardown", "--profile", "test"])

@@ -121,6 +121,7 @@ class Finding:
     stage: str
     stale: StaleItem
     upstream: str | None = None
+    excused: bool = False  # a failed article the model half may go on without (dataset.max_failed)
 
 
 def _only_derived(workspace: Workspace, stage: Stage, entry: StaleItem) -> bool:
@@ -136,15 +137,20 @@ def _only_derived(workspace: Workspace, stage: Stage, entry: StaleItem) -> bool:
     return bool(changed) and changed <= stage.derived_inputs
 
 
-def walk(workspace: Workspace, stages: Sequence[Stage]) -> list[Finding]:
+def walk(workspace: Workspace, stages: Sequence[Stage], excused: frozenset[str] = frozenset()) -> list[Finding]:
     """Every stale item of ``stages`` (in order), own and transitive: a stale per-article item makes
-    the same key of the next per-article stage stale; any stale stage makes every later stage stale."""
+    the same key of the next per-article stage stale; any stale stage makes every later stage stale.
+    The per-article items of ``excused`` keys (failed articles within dataset.max_failed) are found
+    as excused and make nothing after them stale."""
     findings: list[Finding] = []
     changing: dict[str, set[str]] = {}  # per stage, the keys whose rebuild may change what follows
     previous_per_article: Stage | None = None
     rebuilt: dict[str, set[str]] = {}  # per stage, the keys that will be built again (not just adopted)
     for index, stage in enumerate(stages):
         own = stale(workspace, stage)
+        if stage.per_article and excused:
+            findings += [Finding(stage.name, entry, excused=True) for entry in own if entry.item.key in excused]
+            own = [entry for entry in own if entry.item.key not in excused]
         upstream = [s.name for s in stages[:index] if changing.get(s.name)]
         for entry in own:
             if stage.per_article and previous_per_article is not None:

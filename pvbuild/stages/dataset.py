@@ -41,6 +41,8 @@ from pvbuild.stages.dataset_files import (
 Member = tuple[UrlRow, str]  # an article with a conversation, and the conversation's digest
 # Options that decide how the files are cut, not what they hold: the shard count stands for them.
 LAYOUT_OPTIONS = frozenset({"articles_per_shard"})
+# Options about whether the model half may go on, not about what the dataset holds.
+POLICY_OPTIONS = frozenset({"max_failed"})
 
 
 def dataset_members(workspace: Workspace) -> list[Member]:
@@ -58,7 +60,8 @@ def _members(workspace: Workspace) -> list[Member]:
 
 
 def options_identity(workspace: Workspace) -> str:
-    return workspace.identity({k: v for k, v in workspace.config.dataset.items() if k not in LAYOUT_OPTIONS})
+    return workspace.identity({k: v for k, v in workspace.config.dataset.items()
+                               if k not in LAYOUT_OPTIONS | POLICY_OPTIONS})
 
 
 def shards_of(members: list[Member], per_shard: int) -> list[list[Member]]:

@@ -1,6 +1,8 @@
 """The ``data`` gate between the two halves: the model half (upload, train, package, deploy,
 report) never spends time or money on incomplete data. While an article failed (and is still
-stale), the gate fails the run, listing each failure and its reason; the next run retries them."""
+stale), the gate fails the run, listing each failure and its reason; the next run retries them.
+``dataset.max_failed`` lets the model half go on without that many failed articles (a dead link):
+the gate then lists them, ``check`` names them apart from the stale artifacts, and the report too."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pvbuild.engine.records import Item
 from pvbuild.engine.stage import Stage, StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
+from pvbuild.progress import say
 from pvbuild.stages import conversations, dataset, markdown, urls
 
 GUARDED: tuple[Stage, ...] = (urls.STAGE, markdown.STAGE, conversations.STAGE, dataset.STAGE)
@@ -28,23 +31,43 @@ def outstanding_failures(workspace: Workspace) -> list[StaleItem]:
     return found
 
 
+def allowance(workspace: Workspace) -> int:
+    """How many failed articles ``dataset.max_failed`` lets the model half go on without."""
+    limit = workspace.config.dataset["max_failed"]
+    return int(limit) if isinstance(limit, int) else int(limit * len(workspace.rows()))
+
+
+def allowed_failures(workspace: Workspace) -> list[StaleItem]:
+    """The outstanding failures, when they are within ``dataset.max_failed`` (else none is allowed)."""
+    failures = outstanding_failures(workspace)
+    return failures if failures and len(failures) <= allowance(workspace) else []
+
+
 class DataGate(StageBase):
     name = "data"
-    doc = "fail the run while any article failed, listing each failure and its reason"
+    doc = "fail the run while more articles failed than dataset.max_failed allows, listing each and why"
     is_gate = True
 
     def items(self, workspace: Workspace) -> list[Item]:
         return []
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
-        return outstanding_failures(workspace)
+        failures = outstanding_failures(workspace)
+        return failures if len(failures) > allowance(workspace) else []
 
     def run(self, workspace: Workspace) -> StageResult:
         failures = outstanding_failures(workspace)
-        if failures:  # (none: doit -a ran the gate although it was open)
-            lines = [f"{len(failures)} item(s) failed and will be retried on the next run:"]
+        result = StageResult(self.name)
+        if len(failures) > allowance(workspace):  # (none: doit -a ran the gate although it was open)
+            lines = [f"{len(failures)} item(s) failed and will be retried on the next run"
+                     + (f" (dataset.max_failed allows {allowance(workspace)})" if allowance(workspace) else "") + ":"]
             raise PvbuildError("\n".join([*lines, *(f"  {entry.reason}" for entry in failures)]))
-        return StageResult(self.name)
+        if failures:
+            say(f"data: the model half goes on without {len(failures)} failed item(s) "
+                f"(dataset.max_failed = {workspace.config.dataset['max_failed']}); they are retried next run:")
+            for entry in failures:
+                say(f"  {entry.reason}")
+        return result
 
 
 STAGE = DataGate()

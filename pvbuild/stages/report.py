@@ -18,6 +18,7 @@ from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.files import TEMP_SUFFIX, replace_directory, write_artifact
 from pvbuild.progress import say
+from pvbuild.stages.gate import outstanding_failures
 
 REPORT_SEED = 0
 
@@ -78,6 +79,15 @@ def _rows(pairs: list[tuple[str, Any]]) -> str:
     return "\n".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(for_people(v))}</td></tr>" for k, v in pairs)
 
 
+def _failed_section(failed: list[str]) -> str:
+    """The articles the model half went on without (dataset.max_failed), each with its reason."""
+    if not failed:
+        return ""
+    items = "".join(f"<li>{html.escape(reason)}</li>" for reason in failed)
+    return (f"\n<h2>Left out after failing ({len(failed)}, within dataset.max_failed)</h2><ul>{items}</ul>"
+            "<p>They are retried on every run.</p>")
+
+
 def _billed(training: Mapping[str, Any]) -> str:
     """Billable seconds, and with managed spot what they were of the training time."""
     billable, trained = training.get("billable_seconds"), training.get("training_seconds")
@@ -100,7 +110,7 @@ def _left_out(training: Mapping[str, Any]) -> str:
 
 def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapping[str, Any],
            endpoint: Mapping[str, Any], answers: list[tuple[str, str]],
-           tokens: Mapping[str, int] | None = None) -> str:
+           tokens: Mapping[str, int] | None = None, failed: list[str] | None = None) -> str:
     metrics = training.get("metrics") or {}
     tokens = tokens or {}
     facts = [("articles", manifest.get("articles")), ("question/answer pairs", manifest.get("pairs")),
@@ -126,7 +136,7 @@ dd{{margin:0 0 1em 1em;white-space:pre-wrap}}</style></head><body>
 <table>{_rows(facts)}</table>
 <h2>Loss</h2><img src="loss.png" alt="training and validation loss">
 <h2>Hyperparameters</h2><table>{_rows(hyper)}</table>
-<h2>Sample questions</h2><dl>{qa}</dl>
+<h2>Sample questions</h2><dl>{qa}</dl>{_failed_section(failed or [])}
 </body></html>
 """
 
@@ -175,7 +185,8 @@ class ReportStage(StageBase):
             built.mkdir()
             plot_losses(training.get("history") or {}, built / "loss.png")
             tokens = token_totals(workspace.records("conversations").records.values())
-            (built / "report.html").write_text(render(manifest, training, model, endpoint, answers, tokens),
+            failed = [entry.reason for entry in outstanding_failures(workspace)]  # within dataset.max_failed
+            (built / "report.html").write_text(render(manifest, training, model, endpoint, answers, tokens, failed),
                                                encoding="utf-8")
             write_artifact(built / "metrics.json", build_metrics(manifest, training, tokens))
             replace_directory(built, target)
