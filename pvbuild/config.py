@@ -32,6 +32,7 @@ SECRET_WORDS = frozenset({"api", "apikey", "key", "secret", "password", "token",
 CRAWL_OPTIONS: dict[str, Any] = {
     "plugin": "", "list_url": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 8,
     "delay": 0.0, "timeout": 30.0, "retries": 2, "refresh_hours": 0.0,
+    "exclude": [],  # links never to crawl (a dead link, a page that is not an article)
 }
 RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries",
                                    "refresh_hours"})
@@ -243,6 +244,8 @@ def _sources(check: _Validator, tables: Any, registry: Registry) -> tuple[Source
         for positive in ("concurrency", "per_host_concurrency"):
             if options[positive] < 1:
                 raise check.fail(f"sources.{name}.{positive}", "must be at least 1")
+        if not all(isinstance(link, str) and link.strip() for link in options["exclude"]):
+            raise check.fail(f"sources.{name}.exclude", "must be a list of links (strings)")
         sources.append(SourceConfig(name=name, plugin=plugin, options=options))
     return tuple(sources)
 

@@ -47,6 +47,8 @@ def test_profile_from_environment(project: Project, monkeypatch: pytest.MonkeyPa
     ('[profile.default.training]\ngpus = "two"', "training.gpus: must be"),
     ('[profile.default.training]\nspot = true\nmax_runtime_seconds = 3600\nmax_wait_seconds = 600',
      "training.max_wait_seconds: must be at least max_runtime_seconds"),
+    ('[profile.default.sources.sample]\nexclude = ["http://a.example/1.html", 3]',
+     "sources.sample.exclude: must be a list of links (strings)"),
     ('[profile.default.dataset]\nmax_failed = 1.5', "dataset.max_failed: must be a count (0, 1, 2, ...) or a ratio"),
     ('[profile.default.dataset]\nmax_failed = true', "dataset.max_failed: expected int, got True"),
     ('[profile.default.endpoint]\nidle_hours = -1.0', "endpoint.idle_hours: must be 0 (never) or more hours"),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from tests.conftest import Project, site_and_llm_config
 from tests.standins import FakeOpenAI, FixtureSite
 
@@ -57,3 +59,20 @@ def test_url_table_merges_with_existing_rows(project: Project, site: FixtureSite
     assert rows["1455093"]["title"] == "国家能源局发布上半年光伏发电建设情况"  # the latest crawl wins
     assert rows["1"]["title"] == "手工加入的文章"  # existing rows are kept
     assert list(rows)[-1] == "1"  # oldest last
+
+
+def test_an_excluded_link_is_left_out_of_the_url_table_and_fails_nothing(project: Project, site: FixtureSite,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """The fixture site lists one article that answers 404 (1455400): excluded, it stops nothing."""
+    config = (f'[profile.test]\nartifacts = "artifacts/test"\n[profile.test.sources.bjx]\n'
+              f'list_url = "{site.url}/zc/{{page}}"\nfirst_page = 1\nlast_page = 2\nretries = 0\n')
+    project.config(config)
+    assert project.build() != 0, "the dead link fails the data half"
+    dead = next(line.split(",")[1] for line in (project.artifacts() / "urls.csv").read_text(encoding="utf-8")
+                .splitlines() if "1455400" in line)
+    project.config(config + f'exclude = ["{dead}"]\n')
+    capsys.readouterr()
+    assert project.build() == 0
+    assert "1455400" not in (project.artifacts() / "urls.csv").read_text(encoding="utf-8")
+    assert not (project.artifacts() / "markdown" / "1455400.md").exists()
+    assert "1 link(s) left out by sources.<name>.exclude" in capsys.readouterr().err

@@ -290,8 +290,10 @@ class Workspace:
 
     def sources_identity(self) -> str:
         """What decides the URL table: each source's plugin, version and output-affecting options."""
+        # An empty exclude list (added after 0.1) is left out, so 0.1's URL tables stay valid.
         return self.identity([self.plugin_identity("crawlers", s.plugin) | {"name": s.name, "options": {
-            k: v for k, v in s.options.items() if k not in RUNTIME_CRAWL_OPTIONS}} for s in self.config.sources])
+            k: v for k, v in s.options.items() if k not in RUNTIME_CRAWL_OPTIONS and (k != "exclude" or v)}}
+            for s in self.config.sources])
 
     def plugin_identity(self, kind: str, name: str) -> dict[str, Any]:
         registered = self.config.registry.table(kind)[name]

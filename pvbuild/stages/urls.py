@@ -60,6 +60,11 @@ class UrlsStage(StageBase):
             result.notes.append(f"{len(skipped)} non-HTTP link(s) left out (e.g. {skipped[0][:60]})")
         configured = [source.name for source in workspace.config.sources]
         merged = merge_urls(read_urls(workspace.urls_csv), crawled, configured)
+        excluded = {link.strip() for source in workspace.config.sources for link in source.options["exclude"]}
+        kept = [row for row in merged if row.link not in excluded]
+        if len(kept) < len(merged):
+            result.notes.append(f"{len(merged) - len(kept)} link(s) left out by sources.<name>.exclude")
+        merged = kept
         write_urls(workspace.urls_csv, merged)
         workspace.forget_rows()
         records = workspace.records("urls")
