@@ -33,9 +33,10 @@ CRAWL_OPTIONS: dict[str, Any] = {
     "plugin": "", "list_url": "", "strategy": "http", "concurrency": 8, "per_host_concurrency": 8,
     "delay": 0.0, "timeout": 30.0, "retries": 2, "refresh_hours": 0.0,
     "exclude": [],  # links never to crawl (a dead link, a page that is not an article)
+    "robots_txt": True,  # honour the site's robots.txt (crawl4ai's check)
 }
 RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries",
-                                   "refresh_hours"})
+                                   "refresh_hours", "robots_txt"})
 STRATEGIES = ("http", "browser")
 ANNOTATOR_OPTIONS: dict[str, Any] = {"plugin": "", "concurrency": 4}
 DATASET_OPTIONS: dict[str, Any] = {

@@ -152,13 +152,15 @@ class PageFetcher:
         one: building one costs ~30 ms of CPU (each attribute set inspects ``__init__``'s signature),
         more than crawl4ai's whole processing of a page."""
         timeout_ms = int(float(options["timeout"]) * 1000)
-        key = json.dumps([css_selector, schema, timeout_ms], sort_keys=True)
+        robots = bool(options.get("robots_txt", True))
+        key = json.dumps([css_selector, schema, timeout_ms, robots], sort_keys=True)
         if key not in self.run_configs:
             from crawl4ai import CacheMode, JsonCssExtractionStrategy
 
             self.run_configs[key] = _run_config_class()(
                 cache_mode=CacheMode.BYPASS, verbose=False, css_selector=css_selector, page_timeout=timeout_ms,
-                extraction_strategy=JsonCssExtractionStrategy(dict(schema)) if schema else None)
+                extraction_strategy=JsonCssExtractionStrategy(dict(schema)) if schema else None,
+                check_robots_txt=robots)  # crawl4ai's own robots.txt check, cached per host
         return self.run_configs[key]
 
     async def _fetch_once(self, url: str, options: Mapping[str, Any], css_selector: str | None,
@@ -174,7 +176,10 @@ class PageFetcher:
             match = _STATUS_IN_ERROR.search(raw.error_message or "")
             status = int(match.group(1)) if match else None
         reason: str | None = None
-        if status is not None and not 200 <= status < 300:
+        if "robots.txt" in (raw.error_message or ""):
+            reason = ("disallowed by the site's robots.txt; leave it out (sources.<name>.exclude) or, with the "
+                      "owner's leave, set sources.<name>.robots_txt = false")
+        elif status is not None and not 200 <= status < 300:
             reason = f"HTTP {status}"  # crawl4ai's own message for this is a long traceback
         elif not raw.success:
             reason = (raw.error_message or "crawl failed").strip().splitlines()[0]

@@ -90,6 +90,7 @@ class FixtureSite(_Running):
     pages: list[list[FixtureArticle]]
     latency: float = 0.0
     absolute_every: int = 2  # every n-th link on a list page is absolute (the rest relative)
+    robots_txt: str = ""  # served at /robots.txt when set (404 otherwise, as the reference site does)
     requests: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -131,6 +132,8 @@ class FixtureSite(_Running):
         return Handler
 
     def render(self, path: str) -> tuple[bytes | None, str]:
+        if path == "/robots.txt" and self.robots_txt:
+            return self.robots_txt.encode("utf-8"), "text/plain"
         if path.startswith("/zc/") and path[4:].isdigit():
             number = int(path[4:])
             if not 1 <= number <= len(self.pages):

@@ -76,3 +76,20 @@ def test_an_excluded_link_is_left_out_of_the_url_table_and_fails_nothing(project
     assert "1455400" not in (project.artifacts() / "urls.csv").read_text(encoding="utf-8")
     assert not (project.artifacts() / "markdown" / "1455400.md").exists()
     assert "1 link(s) left out by sources.<name>.exclude" in capsys.readouterr().err
+
+
+def test_a_page_robots_txt_disallows_is_not_fetched_and_says_why(project: Project, site: FixtureSite,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    blocked = next(article for article in site.articles() if article.file_id == "1455093")
+    site.robots_txt = f"User-agent: *\nDisallow: {blocked.path}\n"
+    config = (f'[profile.test]\nartifacts = "artifacts/test"\n[profile.test.sources.bjx]\n'
+              f'list_url = "{site.url}/zc/{{page}}"\nfirst_page = 1\nlast_page = 2\nretries = 0\n')
+    project.config(config)
+    project.build()
+    assert site.requests[blocked.path] == 0, "never requested"
+    assert not (project.artifacts() / "markdown" / "1455093.md").exists()
+    assert (project.artifacts() / "markdown" / "1455200.md").exists(), "the others are crawled"
+    assert "1455093" in (err := capsys.readouterr().err) and "disallowed by the site's robots.txt" in err
+    project.config(config + "robots_txt = false\n")
+    project.build()
+    assert (project.artifacts() / "markdown" / "1455093.md").exists() and site.requests[blocked.path] == 1
