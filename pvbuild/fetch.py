@@ -14,10 +14,13 @@ import functools
 import json
 import os
 import re
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+from urllib.robotparser import RobotFileParser
 
 from pvbuild.browser import Chromium
 
@@ -59,6 +62,22 @@ class _HostLimiter:
             yield
 
 
+DISALLOWED = ("disallowed by the site's robots.txt; leave it out (sources.<name>.exclude) or, with the owner's "
+              "leave, set sources.<name>.robots_txt = false")
+
+
+def _read_robots(url: str, timeout: float) -> RobotFileParser | None:
+    """The rules at ``url``, or None (allow everything) when there are none or they cannot be read."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as reply:
+            text = reply.read().decode("utf-8", errors="replace")
+    except (urllib.error.URLError, OSError, ValueError):  # 404, refused, timed out, not http
+        return None
+    rules = RobotFileParser(url)
+    rules.parse(text.splitlines())
+    return rules
+
+
 @functools.cache
 def _run_config_class() -> Any:
     """crawl4ai's ``CrawlerRunConfig``, minus a cost: its ``__setattr__`` inspects ``__init__``'s
@@ -97,6 +116,8 @@ class PageFetcher:
         self.crawlers: dict[str, Any] = {}
         self.hosts: dict[str, _HostLimiter] = {}
         self.run_configs: dict[str, Any] = {}
+        self.robots: dict[str, RobotFileParser | None] = {}  # by scheme://host; None: no rules
+        self.robots_lock = asyncio.Lock()
         self.stack = contextlib.AsyncExitStack()
 
     async def __aenter__(self) -> PageFetcher:
@@ -136,6 +157,8 @@ class PageFetcher:
                     schema: Mapping[str, Any] | None = None) -> Fetched:
         """Fetch ``url`` with retries on timeouts, connection errors, 429 and 5xx."""
         attempts = int(options["retries"]) + 1
+        if options.get("robots_txt", True) and not await self._allowed(url, options):
+            return Fetched(url, None, "", None, DISALLOWED)
         result = Fetched(url, None, "", None, "not fetched")
         for attempt in range(attempts):
             async with self.global_slots, self._host(url, options).slot():
@@ -146,21 +169,33 @@ class PageFetcher:
             await asyncio.sleep(min(0.5 * 2**attempt, 8.0))
         return result
 
+    async def _allowed(self, url: str, options: Mapping[str, Any]) -> bool:
+        """Whether the host's robots.txt lets any agent fetch ``url``. It is read once per host per run
+        (stdlib ``urllib.robotparser``): crawl4ai's own per-URL check halved the crawl's throughput
+        (bench_crawl.py, 200 pages: 5.7 s against 3.0 s). A robots.txt that is missing or cannot be
+        read allows everything, as crawlers commonly treat it."""
+        parts = urlsplit(url)
+        host = f"{parts.scheme}://{parts.netloc}"
+        async with self.robots_lock:
+            if host not in self.robots:
+                self.robots[host] = await asyncio.to_thread(_read_robots, f"{host}/robots.txt",
+                                                            float(options["timeout"]))
+        rules = self.robots[host]
+        return rules is None or rules.can_fetch("*", url)
+
     def _run_config(self, options: Mapping[str, Any], css_selector: str | None,
                     schema: Mapping[str, Any] | None) -> Any:
         """One ``CrawlerRunConfig`` per distinct setting, shared by its pages as ``arun_many`` shares
         one: building one costs ~30 ms of CPU (each attribute set inspects ``__init__``'s signature),
         more than crawl4ai's whole processing of a page."""
         timeout_ms = int(float(options["timeout"]) * 1000)
-        robots = bool(options.get("robots_txt", True))
-        key = json.dumps([css_selector, schema, timeout_ms, robots], sort_keys=True)
+        key = json.dumps([css_selector, schema, timeout_ms], sort_keys=True)
         if key not in self.run_configs:
             from crawl4ai import CacheMode, JsonCssExtractionStrategy
 
             self.run_configs[key] = _run_config_class()(
                 cache_mode=CacheMode.BYPASS, verbose=False, css_selector=css_selector, page_timeout=timeout_ms,
-                extraction_strategy=JsonCssExtractionStrategy(dict(schema)) if schema else None,
-                check_robots_txt=robots)  # crawl4ai's own robots.txt check, cached per host
+                extraction_strategy=JsonCssExtractionStrategy(dict(schema)) if schema else None)
         return self.run_configs[key]
 
     async def _fetch_once(self, url: str, options: Mapping[str, Any], css_selector: str | None,
@@ -176,10 +211,7 @@ class PageFetcher:
             match = _STATUS_IN_ERROR.search(raw.error_message or "")
             status = int(match.group(1)) if match else None
         reason: str | None = None
-        if "robots.txt" in (raw.error_message or ""):
-            reason = ("disallowed by the site's robots.txt; leave it out (sources.<name>.exclude) or, with the "
-                      "owner's leave, set sources.<name>.robots_txt = false")
-        elif status is not None and not 200 <= status < 300:
+        if status is not None and not 200 <= status < 300:
             reason = f"HTTP {status}"  # crawl4ai's own message for this is a long traceback
         elif not raw.success:
             reason = (raw.error_message or "crawl failed").strip().splitlines()[0]
