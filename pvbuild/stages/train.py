@@ -11,6 +11,7 @@ starts a new attempt. Backends (``TrainingBackend``): ``local`` (``local_service
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -33,6 +34,40 @@ class TrainingFailed(PvbuildError):
     """The job failed or was stopped; the message carries its FailureReason."""
 
 
+# What JumpStart's Llama scripts (and the local trainer) accept for each hyperparameter: checked
+# before anything runs, so a typo in a value fails at once rather than inside a paid job.
+_WHOLE, _POSITIVE, _RATIO, _FLAG = "a whole number", "a number above 0", "a number from 0 to below 1", "True or False"
+HYPERPARAMETER_RULES: dict[str, tuple[str, Callable[[float], bool]]] = {
+    **dict.fromkeys(("epoch", "per_device_train_batch_size", "per_device_eval_batch_size", "lora_r", "lora_alpha",
+                     "gradient_accumulation_steps"), (_WHOLE + " of at least 1", lambda v: v >= 1)),
+    **dict.fromkeys(("max_input_length", "max_train_samples", "max_val_samples"),
+                    (_WHOLE + " of at least 1, or -1 (all)", lambda v: v >= 1 or v == -1)),
+    **dict.fromkeys(("seed", "train_data_split_seed"), (_WHOLE, lambda v: True)),
+    "learning_rate": (_POSITIVE, lambda v: v > 0),
+    **dict.fromkeys(("lora_dropout", "validation_split_ratio"), (_RATIO, lambda v: 0 <= v < 1)),
+}
+FLAG_HYPERPARAMETERS = frozenset({"instruction_tuned", "chat_dataset", "int8_quantization", "int4_quantization",
+                                  "gradient_checkpointing", "enable_fsdp", "add_input_output_demarcation_key"})
+
+
+def check_hyperparameter(name: str, value: Any, where: str) -> None:
+    """A ConfigError naming the key unless ``value`` fits ``name``'s rule (names without one pass)."""
+    problem = ""
+    if name in FLAG_HYPERPARAMETERS:
+        problem = "" if isinstance(value, bool) or str(value) in ("True", "False") else _FLAG
+    elif name in HYPERPARAMETER_RULES:
+        description, fits = HYPERPARAMETER_RULES[name]
+        try:
+            number = float(value) if not isinstance(value, bool) else float("nan")
+        except (TypeError, ValueError):
+            number = float("nan")
+        whole = description.startswith(_WHOLE)
+        ok = not math.isnan(number) and (not whole or number.is_integer()) and fits(number)
+        problem = "" if ok else description
+    if problem:
+        raise ConfigError(f"{where}: training.hyperparameters.{name} = {value!r}: must be {problem}")
+
+
 def _as_hyperparameter(value: Any) -> str:
     return str(value) if not isinstance(value, bool) else ("True" if value else "False")
 
@@ -52,6 +87,8 @@ def resolve_hyperparameters(base: BaseModel, overrides: Mapping[str, Any], datas
         if name not in known:
             raise ConfigError(f"{where}: training.hyperparameters.{name}: unknown hyperparameter of {base.name}"
                               f"{suggest(name, known)}; known: {', '.join(known)}")
+    for name, value in {**base.hyperparameters, **overrides}.items():
+        check_hyperparameter(name, value, where)
     merged = {name: _as_hyperparameter(value) for name, value in {**base.hyperparameters, **overrides}.items()}
     for fmt, flag in format_flags.items():
         wanted = "True" if fmt == dataset_format else "False"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pvbuild.engine import staleness
@@ -56,3 +58,27 @@ def test_a_misspelled_hyperparameter_fails_before_anything_runs(bench: Bench) ->
         staleness.stale(uploaded(bench).workspace(), STAGE)
     assert bench.training.created == []
     assert main(["--project", str(bench.path), "check"]) == 2
+
+
+@pytest.mark.parametrize(("toml", "message"), [
+    ("epoch = 0", "training.hyperparameters.epoch = 0: must be a whole number of at least 1"),
+    ("epoch = 2.5", "training.hyperparameters.epoch = 2.5: must be a whole number of at least 1"),
+    ("learning_rate = -0.001", "training.hyperparameters.learning_rate = -0.001: must be a number above 0"),
+    ("lora_dropout = 1.0", "training.hyperparameters.lora_dropout = 1.0: must be a number from 0 to below 1"),
+    ('max_input_length = "long"', "training.hyperparameters.max_input_length = 'long': must be a whole number"),
+    ('int8_quantization = "yes"', "training.hyperparameters.int8_quantization = 'yes': must be True or False"),
+])
+def test_a_hyperparameter_out_of_range_fails_before_anything_runs(bench: Bench, toml: str, message: str) -> None:
+    from pvbuild.errors import ConfigError
+
+    (bench.path / "pvbuild.toml").write_text(f"[profile.default.training.hyperparameters]\n{toml}\n",
+                                             encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        staleness.stale(uploaded(bench).workspace(), STAGE)
+    assert bench.training.created == []
+
+
+def test_jumpstart_s_minus_one_and_flags_as_strings_are_accepted(bench: Bench) -> None:
+    (bench.path / "pvbuild.toml").write_text("[profile.default.training.hyperparameters]\nmax_train_samples = -1\n"
+                                             'int8_quantization = "False"\n', encoding="utf-8")
+    assert staleness.stale(uploaded(bench).workspace(), STAGE)  # stale (never trained), not an error
