@@ -204,7 +204,7 @@ def main() -> None:
             spec = LaunchSpec(str(model_dir), str(train_dir), str(validation_dir), hyperparameters(batch), str(output),
                               False, device, "drop", str(work / f"result-{gpus}x{batch}.json"))
             result = launch(spec, gpus, work / "launch.log")
-        parameters = _parameters(__import__("transformers").AutoConfig.from_pretrained(str(output)))
+        parameters = _parameters(output)
         row(f"pvbuild, {gpus} GPU(s), global batch {result.global_batch_size}", batch, result.train_seconds,
             parameters, result.epoch_validation_loss[-1], gpus)
     for batch in [] if args.gpus else args.batch:
@@ -215,17 +215,17 @@ def main() -> None:
         output = work / f"out-{batch}"
         result = finetune(model_dir, train_dir, validation_dir, hyperparameters(batch), output, lora=False,
                           device=device)
-        from transformers import AutoConfig
-
-        parameters = _parameters(AutoConfig.from_pretrained(str(output)))
+        parameters = _parameters(output)
         row("pvbuild: TRL SFTTrainer", batch, result.train_seconds, parameters, result.epoch_validation_loss[-1])
 
 
-def _parameters(config: Any) -> int:
-    from transformers import AutoModelForCausalLM
+def _parameters(model_dir: Path) -> int:
+    """The saved model's parameter count, from its config alone (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    with __import__("torch").device("meta"):
-        return int(AutoModelForCausalLM.from_config(config).num_parameters())
+    with torch.device("meta"):
+        return int(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir))).num_parameters())
 
 
 if __name__ == "__main__":

@@ -71,7 +71,13 @@ ASK_OPTIONS: dict[str, Any] = {
 }
 # Options added after 0.1: at these values they leave an identity as 0.1 computed it, so upgrading
 # pvbuild rebuilds nothing.
-LATER_MODEL_OPTIONS: dict[str, Any] = {"long_prompts": "drop"}
+LATER_OPTIONS: dict[str, Any] = {"long_prompts": "drop", "exclude": []}
+
+
+def without_later_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` less those added after 0.1 that still have their default (``LATER_OPTIONS``)."""
+    return {key: value for key, value in options.items()
+            if not (key in LATER_OPTIONS and value == LATER_OPTIONS[key])}
 # Options that change how a step runs, not what it produces.
 RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "gpus", "host", "port", "poll_seconds", "idle_hours",
                                    "max_runtime_seconds", "spot", "max_wait_seconds"})

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 from pvbuild.artifacts import EndpointRecord, ModelRecord, TrainingRecord, UploadMarker, read_json_object
 from pvbuild.config import (
-    LATER_MODEL_OPTIONS,
     RUNTIME_CRAWL_OPTIONS,
     RUNTIME_MODEL_OPTIONS,
     Config,
     SourceConfig,
     suggest,
+    without_later_defaults,
 )
 from pvbuild.engine.records import (
     FileHasher,
@@ -290,9 +290,8 @@ class Workspace:
 
     def sources_identity(self) -> str:
         """What decides the URL table: each source's plugin, version and output-affecting options."""
-        # An empty exclude list (added after 0.1) is left out, so 0.1's URL tables stay valid.
         return self.identity([self.plugin_identity("crawlers", s.plugin) | {"name": s.name, "options": {
-            k: v for k, v in s.options.items() if k not in RUNTIME_CRAWL_OPTIONS and (k != "exclude" or v)}}
+            k: v for k, v in without_later_defaults(s.options).items() if k not in RUNTIME_CRAWL_OPTIONS}}
             for s in self.config.sources])
 
     def plugin_identity(self, kind: str, name: str) -> dict[str, Any]:
@@ -361,8 +360,8 @@ class Workspace:
     def options_identity(self, options: Mapping[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
         """The identity of a model-half configuration section, without the options that change how a
         step runs, not what it makes."""
-        return self.identity({k: v for k, v in options.items() if k not in RUNTIME_MODEL_OPTIONS | leave_out
-                              and not (k in LATER_MODEL_OPTIONS and v == LATER_MODEL_OPTIONS[k])})
+        return self.identity({k: v for k, v in without_later_defaults(options).items()
+                              if k not in RUNTIME_MODEL_OPTIONS | leave_out})
 
     @property
     def last_list_crawl_file(self) -> Path:

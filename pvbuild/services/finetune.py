@@ -50,7 +50,7 @@ class NonFiniteLoss(PvbuildError):
 class FinetuneResult:
     """Losses and counts of one fine-tuning run."""
 
-    step_losses: list[float] = field(default_factory=list)  # one per logging interval (``log_every`` steps)
+    step_losses: list[float] = field(default_factory=list)  # one per logging interval (``log_every``)
     epoch_train_loss: list[float] = field(default_factory=list)
     epoch_validation_loss: list[float] = field(default_factory=list)
     train_examples: int = 0
@@ -58,9 +58,6 @@ class FinetuneResult:
     train_tokens: int = 0
     dropped: list[str] = field(default_factory=list)  # lines without room for a completion (sft_data)
     truncated: int = 0
-    log_every: int = 1
-    precision: str = "fp32"
-    device: str = "cpu"
     seconds: float = 0.0
     train_seconds: float = 0.0
     processes: int = 1  # data-parallel processes (one per GPU)
@@ -315,8 +312,7 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
     steps = epochs * math.ceil(len(train.examples) / batch)  # optimizer steps
     result = FinetuneResult(train_examples=len(train.examples), validation_examples=len(validation.examples),
                             train_tokens=train.tokens * epochs, dropped=train.dropped + validation.dropped,
-                            truncated=train.truncated + validation.truncated, log_every=log_every(steps),
-                            precision=precision(device), device=device, processes=processes,
+                            truncated=train.truncated + validation.truncated, processes=processes,
                             global_batch_size=batch)
     model = _load_model(model_source, device, hyperparameters)
     if device == "cpu":

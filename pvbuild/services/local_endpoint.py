@@ -98,14 +98,24 @@ class LocalEndpoints:
     def idle_note(self) -> Path:
         return self.cache_dir / "endpoint.idle"
 
+    def _idle_stop(self, record: Mapping[str, Any]) -> float | None:
+        """The seconds without a request after which the recorded server stopped itself, if it did."""
+        pid = record.get("pid")
+        if process_alive(pid):
+            return None
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            note = json.loads(self.idle_note.read_text(encoding="utf-8"))
+            if note.get("pid") == pid:
+                return float(note["idle_seconds"])
+        return None
+
     def problem(self, record: Mapping[str, Any]) -> str | None:
         pid = record.get("pid")
         if not process_alive(pid):
-            with contextlib.suppress(OSError, ValueError):
-                note = json.loads(self.idle_note.read_text(encoding="utf-8"))
-                if note.get("pid") == pid:
-                    return (f"endpoint {record.get('endpoint_name')}: stopped after {note['idle_seconds'] / 3600:g} h "
-                            "without a request (endpoint.idle_hours); the next doit starts it again")
+            idle = self._idle_stop(record)
+            if idle is not None:
+                return (f"endpoint {record.get('endpoint_name')}: stopped after {idle / 3600:g} h "
+                        "without a request (endpoint.idle_hours); the next doit starts it again")
             return f"endpoint {record.get('endpoint_name')}: process {pid} is gone (stale pid)"
         try:
             ping = http_json(f"{record['url']}/ping", timeout=5)
@@ -121,8 +131,7 @@ class LocalEndpoints:
     def idle(self, record: Mapping[str, Any], hours: float) -> bool:
         """A local server keeps its own time (``pvbuild serve --idle-seconds``) and exits by itself;
         teardown --idle only deletes one that already stopped for want of requests."""
-        problem = self.problem(record) or ""
-        return "without a request" in problem
+        return self._idle_stop(record) is not None
 
     def delete(self, record: Mapping[str, Any]) -> dict[str, Any]:
         pid = record.get("pid")

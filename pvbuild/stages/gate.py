@@ -56,11 +56,11 @@ class DataGate(StageBase):
         return failures if len(failures) > allowance(workspace) else []
 
     def run(self, workspace: Workspace) -> StageResult:
-        failures = outstanding_failures(workspace)
+        failures, allowed = outstanding_failures(workspace), allowance(workspace)
         result = StageResult(self.name)
-        if len(failures) > allowance(workspace):  # (none: doit -a ran the gate although it was open)
+        if len(failures) > allowed:  # (none: doit -a ran the gate although it was open)
             lines = [f"{len(failures)} item(s) failed and will be retried on the next run"
-                     + (f" (dataset.max_failed allows {allowance(workspace)})" if allowance(workspace) else "") + ":"]
+                     + (f" (dataset.max_failed allows {allowed})" if allowed else "") + ":"]
             raise PvbuildError("\n".join([*lines, *(f"  {entry.reason}" for entry in failures)]))
         if failures:
             say(f"data: the model half goes on without {len(failures)} failed item(s) "
