@@ -6,7 +6,8 @@ Data: instruction lines of the reference template (``关于光伏政策<{context
 contexts are cut from the bundled sample site's text to prompts of 250-900 tokens (seeded), with
 50-200-token answers; a fifth more lines are the validation set both trainers are scored on.
 Model: ``--shape smollm2`` is a SmolLM2-135M-shaped Llama (30 layers, 576 wide, SmolLM2's
-49,152-token tokenizer), randomly initialised; ``--shape tiny`` is pvbuild's two-layer tiny model.
+49,152-token tokenizer), randomly initialised; ``--shape llama1b`` Llama 3.2 1B's layers (16, 2,048 wide)
+on the same tokenizer, 1.07 B parameters; ``--shape tiny`` is pvbuild's two-layer tiny model.
 MFU = 6 x parameters x tokens/s / ``--peak`` (790 TFLOP/s: an H100's dense bf16).
 
 Run (GPU): python bench/bench_train.py --shape smollm2 --lines 1000 --batch 4 16
@@ -33,7 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_scale import sample_markdown  # noqa: E402
-from pvbuild.services.finetune import finetune, pick_device, precision  # noqa: E402
+from pvbuild.services.finetune import FinetuneResult, finetune, pick_device, precision  # noqa: E402
 from pvbuild.services.launch import LaunchSpec, launch  # noqa: E402
 from pvbuild.services.sft_data import IGNORE, Example, Line, encode  # noqa: E402
 
@@ -65,6 +66,15 @@ def write_channel(directory: Path, lines: list[dict[str, str]]) -> Path:
     return directory
 
 
+# Llama shapes (random init): SmolLM2-135M's, and a 1B class one (Llama 3.2 1B's layers on SmolLM2's vocabulary).
+SHAPES: dict[str, dict[str, Any]] = {
+    "smollm2": {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                "num_key_value_heads": 3},
+    "llama1b": {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+                "num_key_value_heads": 8},
+}
+
+
 def build_model(shape: str, tokenizer_dir: Path | None, texts: list[str], directory: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -79,8 +89,8 @@ def build_model(shape: str, tokenizer_dir: Path | None, texts: list[str], direct
 
         tokenizer_dir = converted_model(Path(tempfile.gettempdir()) / "pvbuild-bench-models")
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+    width = SHAPES[shape]
+    config = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=8192, **width,
                          rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
                          tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
                          eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
@@ -146,7 +156,7 @@ def synchronize(device: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", choices=("smollm2", "tiny"), default="smollm2")
+    parser.add_argument("--shape", choices=("smollm2", "llama1b", "tiny"), default="smollm2")
     parser.add_argument("--lines", type=int, default=1000)
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--short", action="store_true", help="prompts of 50-200 tokens (for the CPU and tiny)")
@@ -155,6 +165,8 @@ def main() -> None:
     parser.add_argument("--peak", type=float, default=790e12, help="the device's dense bf16 FLOP/s, for MFU")
     parser.add_argument("--tokenizer", type=Path)
     parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--repeat", type=int, default=1, help="pvbuild's runs per --batch (caches warm up)")
+    parser.add_argument("--no-warmup", action="store_true", help="no untimed run first (kernel compiles, caches)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--gpus", nargs="+", metavar="G:B",
                         help="data-parallel runs of pvbuild's trainer, G processes at per-device batch B each "
@@ -181,12 +193,18 @@ def main() -> None:
     print(f"{args.shape} on {device} ({precision(device)} for pvbuild): {len(train.examples)} training examples, "
           f"{tokens:,} tokens (one epoch), {len(validation.examples)} validation examples, "
           f"max_input_length {args.max_length}")
-    print(f"{'trainer':<34} {'batch':>5} {'tokens/s':>10} {'MFU':>7} {'seconds':>8} {'val loss':>9}")
-
-    def row(name: str, batch: int, seconds: float, parameters: int, loss: float, gpus: int = 1) -> None:
+    print(f"{'trainer':<38} {'batch':>5} {'tokens/s':>10} {'steady':>10} {'MFU':>7} {'seconds':>8} "
+          f"{'val loss':>9}")
+    def row(name: str, batch: int, seconds: float, parameters: int, loss: float, gpus: int = 1,
+            result: FinetuneResult | None = None) -> None:
         rate = tokens / seconds
+        # Steady: after the first optimizer step (DDP set-up, the first kernel compiles), the average step's tokens.
+        steady = math.nan
+        if result is not None and result.steps > 1:
+            steady = tokens * (result.steps - 1) / result.steps / (seconds - result.first_step_seconds)
         mfu = 6 * parameters * rate / (args.peak * gpus) if device.startswith("cuda") else math.nan
-        print(f"{name:<34} {batch:>5} {rate:>10,.0f} {mfu:>7.1%} {seconds:>8.1f} {loss:>9.3f}", flush=True)
+        print(f"{name:<38} {batch:>5} {rate:>10,.0f} {steady:>10,.0f} {mfu:>7.1%} {seconds:>8.1f} {loss:>9.3f}",
+              flush=True)
 
     def hyperparameters(batch: int) -> dict[str, str]:
         return {"epoch": "1", "learning_rate": str(args.learning_rate), "lora_r": "8", "lora_alpha": "32",
@@ -194,29 +212,35 @@ def main() -> None:
                 "max_input_length": str(args.max_length), "instruction_tuned": "True",
                 "chat_dataset": "False", "validation_split_ratio": "0"}
 
+    # The baseline first, once a batch: pvbuild's trainer applies Liger's kernels to transformers' Llama classes,
+    # which would then speed up the baseline's model too.
+    for batch in [] if args.gpus or args.no_baseline else sorted(set(args.batch), key=args.batch.index):
+        found = baseline_loop(model_dir, train.examples, validation.examples, batch, args.learning_rate, device)
+        row("baseline: hand-written fp32 loop", batch, found["seconds"], int(found["parameters"]),
+            found["validation_loss"])
+    if not args.no_warmup:  # kernels compile once per machine (Triton's disk cache), not in the first timed run
+        warm_dir = write_channel(work / "warm", train_lines[:64])
+        first_batch = (int(args.gpus[0].split(":")[1]) if args.gpus else args.batch[0])
+        finetune(model_dir, warm_dir, None, hyperparameters(first_batch), work / "out-warm", lora=False, device=device)
+
     for run in args.gpus or []:
         gpus, batch = (int(part) for part in run.split(":"))
         output = work / f"out-{gpus}x{batch}"
-        if gpus == 1:
-            result = finetune(model_dir, train_dir, validation_dir, hyperparameters(batch), output, lora=False,
-                              device=device)
-        else:
-            spec = LaunchSpec(str(model_dir), str(train_dir), str(validation_dir), hyperparameters(batch), str(output),
-                              False, device, "drop", str(work / f"result-{gpus}x{batch}.json"))
-            result = launch(spec, gpus, work / "launch.log")
+        # Every count in fresh processes through the same launcher: one GPU does not inherit the bench
+        # process's warm allocator and kernel caches that the processes of two do not have.
+        spec = LaunchSpec(str(model_dir), str(train_dir), str(validation_dir), hyperparameters(batch), str(output),
+                          False, device, "drop", str(work / f"result-{gpus}x{batch}.json"))
+        result = launch(spec, gpus, work / "launch.log")
         parameters = _parameters(output)
         row(f"pvbuild, {gpus} GPU(s), global batch {result.global_batch_size}", batch, result.train_seconds,
-            parameters, result.epoch_validation_loss[-1], gpus)
-    for batch in [] if args.gpus else args.batch:
-        if not args.no_baseline:
-            found = baseline_loop(model_dir, train.examples, validation.examples, batch, args.learning_rate, device)
-            row("baseline: hand-written fp32 loop", batch, found["seconds"], int(found["parameters"]),
-                found["validation_loss"])
+            parameters, result.epoch_validation_loss[-1], gpus, result)
+    for batch in [] if args.gpus else [size for size in args.batch for _ in range(args.repeat)]:
         output = work / f"out-{batch}"
         result = finetune(model_dir, train_dir, validation_dir, hyperparameters(batch), output, lora=False,
                           device=device)
         parameters = _parameters(output)
-        row("pvbuild: TRL SFTTrainer", batch, result.train_seconds, parameters, result.epoch_validation_loss[-1])
+        row("pvbuild: TRL SFTTrainer", batch, result.train_seconds, parameters, result.epoch_validation_loss[-1],
+            result=result)
 
 
 def _parameters(model_dir: Path) -> int:

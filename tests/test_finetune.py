@@ -23,6 +23,7 @@ def test_instruction_training_lowers_the_loss(tiny_base: Path, tmp_path: Path) -
     train = write_channel(tmp_path / "training", instruction_lines(), TEMPLATE)
     result = finetune(tiny_base, train, None, hyperparameters(chat=False), tmp_path / "model", lora=False)
     assert result.train_examples == 12 and result.validation_examples == 4  # validation_split_ratio 0.25
+    assert result.steps == 4 * 2 and 0 < result.first_step_seconds < result.train_seconds  # 4 epochs, 12 lines in 8s
     assert result.epoch_train_loss[-1] < result.epoch_train_loss[0] - 0.5
     assert result.epoch_validation_loss[-1] < result.epoch_validation_loss[0]
     assert (tmp_path / "model" / "model.safetensors").is_file()
@@ -34,6 +35,14 @@ def test_chat_training_lowers_the_loss(tiny_base: Path, tmp_path: Path) -> None:
     result = finetune(tiny_base, train, None, hyperparameters(chat=True), tmp_path / "model", lora=False)
     assert result.epoch_train_loss[-1] < result.epoch_train_loss[0] - 0.5
     assert result.epoch_validation_loss[-1] < result.epoch_validation_loss[0]
+
+
+def test_liger_kernels_only_on_cuda() -> None:
+    """Liger's kernels are Triton GPU code: the CPU trainer never asks for them, installed or not."""
+    from pvbuild.services.finetune import liger_kernels, sft_config
+
+    assert not liger_kernels("cpu")
+    assert sft_config(hyperparameters(chat=False), Path("unused"), "cpu", 10, False).use_liger_kernel is False
 
 
 def test_lora_is_merged_into_a_plain_model(tiny_base: Path, tmp_path: Path) -> None:

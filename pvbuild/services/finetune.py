@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,8 @@ class FinetuneResult:
     truncated: int = 0
     seconds: float = 0.0
     train_seconds: float = 0.0
+    first_step_seconds: float = 0.0  # of train_seconds: set-up (DDP, kernels' first compiles) shows here
+    steps: int = 0  # optimizer steps
     processes: int = 1  # data-parallel processes (one per GPU)
     global_batch_size: int = 0  # examples per optimizer step, over every process
 
@@ -131,6 +134,15 @@ def precision(device: str) -> str:
     return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
 
 
+def liger_kernels(device: str) -> bool:
+    """Liger's fused layer kernels (RMSNorm, SwiGLU, RoPE) where its package is installed on a CUDA machine:
+    fewer kernel launches, and a 135M model's step is bound by launches (``bench_train.py``). TRL keeps its own
+    fused LM head and loss."""
+    import importlib.util
+
+    return device.startswith("cuda") and importlib.util.find_spec("liger_kernel") is not None
+
+
 def _attention(device: str) -> str:
     """Flash attention where its package is installed (padding-free batches then), else PyTorch's SDPA."""
     import importlib.util
@@ -180,6 +192,7 @@ def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str
         **_checkpointing(_flag(hyperparameters, "gradient_checkpointing")),
         max_length=int(hyperparameters["max_input_length"]), seed=int(hyperparameters.get("seed", 42)),
         bf16=dtype == "bf16", use_cpu=device == "cpu", padding_free=padding_free,
+        use_liger_kernel=liger_kernels(device),
         pad_to_multiple_of=64 if device.startswith("cuda") and not padding_free else None,
         train_sampling_strategy="random" if padding_free else "group_by_length",
         optim="adamw_torch_fused" if device.startswith("cuda") else "adamw_torch",
@@ -216,13 +229,15 @@ def _dataset(encoded: Encoded) -> Any:
                               "labels": [example.labels for example in encoded.examples]})
 
 
-def _callbacks(progress: Progress, epochs: int) -> list[Any]:
+def _callbacks(progress: Progress, epochs: int, timing: dict[str, float]) -> list[Any]:
     from transformers import TrainerCallback
 
     class Watch(TrainerCallback):
         """Progress per step; a NaN or infinite loss ends the job naming the step."""
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == 1:
+                timing["first_step"] = time.monotonic()
             progress.note = f"epoch {min(epochs, math.floor(state.epoch or 0) + 1)}/{epochs}"
             progress.advance()
 
@@ -313,23 +328,27 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
     result = FinetuneResult(train_examples=len(train.examples), validation_examples=len(validation.examples),
                             train_tokens=train.tokens * epochs, dropped=train.dropped + validation.dropped,
                             truncated=train.truncated + validation.truncated, processes=processes,
-                            global_batch_size=batch)
+                            global_batch_size=batch, steps=steps)
     model = _load_model(model_source, device, hyperparameters)
     if device == "cpu":
         use_cpu_threads(model)
     # One progress line however many processes train: the first one's.
+    timing: dict[str, float] = {}
     progress = Progress("train", steps, stream=None if int(os.environ.get("RANK", "0")) == 0 else io.StringIO())
-    trainer = SFTTrainer(
-        model=model, args=sft_config(hyperparameters, output_dir.with_name(output_dir.name + ".trainer"), device,
-                                     steps, bool(validation.examples)),
-        train_dataset=_dataset(train), eval_dataset=_dataset(validation) if validation.examples else None,
-        processing_class=tokenizer, peft_config=lora_config(hyperparameters) if lora else None,
-        callbacks=_callbacks(progress, epochs))
+    with warnings.catch_warnings():  # TRL calls Liger deprecated in favour of Hub kernels, which need the network
+        warnings.filterwarnings("ignore", message=".*use_liger_kernel.*", category=FutureWarning)
+        trainer = SFTTrainer(
+            model=model, args=sft_config(hyperparameters, output_dir.with_name(output_dir.name + ".trainer"), device,
+                                         steps, bool(validation.examples)),
+            train_dataset=_dataset(train), eval_dataset=_dataset(validation) if validation.examples else None,
+            processing_class=tokenizer, peft_config=lora_config(hyperparameters) if lora else None,
+            callbacks=_callbacks(progress, epochs, timing))
     for printer in (PrinterCallback, ProgressCallback):  # pvbuild's own progress line says it all
         trainer.remove_callback(printer)
     try:
         training_started = time.monotonic()
         trainer.train()
+        result.first_step_seconds = timing.get("first_step", training_started) - training_started
         evaluating = sum(float(entry.get("eval_runtime", 0.0)) for entry in trainer.state.log_history)
         result.train_seconds = time.monotonic() - training_started - evaluating  # training alone, for tokens/s
     finally:

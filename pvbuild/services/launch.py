@@ -61,7 +61,8 @@ def launch(spec: LaunchSpec, processes: int, log: Path) -> FinetuneResult:
     atomic_write_text(spec_file, json.dumps(asdict(spec)))
     # accelerate's multi-GPU launcher (torchrun underneath) also starts CPU processes, which then talk
     # over gloo; its --cpu launcher needs mpirun for more than one. Precision is the trainer's (SFTConfig).
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+    several = ["--multi_gpu"] if processes > 1 else []  # accelerate refuses it for one process
+    command = [sys.executable, "-m", "accelerate.commands.launch", *several, "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "pvbuild.services.launch", str(spec_file)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
