@@ -130,6 +130,74 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_history(args: argparse.Namespace) -> int:
+    from pvbuild.config import load_config
+    from pvbuild.files import atomic_write_text
+    from pvbuild.history import as_rows, builds, page, text
+
+    config = load_config(args.project, args.profile)
+    history = builds(config.project_dir, config.artifacts / "report" / "metrics.json", args.last)
+    if args.json:
+        _print(json.dumps(as_rows(history), ensure_ascii=False, indent=1))
+    elif args.html is not None:
+        target = Path(args.html or config.cache_dir / "history.html")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(target, page(history, config.profile))
+        _print(f"history of {len(history)} build(s): {target}")
+    else:
+        _print(text(history))
+    return 0
+
+
+def cmd_publish(args: argparse.Namespace) -> int:
+    from pvbuild.check import check, stale_ones
+    from pvbuild.publish import local_card, publish, published_files
+
+    workspace = _workspace(args, live=False)
+    options = workspace.config.publish
+    repo = args.hub or str(options["hub_repo"])
+    if not repo:
+        raise PvbuildError("pvbuild publish needs a dataset repo: --hub ORG/NAME or publish.hub_repo")
+    stale = stale_ones(check(workspace, "dataset"))
+    if stale:
+        raise PvbuildError(f"the dataset is not up to date ({len(stale)} stale item(s), `pvbuild check --until "
+                           "dataset` lists them): run doit data first, so the card describes what is published")
+    license_id = args.license or str(options["license"])
+    if args.dry_run:
+        target = local_card(workspace, repo, license_id, workspace.config.cache_dir / "dataset-card.md")
+        files = published_files(workspace.read_artifact(workspace.manifest) or {"files": {}})
+        _print(f"would publish {len(files)} file(s) and the card to {repo}: {', '.join(files)}\ncard: {target}")
+        return 0
+    private = bool(options["private"]) if args.public is None else not args.public
+    url = publish(workspace, repo, private, license_id)
+    _print(f"published to {repo} ({'private' if private else 'public'}): {url}")
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pvbuild.diff import shown
+    from pvbuild.stages.evaluate import mean_scores
+
+    workspace = _workspace(args, live=False)
+    standings = workspace.standings(mean_scores(workspace))
+    if args.json:
+        _print(json.dumps([asdict(standing) for standing in standings], ensure_ascii=False, indent=1))
+        return 0
+    columns = ("candidate", "base model", "status", "train loss", "val loss", "perplexity", "chrF", "tokens",
+               "trained s", "billed s")
+    lines = [columns] + [(("* " if s.selected else "  ") + s.name, s.base_model, s.status)
+                         + tuple(shown(value) for value in (s.train_loss, s.validation_loss, s.perplexity, s.chrf,
+                                                             s.train_tokens, s.training_seconds, s.billable_seconds))
+                         for s in standings]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    _print("\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+                     for line in lines) + "\n* served (training.select = validation_loss: the lowest validation "
+                                          "loss; or a candidate's name)")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from pvbuild.stages.prune import describe, find_leftovers, remove_leftovers
 
@@ -187,6 +255,27 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument("new_rev", nargs="?", help="compare with this revision instead of the working tree")
     diff.add_argument("--json", action="store_true", help="print the changed metrics as JSON")
     diff.set_defaults(run=cmd_diff)
+    history = commands.add_parser("history", help="the build's numbers over the commits that changed them, and what "
+                                  "each build changed (from git)")
+    _profile_option(history)
+    history.add_argument("--last", type=int, default=20, help="this many committed builds (default 20)")
+    history.add_argument("--json", action="store_true", help="one object per build")
+    history.add_argument("--html", nargs="?", const="", default=None, metavar="FILE",
+                         help="write an HTML page (default .pvbuild/<profile>/history.html)")
+    history.set_defaults(run=cmd_history)
+    publish = commands.add_parser("publish", help="push the built dataset to the Hugging Face Hub with a dataset card "
+                                  "(token: HF_TOKEN)")
+    _profile_option(publish)
+    publish.add_argument("--hub", help="the dataset repo, ORG/NAME (default: publish.hub_repo)")
+    publish.add_argument("--license", help="the card's licence id, e.g. cc-by-4.0 (default: publish.license)")
+    publish.add_argument("--public", action="store_true", default=None, help="a public repo (default: private)")
+    publish.add_argument("--dry-run", action="store_true", help="write the card locally, list the files, send nothing")
+    publish.set_defaults(run=cmd_publish)
+    leaderboard = commands.add_parser("leaderboard", help="the training candidates by validation loss, the served "
+                                      "one marked")
+    _profile_option(leaderboard)
+    leaderboard.add_argument("--json", action="store_true", help="one object per candidate")
+    leaderboard.set_defaults(run=cmd_leaderboard)
     prune = commands.add_parser("prune", help="remove orphans (articles no longer in the URL table) and leftovers "
                                 "of interrupted builds; doit does it too")
     _profile_option(prune)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import string
 import tomllib
 from collections.abc import Mapping
@@ -23,7 +24,7 @@ from pvbuild.plugins import Registry, load_plugins
 
 EMBEDDED = "pvbuild/profiles.toml (embedded)"
 PROFILE_KEYS = {"inherits", "artifacts", "sources", "annotator", "dataset", "storage", "aws", "training", "endpoint",
-                "ask"}
+                "ask", "evaluation", "publish"}
 # An option is refused as a secret when one of its ``_``-separated words is one of these.
 SECRET_WORDS = frozenset({"api", "apikey", "key", "secret", "password", "token", "credential", "credentials"})
 
@@ -49,21 +50,40 @@ DATASET_OPTIONS: dict[str, Any] = {
     "articles_per_shard": 2048,  # the dataset is rebuilt, stored and uploaded in shards of about this many
     # Failed articles the model half may go on without: a count, or a ratio of the URL table (0.01).
     "max_failed": 0,
+    # General question/answer data mixed in against forgetting (stages/mixing.py): a .jsonl/.csv file, a
+    # datasets folder or builtin:general-zh, and its share of the training lines (8:2 → 0.2).
+    "mix_file": "", "mix_ratio": 0.2,
 }
 TEMPLATE_FIELDS = ("context", "question", "answer")  # what an instruction line can hold
 
 # The model half. Backends: "local" (offline, default profile) or the AWS services.
 STORAGE_OPTIONS: dict[str, Any] = {"backend": "local", "root": ".pvbuild/object-store", "bucket": "",
                                    "prefix": "llm-fine-tuning"}
-AWS_OPTIONS: dict[str, Any] = {"region": "", "partition": "aws", "role_arn": "", "endpoint_url": ""}
+AWS_OPTIONS: dict[str, Any] = {
+    "region": "", "partition": "aws", "role_arn": "", "endpoint_url": "",
+    # What enterprises require of every resource: a KMS key (S3 objects, job output and volumes, endpoint
+    # storage), a VPC (training job and model), tags (jobs, models, endpoint configs, endpoints).
+    "kms": "", "subnets": [], "security_group_ids": [], "tags": {},
+}
 AWS_PARTITIONS = {"aws": "", "aws-cn": "cn-", "aws-us-gov": "us-gov-"}  # partition → its regions' prefix
 TRAINING_OPTIONS: dict[str, Any] = {
     "backend": "local", "base_model": "llama-3.2-1b-instruct", "hyperparameters": {}, "instance_type": "",
     "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
     "max_runtime_seconds": 86400, "long_prompts": "drop", "gpus": "auto", "spot": False, "max_wait_seconds": 0,
+    "instance_count": 1,  # sagemaker: instances of the training job
+    # Several fine-tunes of one dataset, each its own job: [{name, base_model?, hyperparameters?, instance_type?}].
+    # None: one job of the section's own base_model and hyperparameters. ``select``: which one deploy serves.
+    "candidates": [], "select": "validation_loss",
 }
+# Held-out lines asked of the base model and of each candidate, scored with chrF (0 questions: no evaluation).
+EVALUATION_OPTIONS: dict[str, Any] = {"questions": 0, "max_new_tokens": 48}
+# `pvbuild publish`: the Hub dataset repo (or --hub), its licence on the card, and whether it is private.
+PUBLISH_OPTIONS: dict[str, Any] = {"hub_repo": "", "license": "", "private": True}
+CANDIDATE_OPTIONS: dict[str, Any] = {"name": "", "base_model": "", "hyperparameters": {}, "instance_type": ""}
+SELECT_RULES = ("validation_loss",)  # or a candidate's name
 ENDPOINT_OPTIONS: dict[str, Any] = {"backend": "local", "instance_type": "", "host": "127.0.0.1", "port": 0,
-                                    "startup_timeout": 300.0, "poll_seconds": 30.0, "idle_hours": 0.0}
+                                    "startup_timeout": 300.0, "poll_seconds": 30.0, "idle_hours": 0.0,
+                                    "instance_count": 1}  # sagemaker: the endpoint's initial instances
 ASK_OPTIONS: dict[str, Any] = {
     "system_prompt": "你是一位光伏行业专家，请用中文回答。", "max_new_tokens": 1024, "top_p": 0.9,
     "temperature": 0.6, "repetition_penalty": 1.1, "stop": ["<|eot_id|>", "<|end_of_text|>"], "tokenizer": "",
@@ -71,7 +91,8 @@ ASK_OPTIONS: dict[str, Any] = {
 }
 # Options added after 0.1: at these values they leave an identity as 0.1 computed it, so upgrading
 # pvbuild rebuilds nothing.
-LATER_OPTIONS: dict[str, Any] = {"long_prompts": "drop", "exclude": []}
+LATER_OPTIONS: dict[str, Any] = {"long_prompts": "drop", "exclude": [], "candidates": [],
+                                 "select": "validation_loss", "instance_count": 1}
 
 
 def without_later_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,6 +138,8 @@ class Config:
     training: Mapping[str, Any]
     endpoint: Mapping[str, Any]
     ask: Mapping[str, Any]
+    evaluation: Mapping[str, Any]
+    publish: Mapping[str, Any]
 
     @property
     def state_dir(self) -> Path:
@@ -275,7 +298,7 @@ def _annotator(check: _Validator, table: Any, registry: Registry, project_dir: P
     return StageConfig(plugin=plugin, options=options)
 
 
-def _dataset(check: _Validator, table: Any, registry: Registry) -> dict[str, Any]:
+def _dataset(check: _Validator, table: Any, registry: Registry, project_dir: Path) -> dict[str, Any]:
     options = check.options("dataset", table or {}, DATASET_OPTIONS)
     formats = list(registry.dataset_formats)  # dataset formats are plugins, in registration order
     if options["format"] not in formats:
@@ -286,6 +309,18 @@ def _dataset(check: _Validator, table: Any, registry: Registry) -> dict[str, Any
                          f"not {failed}")
     if not 0.0 <= options["validation_ratio"] < 1.0:
         raise check.fail("dataset.validation_ratio", "must be at least 0 and below 1")
+    mix_file = str(options["mix_file"])
+    shipped = sorted(f"builtin:{entry.name.removesuffix('.jsonl')}" for entry in
+                     (resources.files("pvbuild") / "general").iterdir() if entry.name.endswith(".jsonl"))
+    if mix_file.startswith("builtin:") and mix_file not in shipped:
+        raise check.fail("dataset.mix_file", f"{mix_file!r}: no such general set{suggest(mix_file, shipped)}; "
+                         f"shipped: {', '.join(shipped)}")
+    if mix_file and not mix_file.startswith("builtin:") and not (project_dir / mix_file).exists():
+        raise check.fail("dataset.mix_file", f"{mix_file}: no such file or folder in {project_dir} (a .jsonl or "
+                         ".csv file of question/answer rows, a datasets folder, or one of: " + ", ".join(shipped) + ")")
+    if not 0.0 < options["mix_ratio"] < 1.0:
+        raise check.fail("dataset.mix_ratio", f"must be above 0 and below 1 (the general share: 8:2 is 0.2), "
+                         f"not {options['mix_ratio']}")
     if options["articles_per_shard"] < 1:
         raise check.fail("dataset.articles_per_shard", "must be a whole number of at least 1")
     template = options["template"]
@@ -306,7 +341,8 @@ def _dataset(check: _Validator, table: Any, registry: Registry) -> dict[str, Any
 def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -> dict[str, dict[str, Any]]:
     tables = {name: check.options(name, raw.get(name) or {}, defaults) for name, defaults in (
         ("storage", STORAGE_OPTIONS), ("aws", AWS_OPTIONS), ("training", TRAINING_OPTIONS),
-        ("endpoint", ENDPOINT_OPTIONS), ("ask", ASK_OPTIONS))}
+        ("endpoint", ENDPOINT_OPTIONS), ("ask", ASK_OPTIONS), ("evaluation", EVALUATION_OPTIONS),
+        ("publish", PUBLISH_OPTIONS))}
     for kind, section in BACKEND_KINDS.items():  # backends are plugins: the registry says what exists
         names = registry.backend_names(kind)
         check.plugin(f"{section}.backend", tables[section]["backend"], dict.fromkeys(names), f"{kind} backend")
@@ -324,12 +360,49 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
             "max_runtime_seconds"]:
         raise check.fail("training.max_wait_seconds", "must be at least max_runtime_seconds (SageMaker's rule for "
                          "spot jobs); 0 means twice max_runtime_seconds")
+    for section in ("training", "endpoint"):
+        if tables[section]["instance_count"] < 1:
+            raise check.fail(f"{section}.instance_count", "must be a whole number of at least 1")
     if tables["endpoint"]["idle_hours"] < 0:
         raise check.fail("endpoint.idle_hours", "must be 0 (never) or more hours")
     check.plugin("training.long_prompts", tables["training"]["long_prompts"], dict.fromkeys(("drop", "truncate")),
                  "way to treat prompts longer than max_input_length")
+    training["candidates"] = _candidates(check, training, registry)
+    evaluation = tables["evaluation"]
+    if evaluation["questions"] < 0 or evaluation["max_new_tokens"] < 1:
+        raise check.fail("evaluation", "questions must be 0 (none) or more, max_new_tokens at least 1")
+    if evaluation["questions"] and training["backend"] != "local":
+        raise check.fail("evaluation.questions", "evaluation runs the models on this machine: it needs "
+                         "training.backend = \"local\" (on SageMaker, set questions = 0 and read the leaderboard)")
     _aws(check, tables["aws"])
     return tables
+
+
+def _candidates(check: _Validator, training: Mapping[str, Any], registry: Registry) -> list[dict[str, Any]]:
+    """``training.candidates`` as complete tables (a candidate's base model defaults to the section's), and
+    ``training.select`` naming a rule or one of them."""
+    given = training["candidates"]
+    names: list[str] = []
+    found = []
+    for index, table in enumerate(given):
+        where = f"training.candidates[{index}]"
+        candidate = check.options(where, table, CANDIDATE_OPTIONS)
+        name = candidate["name"]
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,39}", name):
+            raise check.fail(f"{where}.name", f"{name!r}: a candidate needs a name of up to 40 lowercase letters, "
+                             "digits and dashes (it names its folder and its jobs)")
+        if name in names:
+            raise check.fail(f"{where}.name", f"{name!r} is named twice; each candidate needs its own name")
+        names.append(name)
+        candidate["base_model"] = candidate["base_model"] or training["base_model"]
+        check.plugin(f"{where}.base_model", candidate["base_model"], registry.base_models, "base model")
+        found.append(candidate)
+    select = training["select"]
+    if select not in (*SELECT_RULES, *names):
+        choices = [*SELECT_RULES, *names]
+        raise check.fail("training.select", f"{select!r} is neither a rule nor a candidate{suggest(select, choices)}; "
+                         f"one of: {', '.join(choices)}")
+    return found
 
 
 def _aws(check: _Validator, aws: Mapping[str, Any]) -> None:
@@ -346,6 +419,19 @@ def _aws(check: _Validator, aws: Mapping[str, Any]) -> None:
     if aws["role_arn"] and not aws["role_arn"].startswith(f"arn:{partition}:iam::"):
         raise check.fail("aws.role_arn", f"expected an IAM role ARN of partition {partition!r}: "
                          f"arn:{partition}:iam::<account>:role/<name>")
+    for key, prefix in (("subnets", "subnet-"), ("security_group_ids", "sg-")):
+        wrong = [value for value in aws[key] if not (isinstance(value, str) and value.startswith(prefix))]
+        if wrong:
+            raise check.fail(f"aws.{key}", f"expected ids starting with {prefix!r}, not {wrong}")
+    if bool(aws["subnets"]) != bool(aws["security_group_ids"]):
+        raise check.fail("aws.subnets", "a VPC needs both subnets and security_group_ids (or neither)")
+    bad_tags = [key for key, value in aws["tags"].items() if not isinstance(value, str) or key.startswith("aws:")]
+    if bad_tags:
+        raise check.fail("aws.tags", f"{bad_tags}: tag values are strings, and keys may not start with 'aws:'")
+    if aws["kms"] and aws["kms"].startswith("arn:") and \
+            not aws["kms"].startswith(f"arn:{partition}:kms:"):
+        raise check.fail("aws.kms", f"a KMS key ARN of partition {partition!r} (arn:{partition}:kms:...), "
+                         "or a key id")
 
 
 def _refuse_misspelled_profiles(embedded: Mapping[str, Any], project: Mapping[str, Any], label: str) -> None:
@@ -388,5 +474,6 @@ def load_config(project_dir: Path | str = ".", profile: str | None = None) -> Co
         profile=name, project_dir=project, config_file=label, artifacts=project / artifacts,
         sources=_sources(check, raw.get("sources"), registry),
         annotator=_annotator(check, raw.get("annotator"), registry, project),
-        dataset=_dataset(check, raw.get("dataset"), registry), registry=registry, **_model_half(check, raw, registry),
+        dataset=_dataset(check, raw.get("dataset"), registry, project), registry=registry,
+        **_model_half(check, raw, registry),
     )

@@ -7,7 +7,7 @@ import json
 import math
 import subprocess
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from pvbuild.errors import PvbuildError
 
@@ -18,15 +18,19 @@ def metrics_at(project: Path, path: Path, revision: str | None) -> dict[str, Any
         return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else {}
     relative = path.relative_to(project).as_posix()
     try:
-        shown = subprocess.run(["git", "show", f"{revision}:{relative}"], cwd=project, capture_output=True,
+        found = subprocess.run(["git", "show", f"{revision}:{relative}"], cwd=project, capture_output=True,
                                text=True, check=False)
     except FileNotFoundError as error:
         raise PvbuildError("pvbuild diff reads committed metrics through git, which is not installed") from error
-    if shown.returncode != 0:
-        if "does not exist" in shown.stderr or "exists on disk, but not in" in shown.stderr:
+    if found.returncode != 0:
+        if "does not exist" in found.stderr or "exists on disk, but not in" in found.stderr:
             return {}
-        raise PvbuildError(f"git show {revision}:{relative}: {shown.stderr.strip()}")
-    return dict(json.loads(shown.stdout))
+        raise PvbuildError(f"git show {revision}:{relative}: {found.stderr.strip()}")
+    return dict(json.loads(found.stdout))
+
+
+def _number(value: Any) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -37,7 +41,7 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
         if before == after:
             continue
         row: dict[str, Any] = {"metric": name, "old": before, "new": after}
-        if isinstance(before, int | float) and isinstance(after, int | float):
+        if _number(before) and _number(after):  # a flag (True/False) has no numeric change
             row["change"] = after - before
             if before:
                 row["percent"] = round(100 * (after - before) / abs(before), 1)
@@ -45,7 +49,10 @@ def compare(old: dict[str, Any], new: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A metric as people read it: four significant figures, thousands separated, '-' for none."""
+    if isinstance(value, bool):
+        return str(value)
     if isinstance(value, float):
         return f"{value:.4g}" if math.isfinite(value) else str(value)
     return "-" if value is None else f"{value:,}" if isinstance(value, int) else str(value)
@@ -56,8 +63,8 @@ def table(rows: list[dict[str, Any]], old_label: str, new_label: str) -> str:
         return "no metric changed"
     lines = [f"{'metric':<32} {old_label:>12} {new_label:>12} {'change':>12}"]
     for row in rows:
-        change = _shown(row.get("change")) if "change" in row else ""
+        change = shown(row.get("change")) if "change" in row else ""
         if "percent" in row:
             change += f" ({row['percent']:+.1f}%)"
-        lines.append(f"{row['metric']:<32} {_shown(row['old']):>12} {_shown(row['new']):>12} {change:>12}")
+        lines.append(f"{row['metric']:<32} {shown(row['old']):>12} {shown(row['new']):>12} {change:>12}")
     return "\n".join(lines)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -64,6 +65,22 @@ HUB = {
 }
 
 
+def _larger(model: str, families: tuple[str, ...]) -> dict[str, Any]:
+    """The 1B document's shape for a larger Llama 3.1: its own weights per instance family (g5, p4d, p5)."""
+    document = json.loads(json.dumps(HUB["meta-textgeneration-llama-3-2-1b-instruct"]))
+    document["TrainingArtifactUri"] = f"s3://jumpstart-cache-prod-us-east-1/meta-training/train-{model}.tar.gz"
+    document["TrainingInstanceTypeVariants"] = {"Variants": {family: {"Properties": {
+        "GatedModelEnvVarUri": f"s3://jumpstart-private-cache-prod-us-east-1/meta-training/{family}/{model}.tar.gz",
+        "EnvironmentVariables": {"SM_USE_GATED_MODEL": "1"}}} for family in families}}
+    document["HostingInstanceTypeVariants"]["Variants"] = {
+        family: document["HostingInstanceTypeVariants"]["Variants"]["g5"] for family in families}
+    return document
+
+
+HUB["meta-textgeneration-llama-3-1-70b-instruct"] = _larger("llama-3-1-70b-instruct", ("g5", "p4d"))
+HUB["meta-textgeneration-llama-3-1-405b-instruct-fp8"] = _larger("llama-3-1-405b-instruct-fp8", ("p5",))
+
+
 def model_files(job: str) -> dict[str, bytes]:
     """What a job "trained": different jobs leave different weights, as real ones do."""
     return {"config.json": b'{"model_type": "llama"}', "tokenizer.json": b'{"version": "1.0"}',
@@ -73,6 +90,13 @@ DEFAULT_ANSWER = [{"generated_text": "（moto 端点的默认回答）"}]
 PHASES = ("Starting", "Downloading", "Training", "Uploading")
 # A managed spot job that loses its instance once and resumes from its checkpoint.
 SPOT_INTERRUPTED = ("Starting", "Downloading", "Training", "Interrupted", "Starting", "Training", "Uploading")
+
+
+def _eval_loss(hyperparameters: dict[str, str]) -> float:
+    """A job's validation loss: 1.5 at JumpStart's default learning rate (1e-4), higher the further the
+    job's rate is from it (a tenth per decade), so training candidates of different rates rank."""
+    rate = float(hyperparameters.get("learning_rate", "0.0001"))
+    return round(1.5 + abs(math.log10(rate) + 4) / 10, 4)
 
 
 @dataclass
@@ -189,7 +213,8 @@ class SageMakerShim:
                      TrainingTimeInSeconds=431 if not spot else 1000,
                      FinalMetricDataList=[{"MetricName": "huggingface-textgeneration:train-loss", "Value": 1.25,
                                            "Timestamp": reply.get("CreationTime")},
-                                          {"MetricName": "huggingface-textgeneration:eval-loss", "Value": 1.5,
+                                          {"MetricName": "huggingface-textgeneration:eval-loss",
+                                           "Value": _eval_loss(job["request"].get("HyperParameters") or {}),
                                            "Timestamp": reply.get("CreationTime")}])
         return reply
 

@@ -280,3 +280,91 @@ class FakeOpenAI(_Running):
                     time.sleep(fake.trickle_delay)
 
         return Handler
+
+
+@dataclass
+class FakeHub(_Running):
+    """The part of the Hugging Face Hub's HTTP API that ``huggingface_hub`` uses to create a dataset repo and
+    commit files to it (files sent inline, "regular" upload mode). Commits land in ``repos[repo][path]``;
+    ``requests`` logs method and path, ``tokens`` the bearer tokens seen."""
+
+    repos: dict[str, dict[str, bytes]] = field(default_factory=dict)
+    private: dict[str, bool] = field(default_factory=dict)
+    requests: list[str] = field(default_factory=list)
+    tokens: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        _Running.__init__(self)
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        hub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def reply(self, status: int, value: Any) -> None:
+                body = json.dumps(value).encode("utf-8")
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def body(self) -> bytes:
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def seen(self) -> None:
+                with hub.lock:
+                    hub.requests.append(f"{self.command} {self.path}")
+                    hub.tokens.add(self.headers.get("Authorization", "").removeprefix("Bearer "))
+
+            def do_GET(self) -> None:
+                self.seen()
+                parts = self.path.split("?")[0].split("/")  # /api/datasets/{org}/{name}/revision/{rev}
+                repo = "/".join(parts[3:5])
+                if len(parts) >= 5 and parts[1:3] == ["api", "datasets"] and repo in hub.repos:
+                    self.reply(200, {"id": repo, "sha": "0" * 40, "private": hub.private.get(repo, False),
+                                     "siblings": [{"rfilename": name} for name in sorted(hub.repos[repo])]})
+                else:
+                    self.reply(404, {"error": f"Repository {repo} not found"})
+
+            def do_POST(self) -> None:
+                self.seen()
+                path = self.path.split("?")[0]
+                if path == "/api/repos/create":
+                    request = json.loads(self.body())
+                    repo = f"{request.get('organization') or 'user'}/{request['name']}" \
+                        if "/" not in request["name"] else request["name"]
+                    with hub.lock:
+                        hub.repos.setdefault(repo, {})
+                        hub.private[repo] = bool(request.get("private")) or request.get("visibility") == "private"
+                    self.reply(200, {"url": f"{hub.url}/datasets/{repo}", "name": repo})
+                    return
+                if path == "/api/validate-yaml":  # the Hub checks a README's metadata block before a commit
+                    self.body()
+                    self.reply(200, {"errors": [], "warnings": []})
+                    return
+                parts = path.split("/")  # /api/datasets/{org}/{name}/{preupload|commit}/{revision}
+                repo, action = "/".join(parts[3:5]), parts[5] if len(parts) > 5 else ""
+                if repo not in hub.repos:
+                    self.reply(404, {"error": f"Repository {repo} not found"})
+                elif action == "preupload":
+                    files = json.loads(self.body())["files"]
+                    self.reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                               for f in files]})
+                elif action == "commit":
+                    import base64
+
+                    for line in self.body().decode("utf-8").splitlines():
+                        entry = json.loads(line)
+                        if entry.get("key") == "file":
+                            value = entry["value"]
+                            with hub.lock:
+                                hub.repos[repo][value["path"]] = base64.b64decode(value["content"])
+                    self.reply(200, {"commitUrl": f"{hub.url}/datasets/{repo}/commit/{'1' * 40}",
+                                     "commitOid": "1" * 40, "pullRequestUrl": None})
+                else:
+                    self.reply(404, {"error": f"unknown: {path}"})
+
+        return Handler

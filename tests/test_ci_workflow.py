@@ -26,6 +26,18 @@ def test_the_workflow_is_valid_for_github_actions() -> None:
     assert workflow["jobs"]["check"]["steps"][1]["with"]["cache"] == "pip"
 
 
+def test_the_idle_teardown_workflow_is_valid_and_runs_teardown_idle() -> None:
+    idle = ROOT / "docs" / "pvbuild-idle.yml"
+    result = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                             str(idle)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    workflow = yaml.safe_load(idle.read_text(encoding="utf-8"))
+    assert workflow["permissions"] == {"contents": "read", "id-token": "write"}
+    assert workflow[True]["schedule"][0]["cron"]  # YAML reads the key "on" as True
+    runs = [step.get("run", "") for step in workflow["jobs"]["teardown-idle"]["steps"]]
+    assert any("pvbuild teardown --idle" in run for run in runs) and "[aws]" in workflow["env"]["PVBUILD"]
+
+
 def test_its_steps_run_on_the_core_install(tmp_path: Path) -> None:
     workflow = yaml.safe_load(WORKFLOW.read_text(encoding="utf-8"))
     steps = {step.get("name"): step["run"] for step in workflow["jobs"]["check"]["steps"] if "run" in step}

@@ -63,7 +63,7 @@ def test_errors_name_file_and_key(project: Project, toml: str, message: str) -> 
 
 
 def test_unknown_profile_lists_profiles(project: Project) -> None:
-    with pytest.raises(ConfigError, match="unknown profile 'prod'; profiles: default, production"):
+    with pytest.raises(ConfigError, match="unknown profile 'prod'; profiles: compare, default, production"):
         load_config(project.path, "prod")
 
 

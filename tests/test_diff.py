@@ -48,3 +48,13 @@ def test_diff_against_head_and_between_revisions(tmp_path: Path, capsys: pytest.
     assert human[0].split() == ["metric", "HEAD~1", "HEAD", "change"]
     assert human[1].split() == ["data.articles", "-", "12"]  # no metrics before the first build
     assert main(["--project", str(tmp_path), "diff", "nosuchrev"]) == 2
+
+
+def test_costs_at_list_prices_and_configured_prices() -> None:
+    from pvbuild.prices import annotation_cost, instance_cost, token_price
+
+    assert token_price("gpt-4o", []) == (2.50, 10.00) and token_price("gpt-4o", [1, 2]) == (1.0, 2.0)
+    assert token_price("my-own-model", []) is None  # no price: no cost figure, rather than a wrong one
+    assert annotation_cost({"prompt_tokens": 1_000_000, "completion_tokens": 200_000}, (2.50, 10.00)) == 4.5
+    assert round(instance_cost("ml.g5.xlarge", 3600, instances=2) or 0, 3) == 2.816
+    assert instance_cost("ml.unknown", 3600) is None and instance_cost("ml.g5.xlarge", None) is None

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from tests.conftest import ROOT, Project
 
-CHAIN = ["urls", "prune", "markdown", "conversations", "dataset", "data", "upload", "train", "package", "deploy",
-         "report"]
+CHAIN = ["urls", "prune", "markdown", "conversations", "dataset", "data", "upload", "train", "package", "evaluate",
+         "deploy", "report"]
 
 
 def run(project: Path, *command: str) -> subprocess.CompletedProcess[str]:
@@ -41,7 +41,7 @@ def test_doit_runs_the_whole_chain_offline_then_does_nothing(project: Project) -
         second = run(project.path, "doit")
         assert second.returncode == 0
         assert second.stdout.splitlines()[:-1] == [f"-- {stage}" for stage in CHAIN]
-        assert "pvbuild: 0 step(s) ran, 11 up to date" in second.stdout
+        assert "pvbuild: 0 step(s) ran, 12 up to date" in second.stdout
         assert "built" not in second.stderr
 
         answer = run(project.path, "pvbuild", "ask", "分布式光伏项目如何申请补贴？")

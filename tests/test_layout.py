@@ -10,13 +10,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "pvbuild"
 # Lowest first. A module may import its own layer and the ones below it, never one above.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("pvbuild", "pvbuild.errors", "pvbuild.progress", "pvbuild.files", "pvbuild.plugin_types", "pvbuild.hookspecs",
-     "pvbuild.browser", "pvbuild.fetch"),
+     "pvbuild.browser", "pvbuild.fetch", "pvbuild.prices"),
     ("pvbuild.plugins", "pvbuild.config"),
     ("pvbuild.services", "pvbuild.builtins"),
     ("pvbuild.engine",),
     ("pvbuild.stages",),
     ("pvbuild.tasks", "pvbuild.check", "pvbuild.cli", "pvbuild.reporter", "pvbuild.ask", "pvbuild.diff",
-     "pvbuild.__main__"),
+     "pvbuild.history", "pvbuild.publish", "pvbuild.__main__"),
 )
 
 

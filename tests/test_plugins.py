@@ -54,7 +54,8 @@ def test_builtins_are_ordinary_plugins(project: Project, capsys: pytest.CaptureF
     assert listing["sample"]["crawlers"] == ["sample"] and listing["sample"]["source"] == "builtin"
     assert listing["openai_annotator"]["annotators"] == ["openai"]
     assert listing["base_models"]["base_models"] == [
-        "llama-3.2-1b-instruct", "llama-3.2-3b-instruct", "llama-3.1-8b-instruct"]
+        "llama-3.2-1b-instruct", "llama-3.2-3b-instruct", "llama-3.1-8b-instruct", "llama-3.1-8b", "llama-3.1-70b",
+        "llama-3.1-70b-instruct", "llama-3.1-405b-fp8", "llama-3.1-405b-instruct-fp8"]
     assert plugins_json(project, capsys) == []  # without --all: only installed and local plugins
 
 

@@ -37,14 +37,20 @@ def test_a_long_stage_shows_rate_elapsed_and_eta(monkeypatch: pytest.MonkeyPatch
     assert line.startswith("markdown: 100/400 done, 0 failed, 10/s, 00:10 elapsed, ETA 00:30"), line
 
 
-def test_a_terminal_line_is_redrawn_and_cleared_to_its_end(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_terminal_shows_a_tqdm_bar_with_eta_and_failures(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PVBUILD_QUIET", raising=False)
     stream = Terminal()
-    progress = Progress("urls", 2, stream)
+    progress = Progress("conversations", 4, stream)
+    progress.note = "gpt-4o"
+    progress.advance()
+    progress.advance(ok=False)
     progress.advance()
     progress.advance()
     progress.close()
-    assert stream.getvalue() == "\r" + "urls: 1/2 done, 0 failed\x1b[K" + "\r" + "urls: 2/2 done, 0 failed\x1b[K\n"
+    frames = stream.getvalue().split("\r")
+    assert frames[-1].startswith("conversations: 100%|") and "| 4/4 [" in frames[-1]
+    assert "1 failed, gpt-4o" in frames[-1] and frames[-1].endswith("\n")  # the bar stays, with the final counts
+    assert any("<" in frame for frame in frames)  # elapsed<remaining: the ETA
 
 
 def test_report_numbers_are_rounded_for_people() -> None:

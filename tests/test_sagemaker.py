@@ -322,3 +322,91 @@ def test_teardown_idle_deletes_an_unused_endpoint_and_leaves_a_busy_one(cloud: C
     assert main(["--project", str(cloud.project.path), "teardown", "--profile", "test", "--idle"]) == 0
     assert f"endpoint {name} torn down" in capsys.readouterr().out
     assert cloud.endpoints() == [] and cloud.record("endpoint.json")["status"] == "Deleted"
+
+
+def test_two_candidates_run_as_two_concurrent_jobs_and_the_leaderboard_ranks_them(
+        cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
+    cloud.configure('[[profile.test.training.candidates]]\nname = "default-rate"\n'
+                    '[[profile.test.training.candidates]]\nname = "high-rate"\n'
+                    'hyperparameters = { learning_rate = 0.001 }\n')
+    cloud.shim.steps = 3  # both jobs are created before either is waited for
+    assert cloud.build() == 0
+    assert cloud.shim.created["CreateTrainingJob"] == 2 and cloud.shim.created["CreateEndpoint"] == 1
+    created = [request["TrainingJobName"] for request in cloud.shim.requests["CreateTrainingJob"]]
+    records = {name: cloud.record(f"candidates/{name}/training.json") for name in ("default-rate", "high-rate")}
+    assert sorted(created) == sorted(record["job_name"] for record in records.values())
+    assert records["default-rate"]["metrics"] == {"train_loss": 1.25, "validation_loss": 1.5}
+    assert records["high-rate"]["metrics"] == {"train_loss": 1.25, "validation_loss": 1.6}
+    capsys.readouterr()
+    assert main(["--project", str(cloud.project.path), "leaderboard", "--profile", "test", "--json"]) == 0
+    board = json.loads(capsys.readouterr().out)
+    assert [(row["name"], row["selected"], row["billable_seconds"]) for row in board] == [
+        ("default-rate", True, 431), ("high-rate", False, 431)]
+    assert cloud.record("endpoint.json")["endpoint_name"] == records["default-rate"]["job_name"]
+    report = (cloud.project.artifacts() / "report" / "report.html").read_text(encoding="utf-8")
+    assert "Leaderboard" in report and "high-rate" in report and "1.6" in report
+    assert "training cost (ml.g5.xlarge, list prices of" in report and "$0.17" in report  # 431 s at $1.408/h
+    assert cloud.build() == 0 and cloud.shim.created["CreateTrainingJob"] == 2  # nothing new
+
+
+def test_the_70b_qlora_and_405b_fp8_requests_carry_the_guides_settings(cloud: Cloud) -> None:
+    cloud.configure('[profile.test.dataset]\nformat = "chat"\n'
+                    '[[profile.test.training.candidates]]\nname = "seventy"\nbase_model = "llama-3.1-70b-instruct"\n'
+                    'instance_type = "ml.g5.48xlarge"\n'
+                    '[[profile.test.training.candidates]]\nname = "four-oh-five"\n'
+                    'base_model = "llama-3.1-405b-instruct-fp8"\ninstance_type = "ml.p5.48xlarge"\n')
+    assert cloud.project.build("train") == 0
+    jobs = {request["ResourceConfig"]["InstanceType"]: request
+            for request in cloud.shim.requests["CreateTrainingJob"]}
+    assert sorted(jobs) == ["ml.g5.48xlarge", "ml.p5.48xlarge"]
+    seventy, four_oh_five = jobs["ml.g5.48xlarge"]["HyperParameters"], jobs["ml.p5.48xlarge"]["HyperParameters"]
+    assert (seventy["int8_quantization"], seventy["max_input_length"], seventy["per_device_train_batch_size"]) == (
+        "True", "2000", "8")  # 8-bit QLoRA, 2,000 tokens, batch 8
+    assert (four_oh_five["int8_quantization"], four_oh_five["max_input_length"],
+            four_oh_five["per_device_train_batch_size"]) == ("False", "8000", "8")  # QLoRA over FP8 weights
+    assert seventy["chat_dataset"] == four_oh_five["chat_dataset"] == "True"  # 3.1 instruct: the dialog format
+    model_channels = {instance: next(c for c in request["InputDataConfig"] if c["ChannelName"] == "model")
+                      for instance, request in jobs.items()}
+    assert model_channels["ml.p5.48xlarge"]["DataSource"]["S3DataSource"]["S3Uri"].endswith(
+        "/p5/llama-3-1-405b-instruct-fp8.tar.gz")
+    assert cloud.record("candidates/seventy/training.json")["status"] == "Completed"
+
+
+def test_a_405b_candidate_on_a_g5_is_refused_before_anything_runs(cloud: Cloud) -> None:
+    cloud.configure('[profile.test.dataset]\nformat = "chat"\n[[profile.test.training.candidates]]\n'
+                    'name = "big"\nbase_model = "llama-3.1-405b-instruct-fp8"\ninstance_type = "ml.g5.48xlarge"\n')
+    assert cloud.project.build("train") != 0
+    assert "CreateTrainingJob" not in cloud.shim.created
+
+
+def test_instance_counts_vpc_kms_and_tags_reach_the_job_and_the_endpoint(cloud: Cloud) -> None:
+    kms = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+    text = CONFIG.format(moto=cloud.url, tokenizer=cloud.tokenizer, extra="").replace(
+        "[profile.test.aws]\n", f'[profile.test.aws]\nkms = "{kms}"\nsubnets = ["subnet-0a1b"]\n'
+        'security_group_ids = ["sg-9f8e"]\ntags = { team = "pv", cost-center = "42" }\n').replace(
+        "[profile.test.training]\n", "[profile.test.training]\ninstance_count = 2\n").replace(
+        "[profile.test.endpoint]\n", "[profile.test.endpoint]\ninstance_count = 2\n")
+    cloud.project.config(text)
+    assert cloud.build() == 0
+    job = cloud.shim.requests["CreateTrainingJob"][0]
+    assert job["ResourceConfig"]["InstanceCount"] == 2 and job["ResourceConfig"]["VolumeKmsKeyId"] == kms
+    assert job["OutputDataConfig"]["KmsKeyId"] == kms
+    assert job["VpcConfig"] == {"Subnets": ["subnet-0a1b"], "SecurityGroupIds": ["sg-9f8e"]}
+    assert {"Key": "team", "Value": "pv"} in job["Tags"] and {"Key": "cost-center", "Value": "42"} in job["Tags"]
+    model = cloud.shim.requests["CreateModel"][0]
+    assert model["VpcConfig"]["Subnets"] == ["subnet-0a1b"] and {"Key": "team", "Value": "pv"} in model["Tags"]
+    config = cloud.shim.requests["CreateEndpointConfig"][0]
+    assert config["ProductionVariants"][0]["InitialInstanceCount"] == 2 and config["KmsKeyId"] == kms
+    assert {"Key": "team", "Value": "pv"} in cloud.shim.requests["CreateEndpoint"][0]["Tags"]
+
+
+@pytest.mark.parametrize(("aws", "message"), [
+    ('subnets = ["vpc-1"]\nsecurity_group_ids = ["sg-1"]\n', "expected ids starting with 'subnet-'"),
+    ('subnets = ["subnet-1"]\n', "needs both subnets and security_group_ids"),
+    ('tags = { "aws:created-by" = "me" }\n', "may not start with 'aws:'"),
+    ('kms = "arn:aws-cn:kms:cn-north-1:1:key/x"\n', "a KMS key ARN of partition 'aws'"),
+])
+def test_enterprise_settings_are_checked(project: Project, aws: str, message: str) -> None:
+    project.config(f"[profile.test]\n[profile.test.aws]\n{aws}")
+    with pytest.raises(ConfigError, match=message):
+        load_config(project.path, "test")

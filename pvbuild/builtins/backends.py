@@ -25,7 +25,8 @@ def s3_store(context: ServiceContext) -> Any:
 
     if not context.options["bucket"]:
         raise StorageError("storage.bucket: set the S3 bucket of this profile (storage.backend is 's3')")
-    return S3ObjectStore(aws_client("s3", context.aws), str(context.options["bucket"]))
+    return S3ObjectStore(aws_client("s3", context.aws), str(context.options["bucket"]),
+                         kms_key_id=str(context.aws.get("kms") or ""))
 
 
 def local_training(context: ServiceContext) -> Any:

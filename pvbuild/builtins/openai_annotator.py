@@ -190,8 +190,11 @@ class OpenAIAnnotator(Annotator):
     description = "One chat completion per article through any OpenAI-compatible API (OPENAI_API_KEY)"
     options = {"model": "gpt-4o", "base_url": "", "prompt": "", "prompt_file": "", "temperature": 0.3,
                "max_tokens": 4096, "response_format": "json_schema", "timeout": 120.0, "max_retries": 5,
-               "retry_base_delay": 1.0, "max_article_chars": MAX_ARTICLE_CHARS}
-    runtime_options = frozenset({"concurrency", "timeout", "max_retries", "retry_base_delay", "prompt_file"})
+               "retry_base_delay": 1.0, "max_article_chars": MAX_ARTICLE_CHARS,
+               "price_per_million_tokens": []}  # [input, output] USD; default: pvbuild.prices for the model
+    # Options that change how a call is made or what the report says it cost, not what it returns.
+    runtime_options = frozenset({"concurrency", "timeout", "max_retries", "retry_base_delay", "prompt_file",
+                                 "price_per_million_tokens"})
 
     def identity(self, options: Mapping[str, Any]) -> dict[str, Any]:
         # The prompt text itself decides the output, whether it is inline, from a file or built in.

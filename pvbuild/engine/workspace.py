@@ -19,6 +19,8 @@ from pvbuild.config import (
     suggest,
     without_later_defaults,
 )
+from pvbuild.engine import candidates
+from pvbuild.engine.candidates import Candidate, Standing
 from pvbuild.engine.records import (
     FileHasher,
     IdentityStore,
@@ -316,11 +318,38 @@ class Workspace:
     def read_upload(self) -> UploadMarker | None:
         return UploadMarker.read(self.upload_marker)
 
-    def read_training(self) -> TrainingRecord | None:
-        return TrainingRecord.read(self.training_record)
+    def read_training(self, candidate: Candidate | None = None) -> TrainingRecord | None:
+        """A candidate's training record; by default the selected one's (what deploy serves)."""
+        return TrainingRecord.read(self.training_record_of(candidate or self.winner()))
 
-    def read_model(self) -> ModelRecord | None:
-        return ModelRecord.read(self.model_record)
+    def read_model(self, candidate: Candidate | None = None) -> ModelRecord | None:
+        return ModelRecord.read(self.model_record_of(candidate or self.winner()))
+
+    # -- training candidates (engine.candidates) ----------------------------------------------
+    def candidates(self) -> list[Candidate]:
+        return candidates.configured(self.config.training)
+
+    def training_record_of(self, candidate: Candidate) -> Path:
+        return candidate.folder(self.config.artifacts) / "training.json"
+
+    def model_record_of(self, candidate: Candidate) -> Path:
+        return candidate.folder(self.config.artifacts) / "model.json"
+
+    def training_records(self) -> dict[str, dict[str, Any] | None]:
+        """Every candidate's training record as JSON (None where it has none yet), by name."""
+        return {c.name: self.read_artifact(self.training_record_of(c)) for c in self.candidates()}
+
+    def standings(self, chrf: Mapping[str, float | None] | None = None) -> list[Standing]:
+        """The leaderboard: every candidate's losses (and ``chrf``, its evaluation score), best first, the one
+        deploy serves marked."""
+        return candidates.standings(self.candidates(), self.training_records(), self.winner(), chrf)
+
+    def winner(self) -> Candidate:
+        """The candidate deploy serves (``training.select``); the only one when there is one."""
+        found = self.candidates()
+        if len(found) == 1:
+            return found[0]
+        return candidates.select(found, self.training_records(), self.config.training["select"])
 
     def read_endpoint(self) -> EndpointRecord | None:
         return EndpointRecord.read(self.endpoint_record)
@@ -354,8 +383,9 @@ class Workspace:
         backend: EndpointBackend = self._service("endpoint")
         return backend
 
-    def base_model(self) -> BaseModel:
-        return self.config.registry.base_models[self.config.training["base_model"]].item
+    def base_model(self, candidate: Candidate | None = None) -> BaseModel:
+        """A candidate's base model plugin; by default the selected candidate's."""
+        return self.config.registry.base_models[(candidate or self.winner()).base_model].item
 
     def options_identity(self, options: Mapping[str, Any], leave_out: frozenset[str] = frozenset()) -> str:
         """The identity of a model-half configuration section, without the options that change how a

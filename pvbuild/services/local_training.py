@@ -21,6 +21,7 @@ from pvbuild.services.stores import ObjectStore, download_prefix
 from pvbuild.services.training import COMPLETED, RUNNING, JobState, JobStatus, TrainingRequest
 
 if TYPE_CHECKING:
+    from pvbuild.plugin_types import BaseModel
     from pvbuild.services.finetune import FinetuneResult
 
 
@@ -34,6 +35,23 @@ def text_fields(lines: Sequence[Mapping[str, Any]]) -> list[str]:
             elif isinstance(value, list):
                 found += [m.get("content", "") for m in value if isinstance(m, dict)]
     return found
+
+
+def base_model_source(base: BaseModel, options: Mapping[str, Any], hyperparameters: Mapping[str, Any],
+                      models_dir: Path, train_dir: Path, work: Path) -> Path | str:
+    """What the local trainer starts from: ``training.model_path``, a model the plugin prepares (converted once
+    into ``models_dir``), one it builds from the training texts into ``work`` (tiny), or its hub id."""
+    from pvbuild.services.sft_data import channel_lines
+
+    configured = str(options.get("model_path") or "")
+    if not configured and base.prepare_local:
+        return base.prepare_local(models_dir)
+    if configured or not base.build_local:
+        return configured or base.local_model or base.tokenizer
+    lines, template = channel_lines(train_dir)
+    texts = text_fields([line.values for line in lines]) + list((template or {}).values())
+    base.build_local(texts, work, int(hyperparameters.get("seed", 42)))
+    return work
 
 
 class LocalTraining:
@@ -71,18 +89,8 @@ class LocalTraining:
         return directory
 
     def _base_model(self, request: TrainingRequest, train_dir: Path, work: Path) -> Path | str:
-        from pvbuild.services.sft_data import channel_lines
-
-        base = request.base_model
-        configured = str(request.options.get("model_path") or "")
-        if not configured and base.prepare_local:
-            return base.prepare_local(self.cache_dir / "models")
-        if configured or not base.build_local:
-            return configured or base.local_model or base.tokenizer
-        lines, template = channel_lines(train_dir)
-        texts = text_fields([line.values for line in lines]) + list((template or {}).values())
-        base.build_local(texts, work / "base", int(request.hyperparameters.get("seed", 42)))
-        return work / "base"
+        return base_model_source(request.base_model, request.options, request.hyperparameters,
+                                 self.cache_dir / "models", train_dir, work / "base")
 
     def _train(self, request: TrainingRequest, source: Path | str, train_dir: Path, validation_dir: Path | None,
                work: Path) -> FinetuneResult:

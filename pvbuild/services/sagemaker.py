@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pvbuild.errors import PvbuildError
@@ -154,6 +155,31 @@ def _s3_channel(name: str, uri: str, **extra: Any) -> dict[str, Any]:
         "S3DataType": "S3Prefix", "S3Uri": uri, "S3DataDistributionType": "FullyReplicated", **extra}}}
 
 
+@dataclass(frozen=True)
+class Enterprise:
+    """The account's rules for every resource (``aws.kms``, ``aws.subnets`` + ``aws.security_group_ids``,
+    ``aws.tags``), as the request fields that carry them."""
+
+    kms_key_id: str
+    subnets: tuple[str, ...]
+    security_group_ids: tuple[str, ...]
+    tags: tuple[dict[str, str], ...]
+
+    @classmethod
+    def of(cls, aws: Mapping[str, Any]) -> Enterprise:
+        tags = sorted((aws.get("tags") or {}).items())
+        return cls(str(aws.get("kms") or ""), tuple(aws.get("subnets") or ()),
+                   tuple(aws.get("security_group_ids") or ()),
+                   tuple({"Key": str(key), "Value": str(value)} for key, value in tags))
+
+    def kms(self, field: str) -> dict[str, str]:
+        return {field: self.kms_key_id} if self.kms_key_id else {}
+
+    def vpc(self) -> dict[str, Any]:
+        return {"VpcConfig": {"Subnets": list(self.subnets), "SecurityGroupIds": list(self.security_group_ids)}} \
+            if self.subnets else {}
+
+
 class SageMakerTraining:
     """JumpStart fine-tuning jobs: ``CreateTrainingJob`` with the hub's image, artifacts and script."""
 
@@ -165,6 +191,8 @@ class SageMakerTraining:
         self.spot = bool(options.get("spot", False))
         # Spot capacity may keep a job waiting: twice its run time, unless configured.
         self.max_wait = int(options.get("max_wait_seconds") or 2 * self.max_runtime)
+        self.instance_count = int(options.get("instance_count", 1))
+        self.enterprise = Enterprise.of(aws)
 
     def _spot(self, request: TrainingRequest) -> dict[str, Any]:
         """Managed spot training: up to ~70 % cheaper; an interrupted job resumes from the checkpoints
@@ -205,15 +233,17 @@ class SageMakerTraining:
                          "MetricDefinitions": list(model.document.get("TrainingMetrics") or [])},
                      InputDataConfig=self._input_channels(request, model),
                      OutputDataConfig={"S3OutputPath": request.output_uri,
-                                       "CompressionType": "NONE" if model.flag("DisableOutputCompression") else "GZIP"},
-                     ResourceConfig={"InstanceType": request.instance_type, "InstanceCount": 1,
-                                     "VolumeSizeInGB": int(model.document.get("TrainingVolumeSize") or 30)},
-                     **self._spot(request),
+                                       "CompressionType": "NONE" if model.flag("DisableOutputCompression") else "GZIP",
+                                       **self.enterprise.kms("KmsKeyId")},
+                     ResourceConfig={"InstanceType": request.instance_type, "InstanceCount": self.instance_count,
+                                     "VolumeSizeInGB": int(model.document.get("TrainingVolumeSize") or 30),
+                                     **self.enterprise.kms("VolumeKmsKeyId")},
+                     **self._spot(request), **self.enterprise.vpc(),
                      EnableNetworkIsolation=model.flag("TrainingEnableNetworkIsolation"),
                      Environment=model.training_environment(request.instance_type),
                      Tags=[{"Key": "sagemaker-sdk:jumpstart-model-id", "Value": model.model_id},
                            {"Key": "sagemaker-sdk:jumpstart-model-version", "Value": model.version},
-                           {"Key": "pvbuild:base-model", "Value": base.name}])
+                           {"Key": "pvbuild:base-model", "Value": base.name}, *self.enterprise.tags])
         say(f"train: created SageMaker job {request.job_name} ({model.model_id} {model.version}, "
             f"{request.instance_type}{', managed spot' if self.spot else ''}); it bills until it ends")
         return JobState(name=request.job_name, status=RUNNING, arn=str(reply.get("TrainingJobArn", "")))
@@ -237,6 +267,8 @@ class SageMakerEndpoints:
         self.client = aws_client("sagemaker", aws)
         self.poll_seconds = float(options["poll_seconds"])
         self.timeout = float(options["startup_timeout"])
+        self.instance_count = int(options.get("instance_count", 1))
+        self.enterprise = Enterprise.of(aws)
         self._runtime: Any = None
 
     def _create_model(self, name: str, request: DeployRequest) -> None:
@@ -252,15 +284,16 @@ class SageMakerEndpoints:
                  "ModelDataSource": {"S3DataSource": {
                      "S3Uri": str(model["uri"]), "S3DataType": "S3Object", "CompressionType": "Gzip",
                      "ModelAccessConfig": {"AcceptEula": request.accept_eula}}}},
-             EnableNetworkIsolation=jumpstart.flag("InferenceEnableNetworkIsolation"),
-             Tags=[{"Key": "pvbuild:model-sha256", "Value": str(model["sha256"])}])
+             EnableNetworkIsolation=jumpstart.flag("InferenceEnableNetworkIsolation"), **self.enterprise.vpc(),
+             Tags=[{"Key": "pvbuild:model-sha256", "Value": str(model["sha256"])}, *self.enterprise.tags])
 
     def _create_config(self, name: str, instance_type: str) -> None:
         if lookup(f"DescribeEndpointConfig {name}", self.client.describe_endpoint_config, EndpointConfigName=name):
             return
         call(f"CreateEndpointConfig {name}", self.client.create_endpoint_config, EndpointConfigName=name,
-             ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
-                                  "InstanceType": instance_type}])
+             ProductionVariants=[{"VariantName": "AllTraffic", "ModelName": name,
+                                  "InitialInstanceCount": self.instance_count, "InstanceType": instance_type}],
+             **self.enterprise.kms("KmsKeyId"), Tags=list(self.enterprise.tags))
 
     def _wait_in_service(self, name: str) -> dict[str, Any]:
         started = time.monotonic()
@@ -292,7 +325,7 @@ class SageMakerEndpoints:
         current = lookup(f"DescribeEndpoint {name}", self.client.describe_endpoint, EndpointName=name)
         if current is None:
             call(f"CreateEndpoint {name}", self.client.create_endpoint, EndpointName=name,
-                 EndpointConfigName=resource)
+                 EndpointConfigName=resource, Tags=list(self.enterprise.tags))
             say(f"deploy: creating endpoint {name} on {instance_type}; it bills while it runs (pvbuild teardown)")
         elif current.get("EndpointConfigName") != resource:
             call(f"UpdateEndpoint {name}", self.client.update_endpoint, EndpointName=name,

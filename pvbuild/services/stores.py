@@ -3,11 +3,15 @@
 ``ObjectStore`` is the seam: ``LocalObjectStore`` keeps objects in a directory (the default
 profile, no network), ``S3ObjectStore`` talks to S3 or any S3-compatible endpoint through
 boto3. Both report an object's size and ETag (the MD5 of its bytes, or S3's multipart form),
-so the upload marker can be verified the same way against either.
+so the upload marker can be verified the same way against either. S3 uploads also ask for S3's
+SHA-256 checksum (``ChecksumAlgorithm``) and are verified by it where the store reports one: an
+ETag is the MD5 only for single-part objects without SSE-KMS, the checksum holds for multipart and
+KMS-encrypted objects alike.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import shutil
 from collections.abc import Mapping
@@ -32,6 +36,30 @@ class ObjectInfo:
 
     size: int
     etag: str
+    sha256: str = ""  # S3's SHA-256 checksum (base64; "-N" for N parts), "" when the store keeps none
+
+
+def file_sha256(path: Path, part_size: int = PART_SIZE) -> str:
+    """The SHA-256 checksum S3 keeps for ``path`` uploaded with ``part_size`` parts: of the bytes, or of the
+    parts' checksums + ``-N`` (base64, as S3 writes it)."""
+    parts = []
+    with path.open("rb") as stream:
+        while chunk := stream.read(part_size):
+            parts.append(hashlib.sha256(chunk).digest())
+    if len(parts) <= 1:
+        return base64.b64encode(parts[0] if parts else hashlib.sha256(b"").digest()).decode("ascii")
+    return f"{base64.b64encode(hashlib.sha256(b''.join(parts)).digest()).decode('ascii')}-{len(parts)}"
+
+
+def matches(info: ObjectInfo, expected: Mapping[str, Any]) -> bool:
+    """Whether the stored object is the expected one: by size and checksum where the store keeps a checksum
+    and one is expected, else by size and ETag. (Some S3-compatible services leave the ``-N`` off a
+    multipart checksum; the digest part decides.)"""
+    if info.size != expected["size"]:
+        return False
+    if info.sha256 and expected.get("sha256"):
+        return info.sha256.split("-")[0] == str(expected["sha256"]).split("-")[0]
+    return info.etag == expected["etag"]
 
 
 def file_etag(path: Path, part_size: int = PART_SIZE) -> str:
@@ -125,9 +153,14 @@ class LocalObjectStore:
 class S3ObjectStore:
     """Objects in an S3 bucket (``s3://`` URIs); ``client`` is a boto3 S3 client."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    def __init__(self, client: Any, bucket: str, kms_key_id: str = "", part_size: int = PART_SIZE) -> None:
         self.client = client
         self.bucket = bucket
+        self.part_size = part_size
+        # Every write asks for S3's SHA-256 checksum; with a KMS key, SSE-KMS encryption too.
+        self.write_args: dict[str, str] = {"ChecksumAlgorithm": "SHA256"}
+        if kms_key_id:
+            self.write_args |= {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": kms_key_id}
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -153,19 +186,20 @@ class S3ObjectStore:
         from botocore.exceptions import ClientError
 
         try:
-            reply = self.client.head_object(Bucket=self.bucket, Key=key)
+            reply = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise StorageError(f"head {self.uri(key)}: {error}") from error
-        return ObjectInfo(size=int(reply["ContentLength"]), etag=str(reply["ETag"]).strip('"'))
+        return ObjectInfo(size=int(reply["ContentLength"]), etag=str(reply["ETag"]).strip('"'),
+                          sha256=str(reply.get("ChecksumSHA256") or ""))
 
     def put(self, key: str, path: Path) -> ObjectInfo:
         from boto3.s3.transfer import TransferConfig
 
-        config = TransferConfig(multipart_threshold=PART_SIZE + 1, multipart_chunksize=PART_SIZE)
+        config = TransferConfig(multipart_threshold=self.part_size + 1, multipart_chunksize=self.part_size)
         self._call("upload to", key, self.client.upload_file, Filename=str(path), Bucket=self.bucket, Key=key,
-                   Config=config)
+                   Config=config, ExtraArgs=dict(self.write_args))
         info = self.head(key)
         if info is None:
             raise StorageError(f"{self.uri(key)}: uploaded but not found afterwards")
@@ -175,7 +209,7 @@ class S3ObjectStore:
         # One CopyObject (up to 5 GB): the copy keeps a single-part object's MD5 ETag; the managed
         # copy would cut it into parts and change the ETag the marker records.
         self._call("copy to", key, self.client.copy_object, Bucket=self.bucket, Key=key,
-                   CopySource={"Bucket": self.bucket, "Key": source})
+                   CopySource={"Bucket": self.bucket, "Key": source}, **self.write_args)
         info = self.head(key)
         if info is None:
             raise StorageError(f"{self.uri(key)}: copied but not found afterwards")
@@ -196,35 +230,47 @@ class S3ObjectStore:
 
 
 def put_verified(store: ObjectStore, key: str, path: Path) -> tuple[dict[str, Any], bool]:
-    """Upload ``path`` unless an identical object (size and ETag) is there, and verify it; return
-    ``{"uri", "size", "etag"}`` and whether it was sent."""
-    expected = {"size": path.stat().st_size, "etag": file_etag(path)}
+    """Upload ``path`` unless an identical object is there, and verify it (``matches``); return
+    ``{"uri", "size", "etag"}`` (and ``"sha256"`` where the store keeps checksums) and whether it was sent."""
+    part_size = int(getattr(store, "part_size", PART_SIZE))
+    expected = {"size": path.stat().st_size, "etag": file_etag(path, part_size), "sha256": file_sha256(path, part_size)}
     present = store.head(key)
-    sent = present is None or {"size": present.size, "etag": present.etag} != expected
+    sent = present is None or not matches(present, expected)
     if sent:
         present = store.put(key, path)
-        if {"size": present.size, "etag": present.etag} != expected:
+        if not matches(present, expected):
             raise StorageError(f"{store.uri(key)}: verification failed after upload: expected {expected}, "
-                               f"the store has size {present.size} and ETag {present.etag}")
-    return {"uri": store.uri(key), **expected}, sent
+                               f"the store has {_described(present)}")
+    assert present is not None
+    return {"uri": store.uri(key), **_recorded(expected, present)}, sent
+
+
+def _recorded(expected: Mapping[str, Any], present: ObjectInfo) -> dict[str, Any]:
+    """What the marker keeps of a verified object: size and ETag, and the checksum where the store keeps one."""
+    return {"size": expected["size"], "etag": expected["etag"], **({"sha256": expected["sha256"]}
+                                                                   if present.sha256 else {})}
+
+
+def _described(info: ObjectInfo) -> str:
+    return f"size {info.size}, ETag {info.etag}" + (f", SHA-256 {info.sha256}" if info.sha256 else "")
 
 
 def copy_verified(store: ObjectStore, source: Mapping[str, Any], key: str) -> dict[str, Any] | None:
     """Copy the object of an earlier marker entry ``source`` (same bytes) to ``key`` and verify it, so
     an unchanged shard of a new dataset is not uploaded again; None when that object is gone or
-    changed, or was sent in parts (its copy would get another ETag): then it is uploaded."""
-    expected = {"size": source["size"], "etag": source["etag"]}
-    if "-" in str(source["etag"]):
+    changed, or was sent in parts (its copy would get another ETag and checksum): then it is uploaded."""
+    expected = {name: source[name] for name in ("size", "etag", "sha256") if name in source}
+    if "-" in str(source["etag"]) or "-" in str(source.get("sha256", "")):
         return None
     present = store.head(key)
-    if present is None or {"size": present.size, "etag": present.etag} != expected:
+    if present is None or not matches(present, expected):
         original = store.head(source["key"])
-        if original is None or {"size": original.size, "etag": original.etag} != expected:
+        if original is None or not matches(original, expected):
             return None
         present = store.copy(source["key"], key)
-        if {"size": present.size, "etag": present.etag} != expected:
+        if not matches(present, expected):
             raise StorageError(f"{store.uri(key)}: verification failed after copying {store.uri(source['key'])}: "
-                               f"expected {expected}, the store has size {present.size} and ETag {present.etag}")
+                               f"expected {expected}, the store has {_described(present)}")
     return {"uri": store.uri(key), **expected}
 
 

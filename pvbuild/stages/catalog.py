@@ -4,7 +4,20 @@ Adding a stage is one module in this package and one line here."""
 from __future__ import annotations
 
 from pvbuild.engine.stage import Stage
-from pvbuild.stages import conversations, dataset, deploy, gate, markdown, package, prune, report, train, upload, urls
+from pvbuild.stages import (
+    conversations,
+    dataset,
+    deploy,
+    evaluate,
+    gate,
+    markdown,
+    package,
+    prune,
+    report,
+    train,
+    upload,
+    urls,
+)
 
 CATALOG: tuple[Stage, ...] = (
     urls.STAGE,           # list pages -> urls.csv
@@ -16,6 +29,7 @@ CATALOG: tuple[Stage, ...] = (
     upload.STAGE,         # dataset -> object store, upload.json
     train.STAGE,          # -> training.json (one job per distinct inputs)
     package.STAGE,        # job output -> model.tar.gz, model.json
+    evaluate.STAGE,       # held-out questions -> evaluation/ (with evaluation.questions)
     deploy.STAGE,         # -> endpoint.json
     report.STAGE,         # -> report/
 )

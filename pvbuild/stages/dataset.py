@@ -37,6 +37,7 @@ from pvbuild.stages.dataset_files import (
     shard_files,
     shared_files,
 )
+from pvbuild.stages.mixing import MIX_OPTIONS, general_name, load_general, mix_identity, mix_path, mixed_files
 
 Member = tuple[UrlRow, str]  # an article with a conversation, and the conversation's digest
 # Options that decide how the files are cut, not what they hold: the shard count stands for them.
@@ -61,7 +62,7 @@ def _members(workspace: Workspace) -> list[Member]:
 
 def options_identity(workspace: Workspace) -> str:
     return workspace.identity({k: v for k, v in workspace.config.dataset.items()
-                               if k not in LAYOUT_OPTIONS | POLICY_OPTIONS})
+                               if k not in LAYOUT_OPTIONS | POLICY_OPTIONS | MIX_OPTIONS})
 
 
 def shards_of(members: list[Member], per_shard: int) -> list[list[Member]]:
@@ -81,8 +82,8 @@ def shard_inputs(members: list[Member], options: str, count: int) -> str:
 def format_data_names(manifest: Mapping[str, Any], name: str) -> list[str]:
     """The files that hold data file ``name`` (``train.jsonl``) in the dataset: itself, or its shards."""
     count = int(manifest.get("shard_count", 1))
-    return [shard_name(name, index, count) for index in range(count) if shard_name(name, index, count) in
-            manifest["files"]]
+    parts = [shard_name(name, index, count) for index in range(count)] + [general_name(name)]  # and the mix
+    return [part for part in parts if part in manifest["files"]]
 
 
 class DatasetStage(StageBase):
@@ -100,6 +101,9 @@ class DatasetStage(StageBase):
         count = shard_count(len(members), int(workspace.config.dataset["articles_per_shard"]))
         if count > 1:  # one shard: the records of pvbuild 0.1 still match
             inputs["shards"] = str(count)
+        mix = mix_identity(workspace.config.project_dir, workspace.config.dataset, workspace.hasher.digest)
+        if mix is not None:
+            inputs["mix"] = digest(mix)
         return [Item("dataset", inputs, str(workspace.manifest))]
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
@@ -221,10 +225,34 @@ def _manifest(workspace: Workspace, entries: Mapping[str, dict[str, Any]], forma
                                    if workspace.hasher.digest(workspace.dataset_dir / name) != digest(data)})
     files |= {name: digest(data) for name, data in shared.items()}
     counts = {name: sum(int(entry[name]) for entry in entries.values()) for name in COUNTS}
+    mix = _mix(workspace, formats, files, count)
     manifest = manifest_of(options, formats, counts, files)
+    if mix:
+        manifest["mix"] = mix
     if count > 1:
         manifest |= {"shard_count": count, "shards": {key: entries[key] for key in sorted(entries)}}
     return manifest
+
+
+def _mix(workspace: Workspace, formats: list[DatasetFormat], files: dict[str, str], count: int) -> dict[str, Any]:
+    """The general files (``dataset.mix_file``), written where they changed and added to ``files``; what the
+    manifest says of them ({} without a mix)."""
+    options = workspace.config.dataset
+    if not options["mix_file"]:
+        return {}
+    rows = load_general(mix_path(workspace.config.project_dir, str(options["mix_file"])), workspace.config.config_file)
+    domain = {}
+    for dataset_format in formats:
+        data_file = dataset_format.channels["training"][0]
+        names = [shard_name(data_file, index, count) for index in range(count)]
+        domain[dataset_format.name] = sum((workspace.dataset_dir / name).read_bytes().count(b"\n")
+                                          for name in names if name in files)
+    general, lines = mixed_files(rows, float(options["mix_ratio"]), int(options["seed"]), formats, domain, options)
+    _write(workspace.dataset_dir, {name: data for name, data in general.items()
+                                   if workspace.hasher.digest(workspace.dataset_dir / name) != digest(data)})
+    files |= {name: digest(data) for name, data in general.items()}
+    return {"file": str(options["mix_file"]), "ratio": float(options["mix_ratio"]), "available": len(rows),
+            "domain_lines": domain, "general_lines": lines}
 
 
 STAGE = DatasetStage()

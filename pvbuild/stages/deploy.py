@@ -82,10 +82,13 @@ class DeployStage(StageBase):
     derived_inputs = frozenset({"model"})
 
     def items(self, workspace: Workspace) -> list[Item]:
-        model = workspace.read_model()
-        return [Item("deploy", {"model": model.sha256 if model else None,
-                                "endpoint": workspace.options_identity(workspace.config.endpoint)},
-                     str(workspace.endpoint_record))]
+        winner = workspace.winner()
+        model = workspace.read_model(winner)
+        inputs = {"model": model.sha256 if model else None,
+                  "endpoint": workspace.options_identity(workspace.config.endpoint)}
+        if winner.name:  # several candidates: which one is served (changing the rule redeploys, trains nothing)
+            inputs["candidate"] = winner.name
+        return [Item("deploy", inputs, str(workspace.endpoint_record))]
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
         """Beyond the records: a torn-down or dead endpoint is deployed again (nothing after it changes)."""

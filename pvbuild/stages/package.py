@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.artifacts import ModelRecord
+from pvbuild.engine import staleness
+from pvbuild.engine.candidates import Candidate
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
-from pvbuild.engine.stage import StageBase
+from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
 from pvbuild.files import sha256_file
@@ -59,16 +61,31 @@ class PackageStage(StageBase):
     derived_inputs = frozenset({"job"})
 
     def items(self, workspace: Workspace) -> list[Item]:
-        record = workspace.read_training()
-        job = [record.job_name, record.model_artifacts] if record else None
-        return [Item("package", {"job": digest(job) if job else None}, str(workspace.model_record))]
+        found = []
+        for candidate in workspace.candidates():
+            record = workspace.read_training(candidate)
+            job = [record.job_name, record.model_artifacts] if record else None
+            found.append(Item(candidate.key("package"), {"job": digest(job) if job else None},
+                              str(workspace.model_record_of(candidate))))
+        return found
 
     def run(self, workspace: Workspace) -> StageResult:
-        item = self.items(workspace)[0]
-        training = workspace.read_training()
+        stale = staleness.stale(workspace, self)
+        if workspace.forced and not stale:  # doit -a: pack every candidate again
+            stale = [StaleItem(item, "forced") for item in self.items(workspace)]
+        by_key = {candidate.key("package"): candidate for candidate in workspace.candidates()}
+        with workspace.finishing("package"):
+            for entry in stale:
+                self._pack(workspace, by_key[entry.item.key])
+                workspace.record("package", entry.item)
+        return StageResult("package", built=len(stale), skipped=len(by_key) - len(stale))
+
+    def _pack(self, workspace: Workspace, candidate: Candidate) -> None:
+        """The candidate's job output as one ``model.tar.gz`` in the store, and its ``model.json``."""
+        training = workspace.read_training(candidate)
         if training is None or training.status != JobStatus.COMPLETED or not training.model_artifacts:
-            raise PvbuildError(f"{workspace.training_record}: no completed training job with model artifacts "
-                               "to package")
+            raise PvbuildError(f"{workspace.training_record_of(candidate)}: no completed training job with model "
+                               "artifacts to package")
         store, artifacts = workspace.store(), training.model_artifacts
         source_key = store.key(artifacts)
         with tempfile.TemporaryDirectory(prefix="pvbuild-package-", dir=_scratch(workspace)) as scratch:
@@ -88,11 +105,8 @@ class PackageStage(StageBase):
             record = ModelRecord(uri=stored["uri"], size=stored["size"], etag=stored["etag"],
                                  sha256=sha256_file(archive), job_name=training.job_name, source=artifacts,
                                  members=members)
-        record.write(workspace.model_record)
-        with workspace.finishing("package"):
-            workspace.record("package", item)
+        record.write(workspace.model_record_of(candidate))
         say(f"package: {record.uri} ({record.size / 1e6:.1f} MB, sha256 {record.sha256[:12]})")
-        return StageResult("package", built=1)
 
 
 STAGE = PackageStage()

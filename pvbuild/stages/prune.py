@@ -1,7 +1,7 @@
 """What a build left that a clean build would not have, and how ``doit`` removes it.
 
 - orphans: markdown and conversation files (and their records) whose URL row is gone, or whose
-  source is no longer configured;
+  source is no longer configured; the folders and records of training candidates no longer configured;
 - temporary files and folders of a build that was killed mid-write (their names end with
   ``records.TEMP_SUFFIX``; older versions' ``.NAME.XXXX.tmp`` and ``.dataset-XXXX`` too);
 - a stage's journal that was never folded into its records file;
@@ -95,6 +95,31 @@ def _why_orphan(key: str, gone_sources: dict[str, str]) -> str:
     return "orphan: its URL row is no longer in urls.csv"
 
 
+def _candidate_leftovers(workspace: Workspace) -> list[Leftover]:
+    """The folders and records of training candidates no longer configured (and the single job's records
+    once named candidates replace it): a clean build would not have them."""
+    configured = workspace.candidates()
+    names = {candidate.name for candidate in configured}
+    found = []
+    folder = workspace.config.artifacts / "candidates"
+    for name in sorted(set(_names(folder)) - names):
+        if not _is_temporary(name):
+            found.append(Leftover(Kind.ORPHAN, "train", name, folder / name,
+                                  f"orphan: candidate {name!r} is no longer in training.candidates"))
+    if "" not in names:  # named candidates: the single job's records went with it
+        for record in (workspace.config.artifacts / "training.json", workspace.config.artifacts / "model.json"):
+            if record.is_file():
+                found.append(Leftover(Kind.ORPHAN, "train", record.name, record,
+                                      "orphan: training.candidates replaced the single training job"))
+    for stage in ("train", "package"):
+        keys = {candidate.key(stage) for candidate in configured}
+        records = workspace.records(stage)
+        for key in sorted(set(records.records) - keys):
+            found.append(Leftover(Kind.RECORD, stage, key, records.path,
+                                  f"record of {key}: that candidate is no longer configured"))
+    return found
+
+
 def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
     """Temporaries in the artifact folder, its .state, and unfolded journals."""
     artifacts, state = workspace.config.artifacts, workspace.config.state_dir
@@ -130,7 +155,7 @@ def clean_key(workspace: Workspace) -> str:
     nothing is left over (at 100,000 articles, listing the folders was a sixth of a no-op)."""
     artifacts, state = workspace.config.artifacts, workspace.config.state_dir
     folders = [artifacts, state, artifacts / "dataset", artifacts / "report", workspace.scratch_dir,
-               *(artifacts / stage for stage, _ in PER_ARTICLE)]
+               artifacts / "candidates", *(artifacts / stage for stage, _ in PER_ARTICLE)]
     record_folders = [state / name for name in _names(state) if (state / name).is_dir()]
     records = [state / name for name in _names(state)] + [folder / name for folder in record_folders
                                                           for name in _names(folder)]
@@ -140,8 +165,9 @@ def clean_key(workspace: Workspace) -> str:
             info = path.stat()
             stamps.append([str(path), info.st_mtime_ns, info.st_size])
     sources = sorted(source.name for source in workspace.config.sources)
+    candidates = [candidate.name for candidate in workspace.candidates()]
     return digest([stamps, workspace.hasher.digest(workspace.urls_csv), sources,
-                   int(workspace.config.dataset["articles_per_shard"])])
+                   int(workspace.config.dataset["articles_per_shard"]), candidates])
 
 
 def known_clean(workspace: Workspace) -> bool:
@@ -172,7 +198,8 @@ def find_leftovers(workspace: Workspace) -> list[Leftover]:
     ids = {row.file_id for row in workspace.rows()}
     configured = {source.name for source in workspace.config.sources}
     gone_sources = {row.file_id: row.source for row, _ in workspace.table_rows() if row.source not in configured}
-    return _tree_leftovers(workspace) + _article_leftovers(workspace, ids, gone_sources)
+    return _tree_leftovers(workspace) + _candidate_leftovers(workspace) + _article_leftovers(workspace, ids,
+                                                                                             gone_sources)
 
 
 def remove_leftovers(workspace: Workspace, leftovers: list[Leftover]) -> None:

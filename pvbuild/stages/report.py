@@ -12,33 +12,40 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from pvbuild.engine.candidates import Standing
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.files import TEMP_SUFFIX, replace_directory, write_artifact
+from pvbuild.prices import PRICES_AS_OF, annotation_cost, instance_cost, token_price
 from pvbuild.progress import say
+from pvbuild.stages.evaluate import BASE, evaluation_file, mean_scores, scores
 from pvbuild.stages.gate import outstanding_failures
 
 REPORT_SEED = 0
 
 
-def plot_losses(history: Mapping[str, list[float]], path: Path) -> None:
+def plot_losses(histories: Mapping[str, Mapping[str, list[float]]], path: Path) -> None:
+    """Each candidate's training loss per step and validation loss per epoch, in one plot (one colour each)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = history.get("step_loss", [])
-    epochs = history.get("epoch_validation_loss", [])
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
-    axes.plot(range(1, len(steps) + 1), steps, label="training loss (per step)")
-    if epochs and steps:
-        per_epoch = len(steps) / len(epochs)
-        axes.plot([per_epoch * (i + 1) for i in range(len(epochs))], epochs, "o-", label="validation loss (per epoch)")
+    for index, (name, history) in enumerate(histories.items()):
+        colour, label = f"C{index}", f"{name}: " if name else ""
+        steps = history.get("step_loss", [])
+        epochs = history.get("epoch_validation_loss", [])
+        axes.plot(range(1, len(steps) + 1), steps, color=colour, label=f"{label}training loss (per step)")
+        if epochs and steps:
+            per_epoch = len(steps) / len(epochs)
+            axes.plot([per_epoch * (i + 1) for i in range(len(epochs))], epochs, "o--", color=colour,
+                      label=f"{label}validation loss (per epoch)")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
-    axes.legend()
+    axes.legend(fontsize="small")
     axes.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, metadata={"Software": None})
@@ -54,15 +61,24 @@ def token_totals(records: Any) -> dict[str, int]:
     return totals
 
 
-def build_metrics(manifest: Mapping[str, Any], training: Mapping[str, Any], tokens: Mapping[str, int]
+def build_metrics(manifest: Mapping[str, Any], training: Mapping[str, Any], tokens: Mapping[str, int],
+                  board: list[Standing] | None = None, evaluated: Mapping[str, Mapping[str, Any]] | None = None
                   ) -> dict[str, Any]:
     """The build's numbers, one flat level, for ``report/metrics.json``: committed with the tree, so git
     keeps their history and ``pvbuild diff REV`` compares two builds (as ``dvc metrics diff``). Only
     what the same inputs reproduce: no timings."""
     metrics = {f"data.{name}": manifest.get(name) for name in
                ("articles", "pairs", "train_articles", "validation_articles")}
+    mix = manifest.get("mix") or {}
+    metrics["data.general_lines"] = (mix.get("general_lines") or {}).get(str(manifest.get("format"))) if mix else None
     metrics |= {f"annotation.{name}": count for name, count in sorted(tokens.items())}
     metrics |= {f"training.{name}": value for name, value in sorted((training.get("metrics") or {}).items())}
+    for standing in board or []:  # several candidates: each one's losses, and which one is served
+        metrics |= {f"candidates.{standing.name}.{name}": getattr(standing, name)
+                    for name in ("train_loss", "validation_loss", "perplexity", "chrf")}
+        metrics[f"candidates.{standing.name}.selected"] = standing.selected
+    for name, evaluation in sorted((evaluated or {}).items()):  # base models and fine-tuned ones, by chrF
+        metrics[f"evaluation.{name.replace(':', '.') or 'model'}.chrf"] = evaluation.get("mean_chrf")
     return {name: value for name, value in metrics.items() if value is not None}
 
 
@@ -88,6 +104,61 @@ def _failed_section(failed: list[str]) -> str:
             "<p>They are retried on every run.</p>")
 
 
+def spent(workspace: Workspace, tokens: Mapping[str, int], training: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """What the paid steps cost at list prices (``pvbuild.prices``): the annotation's recorded tokens, the
+    training job's billed seconds. Nothing for what ran locally or has no price."""
+    options = workspace.config.annotator.options
+    found = []
+    price = token_price(str(options.get("model", "")), options.get("price_per_million_tokens"))
+    cost = annotation_cost(tokens, price) if tokens.get("prompt_tokens") else None
+    if cost is not None:
+        found.append((f"annotation cost ({options.get('model')}, list prices of {PRICES_AS_OF})", f"${cost:,.2f}"))
+    count = int(workspace.config.training.get("instance_count", 1))
+    billed = instance_cost(str(training.get("instance_type", "")), training.get("billable_seconds"), count) \
+        if training.get("backend") == "sagemaker" else None
+    if billed is not None:
+        found.append((f"training cost ({training.get('instance_type')}, list prices of {PRICES_AS_OF})",
+                      f"${billed:,.2f}"))
+    return found
+
+
+def _leaderboard_section(board: list[Standing]) -> str:
+    """With several candidates: each one's losses and perplexity, best first, the served one marked."""
+    if not board:
+        return ""
+    head = "".join(f"<th>{name}</th>" for name in ("", "candidate", "base model", "training loss",
+                                                    "validation loss", "perplexity", "chrF", "training tokens", "job"))
+    rows = "".join(
+        f"<tr><td>{'★ served' if s.selected else ''}</td><td>{html.escape(s.name)}</td>"
+        f"<td>{html.escape(s.base_model)}</td>"
+        + "".join(f"<td>{html.escape(for_people(value) if value is not None else '–')}</td>"
+                  for value in (s.train_loss, s.validation_loss, s.perplexity, s.chrf, s.train_tokens))
+        + f"<td>{html.escape(s.job_name or s.status)}</td></tr>" for s in board)
+    return f"<h2>Leaderboard</h2><table class=\"board\"><tr>{head}</tr>{rows}</table>\n"
+
+
+def _evaluation_section(evaluated: Mapping[str, Mapping[str, Any]]) -> str:
+    """Base models and fine-tuned candidates side by side: mean chrF each, then every question's answers."""
+    if not evaluated:
+        return ""
+    names = sorted(evaluated, key=lambda name: (not name.startswith(BASE), name))  # base models first
+    label = {name: (f"base model {name.removeprefix(BASE)}" if name.startswith(BASE)
+                    else f"fine-tuned {name}" if name else "fine-tuned") for name in names}
+    means = "".join(f"<tr><th>{html.escape(label[n])}</th><td>{html.escape(for_people(evaluated[n].get('mean_chrf')))}"
+                    "</td></tr>" for n in names)
+    first = evaluated[names[0]]["answers"]
+    head = "<tr><th>question</th><th>reference</th>" + "".join(f"<th>{html.escape(label[n])}</th>" for n in names)
+    rows = []
+    for index, asked in enumerate(first):
+        cells = "".join(f"<td>{html.escape(evaluated[n]['answers'][index]['answer']) or '<i>(empty)</i>'}"
+                        f"<br><small>chrF {for_people(evaluated[n]['answers'][index]['chrf'])}</small></td>"
+                        for n in names)
+        rows.append(f"<tr><td>{html.escape(asked['question'])}</td><td>{html.escape(asked['reference'])}</td>{cells}"
+                    "</tr>")
+    return (f"<h2>Evaluation: {len(first)} held-out questions, chrF (0-100, higher is better)</h2>"
+            f"<table>{means}</table><table class=\"answers\">{head}</tr>{''.join(rows)}</table>\n")
+
+
 def _billed(training: Mapping[str, Any]) -> str:
     """Billable seconds, and with managed spot what they were of the training time."""
     billable, trained = training.get("billable_seconds"), training.get("training_seconds")
@@ -110,7 +181,9 @@ def _left_out(training: Mapping[str, Any]) -> str:
 
 def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapping[str, Any],
            endpoint: Mapping[str, Any], answers: list[tuple[str, str]],
-           tokens: Mapping[str, int] | None = None, failed: list[str] | None = None) -> str:
+           tokens: Mapping[str, int] | None = None, failed: list[str] | None = None,
+           board: list[Standing] | None = None, evaluated: Mapping[str, Mapping[str, Any]] | None = None,
+           costs: list[tuple[str, str]] | None = None) -> str:
     metrics = training.get("metrics") or {}
     tokens = tokens or {}
     facts = [("articles", manifest.get("articles")), ("question/answer pairs", manifest.get("pairs")),
@@ -121,7 +194,7 @@ def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapp
              ("final training loss", metrics.get("train_loss")),
              ("final validation loss", metrics.get("validation_loss")),
              ("examples left out (no room for a completion within max_input_length)", _left_out(training)),
-             ("billed seconds", _billed(training)),
+             ("billed seconds", _billed(training)), *(costs or []),
              ("model.tar.gz", f"{model.get('uri')} (sha256 {str(model.get('sha256'))[:12]})"),
              # No URL or pid: they change on every deploy, and the same inputs give the same report.
              ("endpoint", f"{endpoint.get('endpoint_name')} ({endpoint.get('backend')}, "
@@ -131,14 +204,31 @@ def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapp
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>pvbuild report: {html.escape(str(training.get('job_name')))}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}th{{text-align:left;padding-right:1em}}
-dd{{margin:0 0 1em 1em;white-space:pre-wrap}}</style></head><body>
+dd{{margin:0 0 1em 1em;white-space:pre-wrap}}
+table.board td,table.answers td{{padding:0.2em 0.6em;border-bottom:1px solid #ddd;vertical-align:top}}
+table.answers{{table-layout:fixed;width:100%}}
+table.answers td{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head><body>
 <h1>pvbuild run report</h1>
 <table>{_rows(facts)}</table>
-<h2>Loss</h2><img src="loss.png" alt="training and validation loss">
-<h2>Hyperparameters</h2><table>{_rows(hyper)}</table>
+{_leaderboard_section(board or [])}<h2>Loss</h2><img src="loss.png" alt="training and validation loss">
+{_evaluation_section(evaluated or {})}<h2>Hyperparameters</h2><table>{_rows(hyper)}</table>
 <h2>Sample questions</h2><dl>{qa}</dl>{_failed_section(failed or [])}
 </body></html>
 """
+
+
+def _candidates_input(workspace: Workspace) -> dict[str, Any]:
+    """With several candidates the leaderboard shows every one: each training record is an input; with
+    evaluation.questions, each evaluation file."""
+    found, inputs = workspace.candidates(), {}
+    if len(found) > 1:
+        inputs["candidates"] = digest([[c.name, workspace.output_digest(str(workspace.training_record_of(c)))]
+                                       for c in found])
+    if workspace.config.evaluation["questions"]:
+        files = [str(evaluation_file(workspace, name)) for name in
+                 [c.name for c in found] + sorted({BASE + c.base_model for c in found})]
+        inputs["evaluation"] = digest([workspace.hasher.digest(file) for file in files])
+    return inputs
 
 
 class ReportStage(StageBase):
@@ -147,19 +237,21 @@ class ReportStage(StageBase):
     derived_inputs = frozenset({"training", "model", "dataset"})
 
     def items(self, workspace: Workspace) -> list[Item]:
-        training = workspace.read_artifact(workspace.training_record)
+        training_record = workspace.training_record_of(workspace.winner())
         endpoint = workspace.read_artifact(workspace.endpoint_record)
         return [Item("report", {
-            "training": workspace.output_digest(str(workspace.training_record)) if training else None,
+            "training": workspace.output_digest(str(training_record)) if workspace.read_artifact(training_record)
+            else None,
             "model": endpoint.get("model_sha256") if endpoint else None,
             "ask": workspace.options_identity(workspace.config.ask),
-            "dataset": workspace.hasher.digest(workspace.manifest)}, str(workspace.report_dir / "report.html"))]
+            "dataset": workspace.hasher.digest(workspace.manifest),
+            **_candidates_input(workspace)}, str(workspace.report_dir / "report.html"))]
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
         """pvbuild 0.1 recorded the digest of the whole training record (timings included) as the
         report's input: the same record is the same input."""
         record = workspace.records(self.name).get("report") or {}
-        training = workspace.read_artifact(workspace.training_record)
+        training = workspace.read_artifact(workspace.training_record_of(workspace.winner()))
         recorded = dict(record.get("inputs", {}))
         if found and training is not None and recorded.get("training") == digest(training):
             recorded["training"] = items[0].inputs["training"]
@@ -170,8 +262,14 @@ class ReportStage(StageBase):
     def run(self, workspace: Workspace) -> StageResult:
         item = self.items(workspace)[0]
         manifest = workspace.read_artifact(workspace.manifest) or {}
-        training = workspace.read_artifact(workspace.training_record) or {}
-        model = workspace.read_artifact(workspace.model_record) or {}
+        winner = workspace.winner()
+        training = workspace.read_artifact(workspace.training_record_of(winner)) or {}
+        model = workspace.read_artifact(workspace.model_record_of(winner)) or {}
+        several = len(workspace.candidates()) > 1
+        board = workspace.standings(mean_scores(workspace)) if several else []
+        evaluated = scores(workspace)
+        histories = {c.name: (workspace.read_artifact(workspace.training_record_of(c)) or {}).get("history") or {}
+                     for c in workspace.candidates()}
         endpoint = workspace.read_artifact(workspace.endpoint_record) or {}
         from pvbuild.stages.asking import Asker  # the tokenizer's transformers: only when a report is made
 
@@ -183,12 +281,14 @@ class ReportStage(StageBase):
         with tempfile.TemporaryDirectory(dir=target.parent, prefix=".report-", suffix=TEMP_SUFFIX) as scratch:
             built = Path(scratch) / "report"
             built.mkdir()
-            plot_losses(training.get("history") or {}, built / "loss.png")
+            plot_losses(histories if several else {"": training.get("history") or {}}, built / "loss.png")
             tokens = token_totals(workspace.records("conversations").records.values())
             failed = [entry.reason for entry in outstanding_failures(workspace)]  # within dataset.max_failed
-            (built / "report.html").write_text(render(manifest, training, model, endpoint, answers, tokens, failed),
+            (built / "report.html").write_text(render(manifest, training, model, endpoint, answers, tokens, failed,
+                                                      board, evaluated, spent(workspace, tokens, training)),
                                                encoding="utf-8")
-            write_artifact(built / "metrics.json", build_metrics(manifest, training, tokens))
+            write_artifact(built / "metrics.json", build_metrics(manifest, training, tokens, board,
+                                                                                evaluated))
             replace_directory(built, target)
         with workspace.finishing("report"):
             workspace.record("report", item)

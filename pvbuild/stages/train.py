@@ -16,10 +16,13 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from pvbuild.artifacts import TrainingRecord
 from pvbuild.config import suggest
+from pvbuild.engine import staleness
+from pvbuild.engine.candidates import Candidate
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
@@ -157,63 +160,70 @@ def _with_state(record: TrainingRecord, state: JobState) -> TrainingRecord:
     return dataclasses.replace(record, **fields)
 
 
-def resolved_hyperparameters(workspace: Workspace) -> dict[str, str]:
+def resolved_hyperparameters(workspace: Workspace, candidate: Candidate) -> dict[str, str]:
     flags = {name: entry.item.hyperparameter for name, entry in workspace.config.registry.dataset_formats.items()}
-    return resolve_hyperparameters(workspace.base_model(), workspace.config.training["hyperparameters"],
-                                   workspace.config.dataset["format"], workspace.config.config_file, flags)
+    where = workspace.config.config_file + (f" (candidate {candidate.name!r})" if candidate.name else "")
+    return resolve_hyperparameters(workspace.base_model(candidate), candidate.hyperparameters,
+                                   workspace.config.dataset["format"], where, flags)
 
 
-def training_instance_type(workspace: Workspace) -> str:
-    instance_type = str(workspace.config.training["instance_type"])
-    return instance_type or next(iter(workspace.base_model().training_instance_types), "")
+def training_instance_type(workspace: Workspace, candidate: Candidate) -> str:
+    return candidate.instance_type or next(iter(workspace.base_model(candidate).training_instance_types), "")
+
+
+# Not part of one candidate's identity: adding or removing a candidate, or changing the rule that picks
+# the one to deploy, leaves every other candidate's job as it is.
+_NOT_A_JOBS_INPUT = frozenset({"hyperparameters", "accept_eula", "candidates", "select"})
 
 
 class TrainStage(StageBase):
     name = "train"
-    doc = "fine-tune the base model (one job per distinct data, model and hyperparameters)"
+    doc = "fine-tune the base model (one job per candidate and distinct data, model and hyperparameters)"
     record_output = True
     derived_inputs = frozenset({"data"})
 
     def items(self, workspace: Workspace) -> list[Item]:
         marker = workspace.read_upload()
-        name = workspace.config.training["base_model"]
-        training = {**workspace.config.training, "instance_type": training_instance_type(workspace)}
-        return [Item("train", {
+        return [Item(candidate.key("train"), {
             "data": marker.dataset if marker else None,
-            "base_model": workspace.identity(workspace.plugin_identity("base_models", name)),
-            "hyperparameters": workspace.identity(resolved_hyperparameters(workspace)),
-            "training": workspace.options_identity(training, frozenset({"hyperparameters", "accept_eula"})),
-        }, str(workspace.training_record))]
+            "base_model": workspace.identity(workspace.plugin_identity("base_models", candidate.base_model)),
+            "hyperparameters": workspace.identity(resolved_hyperparameters(workspace, candidate)),
+            "training": workspace.options_identity(
+                {**workspace.config.training, "base_model": candidate.base_model,
+                 "instance_type": training_instance_type(workspace, candidate)}, _NOT_A_JOBS_INPUT),
+        }, str(workspace.training_record_of(candidate))) for candidate in workspace.candidates()]
 
     def refine(self, workspace: Workspace, items: list[Item], found: list[StaleItem]) -> list[StaleItem]:
-        """The job for exactly these inputs failed or was interrupted: say so (the record says why);
-        with ``check --remote``, also ask the service about the recorded job."""
-        record = workspace.read_training()
-        if record and record.input_digest == digest(items[0].inputs) and record.status != COMPLETED:
-            return [StaleItem(items[0], f"last job {record.job_name} {record.status}: "
-                                        f"{record.failure_reason or 'no reason given'}")]
-        if found or not (workspace.live and workspace.checking):
-            return found
-        name = record.job_name if record else None
-        state = workspace.training_backend().describe(str(name))
-        if state is None or state.status != COMPLETED:
-            return [StaleItem(items[0], f"job {name} is {state.status if state else 'unknown'} at the service")]
-        return []
+        """A job for exactly these inputs failed or was interrupted: say so (the record says why);
+        with ``check --remote``, also ask the service about each recorded job."""
+        stale = {entry.item.key: entry for entry in found}
+        for item in items:
+            record = TrainingRecord.read(Path(item.file))
+            if record and record.input_digest == digest(item.inputs) and record.status != COMPLETED:
+                stale[item.key] = StaleItem(item, f"last job {record.job_name} {record.status}: "
+                                                  f"{record.failure_reason or 'no reason given'}")
+            elif item.key not in stale and workspace.live and workspace.checking:
+                name = record.job_name if record else None
+                state = workspace.training_backend().describe(str(name))
+                if state is None or state.status != COMPLETED:
+                    stale[item.key] = StaleItem(item, f"job {name} is {state.status if state else 'unknown'} "
+                                                      "at the service")
+        return [stale[item.key] for item in items if item.key in stale]
 
-    def run(self, workspace: Workspace) -> StageResult:
-        item = self.items(workspace)[0]
-        base = workspace.base_model()
-        hyperparameters = resolved_hyperparameters(workspace)
-        instance_type = training_instance_type(workspace)
+    def _request(self, workspace: Workspace, candidate: Candidate, item: Item) -> tuple[TrainingRequest,
+                                                                                           TrainingRecord]:
+        """The job for ``candidate``'s inputs: a new attempt after a failure, the same job while it runs."""
+        base = workspace.base_model(candidate)
+        hyperparameters = resolved_hyperparameters(workspace, candidate)
+        instance_type = training_instance_type(workspace, candidate)
         check_before_spending(workspace, base, instance_type)
         marker = workspace.read_upload()
         input_digest = digest(item.inputs)
-        backend = workspace.training_backend()
-        previous = workspace.read_training()
+        previous = workspace.read_training(candidate)
         attempt = 1
         if previous and previous.input_digest == input_digest:
             attempt = previous.attempt + 1
-            state = backend.describe(previous.job_name)
+            state = workspace.training_backend().describe(previous.job_name)
             if state is not None and state.status in (RUNNING, COMPLETED):
                 attempt = previous.attempt  # re-attach: the job of the last run is still ours
         output_key = f"{str(workspace.config.storage['prefix']).strip('/')}/output"
@@ -229,17 +239,37 @@ class TrainStage(StageBase):
                         "jumpstart_model_version": base.jumpstart_model_version},
             hyperparameters=hyperparameters, instance_type=instance_type, channels=dict(request.channels),
             output_uri=request.output_uri)
-        state = _attach_or_create(backend, request)
-        _with_state(record, state).write(workspace.training_record)  # before waiting: Ctrl-C loses nothing
-        state = backend.wait(request, _reporter(time.monotonic()))
-        _with_state(record, state).write(workspace.training_record)
-        if state.status != COMPLETED:
-            raise TrainingFailed(f"training job {state.name} {state.status}: "
-                                 f"{state.failure_reason or 'no reason given'}; the next run starts a new job")
+        return request, record
+
+    def run(self, workspace: Workspace) -> StageResult:
+        """Start (or re-attach to) every stale candidate's job first, then wait for each: on SageMaker
+        they run at the same time; the local backend trains in its wait, one after the other."""
+        stale = staleness.stale(workspace, self)
+        if workspace.forced and not stale:  # doit -a: every candidate (each re-attaches to its completed job)
+            stale = [StaleItem(item, "forced") for item in self.items(workspace)]
+        by_key = {candidate.key("train"): candidate for candidate in workspace.candidates()}
+        backend = workspace.training_backend()
+        started = []
+        for entry in stale:
+            candidate = by_key[entry.item.key]
+            request, record = self._request(workspace, candidate, entry.item)
+            state = _attach_or_create(backend, request)
+            _with_state(record, state).write(workspace.training_record_of(candidate))  # Ctrl-C loses nothing
+            started.append((entry.item, candidate, request, record))
+        failures = []
         with workspace.finishing("train"):
-            workspace.record("train", item)
-        say(f"train: job {state.name} completed, model at {state.model_artifacts}")
-        return StageResult("train", built=1)
+            for item, candidate, request, record in started:
+                state = backend.wait(request, _reporter(time.monotonic()))
+                _with_state(record, state).write(workspace.training_record_of(candidate))
+                if state.status != COMPLETED:
+                    failures.append(f"training job {state.name} {state.status}: "
+                                    f"{state.failure_reason or 'no reason given'}")
+                    continue
+                workspace.record("train", item)
+                say(f"train: job {state.name} completed, model at {state.model_artifacts}")
+        if failures:
+            raise TrainingFailed("; ".join(failures) + "; the next run starts a new job")
+        return StageResult("train", built=len(started), skipped=len(by_key) - len(started))
 
 
 STAGE = TrainStage()

@@ -23,7 +23,7 @@ from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.progress import say
-from pvbuild.services.stores import ObjectStore, StorageError, copy_verified, put_verified
+from pvbuild.services.stores import ObjectStore, StorageError, copy_verified, matches, put_verified
 from pvbuild.stages.dataset import format_data_names
 
 
@@ -79,7 +79,7 @@ def missing_objects(store: ObjectStore, objects: list[dict[str, Any]]) -> list[s
     wrong = []
     for entry in objects:
         info = store.head(entry["key"])
-        if info is None or (info.size, info.etag) != (entry["size"], entry["etag"]):
+        if info is None or not matches(info, entry):
             wrong.append(f"{entry['uri']} {'missing' if info is None else 'changed'}")
     return wrong
 
