@@ -11,6 +11,7 @@ never from configuration; ``HF_ENDPOINT`` points the client at another Hub (test
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,6 @@ The articles belong to their publishers; check their terms before you share deri
 def publish(workspace: Workspace, repo: str, private: bool, license_id: str) -> str:
     """Create the dataset repo (if new) and commit the files and the card in one commit; its URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError
 
     manifest = workspace.read_artifact(workspace.manifest)
     if manifest is None:
@@ -106,13 +106,14 @@ def publish(workspace: Workspace, repo: str, private: bool, license_id: str) -> 
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(workspace.dataset_dir / name))
                   for name in published_files(manifest)]
     operations.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=text.encode("utf-8")))
-    api = HfApi()
+    # HF_ENDPOINT read now, not when huggingface_hub was first imported (transformers may import it earlier).
+    api = HfApi(endpoint=os.environ.get("HF_ENDPOINT") or None)
     try:
         api.create_repo(repo, repo_type="dataset", private=private, exist_ok=True)
         commit = api.create_commit(repo, operations, repo_type="dataset",
                                    commit_message=f"pvbuild: dataset {str(manifest.get('pairs'))} pairs")
-    except (HfHubHTTPError, OSError) as error:
-        raise PvbuildError(f"publishing to {repo}: {error}") from error
+    except Exception as error:  # noqa: BLE001 - the hub client's HTTP and transport errors, one message for all
+        raise PvbuildError(f"publishing to {repo} at {api.endpoint}: {type(error).__name__}: {error}") from error
     return str(commit.commit_url)
 
 

@@ -65,3 +65,14 @@ def test_dry_run_writes_the_card_and_sends_nothing(project: Project, hub: FakeHu
     assert "would publish" in out and "train.jsonl" in out and hub.requests == []
     assert "Not declared: set publish.license" in (project.path / ".pvbuild" / "test" / "dataset-card.md").read_text(
         encoding="utf-8")
+
+
+def test_an_unreachable_hub_is_one_clear_error(project: Project, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    project.config("[profile.test]\n")
+    assert project.build() == 0
+    assert main(["--project", str(project.path), "publish", "--profile", "test", "--hub", "pv/x"]) == 2
+    error = capsys.readouterr().err
+    assert "publishing to pv/x at http://127.0.0.1:9: ConnectError" in error and "Traceback" not in error
