@@ -130,6 +130,18 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pvbuild.plan import plan, text
+
+    workspace = _workspace(args, live=False)
+    found = plan(workspace)
+    _print(json.dumps(asdict(found), ensure_ascii=False, indent=1) if args.json
+           else text(found, workspace.config.profile))
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from pvbuild.config import load_config
     from pvbuild.files import atomic_write_text
@@ -255,6 +267,11 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument("new_rev", nargs="?", help="compare with this revision instead of the working tree")
     diff.add_argument("--json", action="store_true", help="print the changed metrics as JSON")
     diff.set_defaults(run=cmd_diff)
+    plan_command = commands.add_parser("plan", help="what the next doit would do and what its paid steps would cost, "
+                                       "before anything is spent")
+    _profile_option(plan_command)
+    plan_command.add_argument("--json", action="store_true", help="the plan as JSON")
+    plan_command.set_defaults(run=cmd_plan)
     history = commands.add_parser("history", help="the build's numbers over the commits that changed them, and what "
                                   "each build changed (from git)")
     _profile_option(history)

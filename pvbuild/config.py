@@ -39,7 +39,10 @@ CRAWL_OPTIONS: dict[str, Any] = {
 RUNTIME_CRAWL_OPTIONS = frozenset({"concurrency", "per_host_concurrency", "delay", "timeout", "retries",
                                    "refresh_hours", "robots_txt"})
 STRATEGIES = ("http", "browser")
-ANNOTATOR_OPTIONS: dict[str, Any] = {"plugin": "", "concurrency": 4}
+# budget_usd: the conversations step stops before any call when annotating the stale articles would cost
+# more than this at the model's price (stages/estimate.py); 0: no budget.
+ANNOTATOR_OPTIONS: dict[str, Any] = {"plugin": "", "concurrency": 4, "budget_usd": 0.0}
+ANNOTATOR_RUNTIME_OPTIONS = frozenset({"budget_usd"})  # no annotator's output depends on them
 DATASET_OPTIONS: dict[str, Any] = {
     "format": "instruction",
     "template": {"prompt": "关于光伏政策<{context}>, 提问: {question}", "completion": "{answer}"},
@@ -289,6 +292,8 @@ def _annotator(check: _Validator, table: Any, registry: Registry, project_dir: P
     options = check.options("annotator", table, {**ANNOTATOR_OPTIONS, **annotator.options})
     if options["concurrency"] < 1:
         raise check.fail("annotator.concurrency", "must be at least 1")
+    if options["budget_usd"] < 0:
+        raise check.fail("annotator.budget_usd", "must be 0 (no budget) or more US dollars")
     if options.get("prompt_file"):
         prompt_path = project_dir / str(options["prompt_file"])
         if not prompt_path.is_file():

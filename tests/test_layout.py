@@ -16,7 +16,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pvbuild.engine",),
     ("pvbuild.stages",),
     ("pvbuild.tasks", "pvbuild.check", "pvbuild.cli", "pvbuild.reporter", "pvbuild.ask", "pvbuild.diff",
-     "pvbuild.history", "pvbuild.publish", "pvbuild.__main__"),
+     "pvbuild.history", "pvbuild.publish", "pvbuild.plan", "pvbuild.__main__"),
 )
 
 

@@ -410,3 +410,13 @@ def test_enterprise_settings_are_checked(project: Project, aws: str, message: st
     project.config(f"[profile.test]\n[profile.test.aws]\n{aws}")
     with pytest.raises(ConfigError, match=message):
         load_config(project.path, "test")
+
+
+def test_plan_prices_the_job_and_the_endpoint_before_anything_is_spent(
+        cloud: Cloud, capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["--project", str(cloud.project.path), "plan", "--profile", "test"]) == 0
+    out = capsys.readouterr().out
+    assert "training: 1 x ml.g5.xlarge at $1.41/h while the job runs" in out
+    assert "endpoint: 1 x ml.g5.xlarge at $1.41/h for as long as it stays up" in out
+    assert sum(cloud.shim.created.values()) == 0  # planning created nothing

@@ -14,12 +14,14 @@ import io
 from collections.abc import Iterable
 from typing import ClassVar
 
+from pvbuild.config import ANNOTATOR_RUNTIME_OPTIONS
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import NOT_ATTEMPTED, Failure, StageResult
 from pvbuild.engine.records import Item, digest, stale_reason
 from pvbuild.engine.stage import ArticleStage, Fingerprint, StaleItem
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
+from pvbuild.errors import PvbuildError
 from pvbuild.plugin_types import (
     AnnotationError,
     Article,
@@ -121,8 +123,25 @@ def annotator_identity(workspace: Workspace) -> str:
     its output-affecting options."""
     config = workspace.config
     annotator = config.registry.annotators[config.annotator.plugin].item
+    options = {k: v for k, v in config.annotator.options.items() if k not in ANNOTATOR_RUNTIME_OPTIONS}
     return workspace.identity(workspace.plugin_identity("annotators", config.annotator.plugin)
-                              | {"options": annotator.identity(config.annotator.options)})
+                              | {"options": annotator.identity(options)})
+
+
+def within_budget(workspace: Workspace, keys: list[str]) -> None:
+    """``annotator.budget_usd``: stop before any call when annotating ``keys`` would cost more."""
+    budget = float(workspace.config.annotator.options.get("budget_usd") or 0)
+    if not budget:
+        return
+    from pvbuild.stages.estimate import annotation_estimate
+
+    estimate = annotation_estimate(workspace, keys)
+    if estimate.usd is not None and estimate.usd > budget:
+        raise PvbuildError(
+            f"annotating {estimate.articles} article(s) with {estimate.model} would cost about ${estimate.usd:,.2f} "
+            f"(~{estimate.prompt_tokens:,} prompt + ~{estimate.completion_tokens:,} completion tokens at list "
+            f"prices), above annotator.budget_usd = {budget:g}: nothing was sent; raise the budget, or annotate "
+            "fewer articles (sources.<name>.last_page, exclude)")
 
 
 class ConversationsStage(ArticleStage):
@@ -177,6 +196,7 @@ class ConversationsStage(ArticleStage):
         stale = staleness.adopt_edits(workspace, self)
         result = StageResult(self.name, skipped=workspace.item_counts[self.name] - len(stale))
         if stale:
+            within_budget(workspace, [entry.item.key for entry in stale])
             import asyncio
 
             with workspace.finishing(self.name):

@@ -1,0 +1,81 @@
+"""What the next annotation would cost, before a call is made: tokens per stale article estimated from its
+markdown (the part the annotator would send) and the prompt, the completion from what earlier articles
+took, priced at the annotator model's list price (``pvbuild.prices``). Used by ``pvbuild plan`` and by
+``annotator.budget_usd``, which stops the conversations step before any call when the estimate is above it.
+
+No tokenizer is at hand offline (tiktoken fetches its encodings from the network), so a count stands in:
+a CJK character is about one token and other text about four characters a token; the recorded usage of
+earlier articles, where there is some, corrects it (the ratio of recorded prompt tokens to the estimate).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pvbuild.engine.workspace import Workspace
+from pvbuild.prices import annotation_cost, token_price
+
+PROMPT_OVERHEAD = 400  # tokens of instructions around an article (the built-in prompt is about this long)
+COMPLETION_WITHOUT_RECORDS = 500  # tokens an answer takes when no article has been annotated yet
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The annotation of ``articles`` articles: tokens, and USD at the model's price (None: no price/free)."""
+
+    articles: int
+    uncrawled: int  # stale articles with no markdown yet (a new site before its crawl): not in the figures
+    prompt_tokens: int
+    completion_tokens: int
+    usd: float | None
+    model: str
+
+
+def text_tokens(text: str) -> int:
+    """About how many tokens ``text`` is: a CJK character one, other characters four to a token."""
+    cjk = sum(1 for char in text if "\u3000" <= char <= "\u9fff" or "\uff00" <= char <= "\uffef")
+    return cjk + math.ceil((len(text) - cjk) / 4)
+
+
+def _calibration(workspace: Workspace) -> tuple[float, int]:
+    """The recorded prompt tokens over their estimate, and the mean recorded completion, from earlier articles."""
+    records = workspace.records("conversations")
+    recorded, estimated, completions = 0, 0, []
+    for key, record in records.records.items():
+        usage = record.get("usage") or {}
+        path = workspace.markdown_path(key)
+        if usage.get("prompt_tokens") and path.is_file():
+            recorded += int(usage["prompt_tokens"])
+            estimated += _article_tokens(workspace, path.read_text(encoding="utf-8"))
+            completions.append(int(usage.get("completion_tokens", 0)))
+    ratio = recorded / estimated if estimated else 1.0
+    completion = round(sum(completions) / len(completions)) if completions else COMPLETION_WITHOUT_RECORDS
+    return ratio, completion
+
+
+def _article_tokens(workspace: Workspace, markdown: str) -> int:
+    limit = workspace.config.annotator.options.get("max_article_chars")
+    sent = markdown[:int(limit)] if limit else markdown
+    prompt = str(workspace.config.annotator.options.get("prompt") or "")
+    return text_tokens(sent) + (text_tokens(prompt) if prompt else PROMPT_OVERHEAD)
+
+
+def annotation_estimate(workspace: Workspace, keys: Iterable[str]) -> Estimate:
+    """The estimate for annotating the articles ``keys`` (their markdown as it is now)."""
+    options = workspace.config.annotator.options
+    model = str(options.get("model") or "")
+    ratio, completion = _calibration(workspace)
+    articles, uncrawled, prompt_tokens = 0, 0, 0
+    for key in keys:
+        path = workspace.markdown_path(key)
+        if path.is_file():
+            articles += 1
+            prompt_tokens += round(_article_tokens(workspace, path.read_text(encoding="utf-8")) * ratio)
+        else:
+            uncrawled += 1
+    completion_tokens = articles * completion
+    price = token_price(model, options.get("price_per_million_tokens")) if model else None
+    usd = annotation_cost({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}, price)
+    return Estimate(articles, uncrawled, prompt_tokens, completion_tokens, usd, model)
