@@ -1,6 +1,9 @@
 """The ``pvbuild`` command: ``plugins`` lists plugins as JSON, ``config`` shows a resolved
-profile, ``build`` runs the doit task graph (the same as ``doit`` in the project root),
-``ask`` queries the deployed endpoint, ``teardown`` deletes it, ``serve`` runs a local endpoint."""
+profile, ``build`` runs the doit task graph (the same as ``doit`` in the project root), ``check``
+gates CI, ``plan`` prices the next build, ``diff`` and ``history`` compare builds, ``leaderboard``
+ranks the training candidates, ``publish`` pushes the dataset to the Hub, ``prune`` removes
+leftovers, ``ask`` queries the deployed endpoint, ``teardown`` deletes it, ``serve`` runs a local
+endpoint."""
 
 from __future__ import annotations
 
@@ -236,6 +239,15 @@ def _profile_option(command: argparse.ArgumentParser) -> None:
     command.add_argument("--profile", help="profile name (default: $PVBUILD_PROFILE or 'default')")
 
 
+def _reading_command(commands: Any, name: str, run: Any, about: str, as_json: str) -> argparse.ArgumentParser:
+    """A command that reads a profile and prints a table, or JSON with ``--json``."""
+    command: argparse.ArgumentParser = commands.add_parser(name, help=about)
+    _profile_option(command)
+    command.add_argument("--json", action="store_true", help=as_json)
+    command.set_defaults(run=run)
+    return command
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="pvbuild", description=__doc__)
     top.add_argument("--version", action="version", version=f"pvbuild {__version__}")
@@ -267,19 +279,13 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument("new_rev", nargs="?", help="compare with this revision instead of the working tree")
     diff.add_argument("--json", action="store_true", help="print the changed metrics as JSON")
     diff.set_defaults(run=cmd_diff)
-    plan_command = commands.add_parser("plan", help="what the next doit would do and what its paid steps would cost, "
-                                       "before anything is spent")
-    _profile_option(plan_command)
-    plan_command.add_argument("--json", action="store_true", help="the plan as JSON")
-    plan_command.set_defaults(run=cmd_plan)
-    history = commands.add_parser("history", help="the build's numbers over the commits that changed them, and what "
-                                  "each build changed (from git)")
-    _profile_option(history)
+    _reading_command(commands, "plan", cmd_plan, "what the next doit would do and what its paid steps would cost, "
+                     "before anything is spent", "the plan as JSON")
+    history = _reading_command(commands, "history", cmd_history, "the build's numbers over the commits that changed "
+                               "them, and what each build changed (from git)", "one object per build")
     history.add_argument("--last", type=int, default=20, help="this many committed builds (default 20)")
-    history.add_argument("--json", action="store_true", help="one object per build")
     history.add_argument("--html", nargs="?", const="", default=None, metavar="FILE",
                          help="write an HTML page (default .pvbuild/<profile>/history.html)")
-    history.set_defaults(run=cmd_history)
     publish = commands.add_parser("publish", help="push the built dataset to the Hugging Face Hub with a dataset card "
                                   "(token: HF_TOKEN)")
     _profile_option(publish)
@@ -288,11 +294,8 @@ def parser() -> argparse.ArgumentParser:
     publish.add_argument("--public", action="store_true", default=None, help="a public repo (default: private)")
     publish.add_argument("--dry-run", action="store_true", help="write the card locally, list the files, send nothing")
     publish.set_defaults(run=cmd_publish)
-    leaderboard = commands.add_parser("leaderboard", help="the training candidates by validation loss, the served "
-                                      "one marked")
-    _profile_option(leaderboard)
-    leaderboard.add_argument("--json", action="store_true", help="one object per candidate")
-    leaderboard.set_defaults(run=cmd_leaderboard)
+    _reading_command(commands, "leaderboard", cmd_leaderboard, "the training candidates by validation loss, the "
+                     "served one marked", "one object per candidate")
     prune = commands.add_parser("prune", help="remove orphans (articles no longer in the URL table) and leftovers "
                                 "of interrupted builds; doit does it too")
     _profile_option(prune)
