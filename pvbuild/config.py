@@ -303,6 +303,16 @@ def _annotator(check: _Validator, table: Any, registry: Registry, project_dir: P
     return StageConfig(plugin=plugin, options=options)
 
 
+BUILTIN_MIX = "builtin:"  # dataset.mix_file naming a general set shipped in pvbuild/general/
+
+
+def shipped_general_sets() -> dict[str, Path]:
+    """``builtin:<name>`` → its file, for every general set shipped with pvbuild."""
+    folder = resources.files("pvbuild") / "general"
+    return {f"{BUILTIN_MIX}{entry.name.removesuffix('.jsonl')}": Path(str(entry)) for entry in folder.iterdir()
+            if entry.name.endswith(".jsonl")}
+
+
 def _dataset(check: _Validator, table: Any, registry: Registry, project_dir: Path) -> dict[str, Any]:
     options = check.options("dataset", table or {}, DATASET_OPTIONS)
     formats = list(registry.dataset_formats)  # dataset formats are plugins, in registration order
@@ -315,12 +325,11 @@ def _dataset(check: _Validator, table: Any, registry: Registry, project_dir: Pat
     if not 0.0 <= options["validation_ratio"] < 1.0:
         raise check.fail("dataset.validation_ratio", "must be at least 0 and below 1")
     mix_file = str(options["mix_file"])
-    shipped = sorted(f"builtin:{entry.name.removesuffix('.jsonl')}" for entry in
-                     (resources.files("pvbuild") / "general").iterdir() if entry.name.endswith(".jsonl"))
-    if mix_file.startswith("builtin:") and mix_file not in shipped:
+    shipped = sorted(shipped_general_sets())
+    if mix_file.startswith(BUILTIN_MIX) and mix_file not in shipped:
         raise check.fail("dataset.mix_file", f"{mix_file!r}: no such general set{suggest(mix_file, shipped)}; "
                          f"shipped: {', '.join(shipped)}")
-    if mix_file and not mix_file.startswith("builtin:") and not (project_dir / mix_file).exists():
+    if mix_file and not mix_file.startswith(BUILTIN_MIX) and not (project_dir / mix_file).exists():
         raise check.fail("dataset.mix_file", f"{mix_file}: no such file or folder in {project_dir} (a .jsonl or "
                          ".csv file of question/answer rows, a datasets folder, or one of: " + ", ".join(shipped) + ")")
     if not 0.0 < options["mix_ratio"] < 1.0:

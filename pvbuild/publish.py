@@ -95,13 +95,18 @@ The articles belong to their publishers; check their terms before you share deri
     return str(DatasetCard(f"---\n{metadata.to_yaml()}\n---\n{body}"))
 
 
+def _built_manifest(workspace: Workspace) -> dict[str, Any]:
+    manifest = workspace.read_artifact(workspace.manifest)
+    if manifest is None:
+        raise PvbuildError(f"{workspace.manifest}: no dataset built yet; run doit first")
+    return manifest
+
+
 def publish(workspace: Workspace, repo: str, private: bool, license_id: str) -> str:
     """Create the dataset repo (if new) and commit the files and the card in one commit; its URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    manifest = workspace.read_artifact(workspace.manifest)
-    if manifest is None:
-        raise PvbuildError(f"{workspace.manifest}: no dataset built yet; run doit first")
+    manifest = _built_manifest(workspace)
     text = card(workspace, manifest, repo, license_id)
     operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(workspace.dataset_dir / name))
                   for name in published_files(manifest)]
@@ -119,8 +124,5 @@ def publish(workspace: Workspace, repo: str, private: bool, license_id: str) -> 
 
 def local_card(workspace: Workspace, repo: str, license_id: str, target: Path) -> Path:
     """``--dry-run``: the card written beside the dataset's files, nothing sent."""
-    manifest = workspace.read_artifact(workspace.manifest)
-    if manifest is None:
-        raise PvbuildError(f"{workspace.manifest}: no dataset built yet; run doit first")
-    target.write_text(card(workspace, manifest, repo, license_id), encoding="utf-8")
+    target.write_text(card(workspace, _built_manifest(workspace), repo, license_id), encoding="utf-8")
     return target

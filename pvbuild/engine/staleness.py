@@ -28,6 +28,13 @@ def stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     return list(found)
 
 
+def to_build(workspace: Workspace, stage: Stage) -> list[StaleItem]:
+    """What a stage of a few items rebuilds: its stale items, or under ``doit -a`` every item (a training
+    candidate then re-attaches to its completed job)."""
+    found = stale(workspace, stage)
+    return found or ([StaleItem(item, "forced") for item in stage.items(workspace)] if workspace.forced else [])
+
+
 def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     fingerprint = stage.fingerprint(workspace)
     if fingerprint is None:

@@ -39,18 +39,6 @@ class ObjectInfo:
     sha256: str = ""  # S3's SHA-256 checksum (base64; "-N" for N parts), "" when the store keeps none
 
 
-def file_sha256(path: Path, part_size: int = PART_SIZE) -> str:
-    """The SHA-256 checksum S3 keeps for ``path`` uploaded with ``part_size`` parts: of the bytes, or of the
-    parts' checksums + ``-N`` (base64, as S3 writes it)."""
-    parts = []
-    with path.open("rb") as stream:
-        while chunk := stream.read(part_size):
-            parts.append(hashlib.sha256(chunk).digest())
-    if len(parts) <= 1:
-        return base64.b64encode(parts[0] if parts else hashlib.sha256(b"").digest()).decode("ascii")
-    return f"{base64.b64encode(hashlib.sha256(b''.join(parts)).digest()).decode('ascii')}-{len(parts)}"
-
-
 def matches(info: ObjectInfo, expected: Mapping[str, Any]) -> bool:
     """Whether the stored object is the expected one: by size and checksum where the store keeps a checksum
     and one is expected, else by size and ETag. (Some S3-compatible services leave the ``-N`` off a
@@ -62,15 +50,35 @@ def matches(info: ObjectInfo, expected: Mapping[str, Any]) -> bool:
     return info.etag == expected["etag"]
 
 
-def file_etag(path: Path, part_size: int = PART_SIZE) -> str:
-    """The ETag S3 gives ``path`` uploaded with ``part_size`` parts: MD5, or MD5 of part MD5s + ``-N``."""
-    parts = []
+def _md5(data: bytes) -> Any:
+    return hashlib.md5(data, usedforsecurity=False)
+
+
+def file_checksums(path: Path, part_size: int = PART_SIZE) -> tuple[str, str]:
+    """The ETag and the SHA-256 checksum S3 gives ``path`` uploaded with ``part_size`` parts, in one read:
+    of the bytes (MD5 hex; SHA-256 base64), or of the parts' digests + ``-N``, as S3 writes them."""
+    md5s, sha256s = [], []
     with path.open("rb") as stream:
         while chunk := stream.read(part_size):
-            parts.append(hashlib.md5(chunk, usedforsecurity=False).digest())
-    if len(parts) <= 1:
-        return (parts[0] if parts else hashlib.md5(b"", usedforsecurity=False).digest()).hex()
-    return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+            md5s.append(_md5(chunk).digest())
+            sha256s.append(hashlib.sha256(chunk).digest())
+    if len(md5s) <= 1:
+        data_md5 = md5s[0] if md5s else _md5(b"").digest()
+        data_sha = sha256s[0] if sha256s else hashlib.sha256(b"").digest()
+        return data_md5.hex(), base64.b64encode(data_sha).decode("ascii")
+    suffix = f"-{len(md5s)}"
+    return (_md5(b"".join(md5s)).hexdigest() + suffix,
+            base64.b64encode(hashlib.sha256(b"".join(sha256s)).digest()).decode("ascii") + suffix)
+
+
+def file_etag(path: Path, part_size: int = PART_SIZE) -> str:
+    """The ETag S3 gives ``path`` uploaded with ``part_size`` parts: MD5, or MD5 of part MD5s + ``-N``."""
+    return file_checksums(path, part_size)[0]
+
+
+def file_sha256(path: Path, part_size: int = PART_SIZE) -> str:
+    """The SHA-256 checksum S3 keeps for ``path`` uploaded with ``part_size`` parts (base64; ``-N`` for parts)."""
+    return file_checksums(path, part_size)[1]
 
 
 class ObjectStore(Protocol):
@@ -233,7 +241,8 @@ def put_verified(store: ObjectStore, key: str, path: Path) -> tuple[dict[str, An
     """Upload ``path`` unless an identical object is there, and verify it (``matches``); return
     ``{"uri", "size", "etag"}`` (and ``"sha256"`` where the store keeps checksums) and whether it was sent."""
     part_size = int(getattr(store, "part_size", PART_SIZE))
-    expected = {"size": path.stat().st_size, "etag": file_etag(path, part_size), "sha256": file_sha256(path, part_size)}
+    etag, checksum = file_checksums(path, part_size)  # one read of a file that may be a 500 MB model
+    expected = {"size": path.stat().st_size, "etag": etag, "sha256": checksum}
     present = store.head(key)
     sent = present is None or not matches(present, expected)
     if sent:

@@ -18,7 +18,7 @@ from typing import Any
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
-from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.stage import StageBase
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
 from pvbuild.files import write_artifact
@@ -68,9 +68,7 @@ class EvaluateStage(StageBase):
         return found
 
     def run(self, workspace: Workspace) -> StageResult:
-        stale = staleness.stale(workspace, self)
-        if workspace.forced and not stale:
-            stale = [StaleItem(item, "forced") for item in self.items(workspace)]
+        stale = staleness.to_build(workspace, self)
         if not stale:
             return StageResult(self.name, skipped=len(self.items(workspace)))
         marker = workspace.read_upload()
@@ -151,14 +149,18 @@ def _before_last_answer(dialog: list[dict[str, str]]) -> list[dict[str, str]]:
     return dialog[:last]
 
 
+def evaluated_names(workspace: Workspace) -> list[str]:
+    """What is evaluated: every candidate (by name), then every base model they start from (``base:<model>``)."""
+    found = workspace.candidates()
+    return [candidate.name for candidate in found] + sorted({BASE + candidate.base_model for candidate in found})
+
+
 def scores(workspace: Workspace) -> dict[str, dict[str, Any]]:
     """Every evaluation there is, by key (a candidate's name, ``base:<model>``), for the leaderboard and report."""
     found: dict[str, dict[str, Any]] = {}
     if not workspace.config.evaluation["questions"]:
         return found
-    names: list[str] = [candidate.name for candidate in workspace.candidates()]
-    names += sorted({BASE + candidate.base_model for candidate in workspace.candidates()})
-    for name in names:
+    for name in evaluated_names(workspace):
         value = workspace.read_artifact(evaluation_file(workspace, name))
         if value is not None:
             found[name] = value

@@ -16,14 +16,13 @@ import csv
 import json
 import random
 from collections.abc import Mapping, Sequence
-from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pvbuild.config import BUILTIN_MIX, shipped_general_sets
 from pvbuild.errors import ConfigError, PvbuildError
 from pvbuild.plugin_types import DatasetFormat, Dialogue, Message
 
-BUILTIN = "builtin:"
 MIX_OPTIONS = frozenset({"mix_file", "mix_ratio"})  # not part of the shards' identity: the mix is its own file
 
 
@@ -34,11 +33,8 @@ def general_name(data_file: str) -> str:
 
 
 def mix_path(project_dir: Path, mix_file: str) -> Path:
-    """Where the general set is: a project-relative path, or one shipped with pvbuild."""
-    if mix_file.startswith(BUILTIN):
-        shipped = resources.files("pvbuild") / "general" / f"{mix_file.removeprefix(BUILTIN)}.jsonl"
-        return Path(str(shipped))
-    return project_dir / mix_file
+    """Where the general set is: one shipped with pvbuild (checked in config), or a project-relative path."""
+    return shipped_general_sets()[mix_file] if mix_file.startswith(BUILTIN_MIX) else project_dir / mix_file
 
 
 def load_general(path: Path, where: str) -> list[dict[str, str]]:

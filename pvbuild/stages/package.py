@@ -19,7 +19,7 @@ from pvbuild.engine import staleness
 from pvbuild.engine.candidates import Candidate
 from pvbuild.engine.outcomes import StageResult
 from pvbuild.engine.records import Item, digest
-from pvbuild.engine.stage import StageBase, StaleItem
+from pvbuild.engine.stage import StageBase
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
 from pvbuild.files import sha256_file
@@ -70,9 +70,7 @@ class PackageStage(StageBase):
         return found
 
     def run(self, workspace: Workspace) -> StageResult:
-        stale = staleness.stale(workspace, self)
-        if workspace.forced and not stale:  # doit -a: pack every candidate again
-            stale = [StaleItem(item, "forced") for item in self.items(workspace)]
+        stale = staleness.to_build(workspace, self)
         by_key = {candidate.key("package"): candidate for candidate in workspace.candidates()}
         with workspace.finishing("package"):
             for entry in stale:

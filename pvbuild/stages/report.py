@@ -20,7 +20,7 @@ from pvbuild.engine.workspace import Workspace
 from pvbuild.files import TEMP_SUFFIX, replace_directory, write_artifact
 from pvbuild.prices import PRICES_AS_OF, annotation_cost, instance_cost, token_price
 from pvbuild.progress import say
-from pvbuild.stages.evaluate import BASE, evaluation_file, mean_scores, scores
+from pvbuild.stages.evaluate import BASE, evaluated_names, evaluation_file, mean_scores, scores
 from pvbuild.stages.gate import outstanding_failures
 
 REPORT_SEED = 0
@@ -225,8 +225,7 @@ def _candidates_input(workspace: Workspace) -> dict[str, Any]:
         inputs["candidates"] = digest([[c.name, workspace.output_digest(str(workspace.training_record_of(c)))]
                                        for c in found])
     if workspace.config.evaluation["questions"]:
-        files = [str(evaluation_file(workspace, name)) for name in
-                 [c.name for c in found] + sorted({BASE + c.base_model for c in found})]
+        files = [str(evaluation_file(workspace, name)) for name in evaluated_names(workspace)]
         inputs["evaluation"] = digest([workspace.hasher.digest(file) for file in files])
     return inputs
 
@@ -262,14 +261,13 @@ class ReportStage(StageBase):
     def run(self, workspace: Workspace) -> StageResult:
         item = self.items(workspace)[0]
         manifest = workspace.read_artifact(workspace.manifest) or {}
-        winner = workspace.winner()
-        training = workspace.read_artifact(workspace.training_record_of(winner)) or {}
+        winner, records = workspace.winner(), workspace.training_records()
+        training = records[winner.name] or {}
         model = workspace.read_artifact(workspace.model_record_of(winner)) or {}
-        several = len(workspace.candidates()) > 1
+        several = len(records) > 1
         board = workspace.standings(mean_scores(workspace)) if several else []
         evaluated = scores(workspace)
-        histories = {c.name: (workspace.read_artifact(workspace.training_record_of(c)) or {}).get("history") or {}
-                     for c in workspace.candidates()}
+        histories = {name: (record or {}).get("history") or {} for name, record in records.items()}
         endpoint = workspace.read_artifact(workspace.endpoint_record) or {}
         from pvbuild.stages.asking import Asker  # the tokenizer's transformers: only when a report is made
 

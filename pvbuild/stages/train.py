@@ -244,9 +244,7 @@ class TrainStage(StageBase):
     def run(self, workspace: Workspace) -> StageResult:
         """Start (or re-attach to) every stale candidate's job first, then wait for each: on SageMaker
         they run at the same time; the local backend trains in its wait, one after the other."""
-        stale = staleness.stale(workspace, self)
-        if workspace.forced and not stale:  # doit -a: every candidate (each re-attaches to its completed job)
-            stale = [StaleItem(item, "forced") for item in self.items(workspace)]
+        stale = staleness.to_build(workspace, self)
         by_key = {candidate.key("train"): candidate for candidate in workspace.candidates()}
         backend = workspace.training_backend()
         started = []
