@@ -294,6 +294,9 @@ def _annotator(check: _Validator, table: Any, registry: Registry, project_dir: P
         raise check.fail("annotator.concurrency", "must be at least 1")
     if options["budget_usd"] < 0:
         raise check.fail("annotator.budget_usd", "must be 0 (no budget) or more US dollars")
+    if options.get("mode", "live") not in ("live", "batch"):
+        raise check.fail("annotator.mode", f"must be \"live\" (a call per article) or \"batch\" (the Batch API, "
+                         f"half the price, results within 24 h), not {options['mode']!r}")
     if options.get("prompt_file"):
         prompt_path = project_dir / str(options["prompt_file"])
         if not prompt_path.is_file():

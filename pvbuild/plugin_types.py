@@ -130,10 +130,60 @@ def drop_repeated_questions(messages: list[Message]) -> tuple[list[Message], int
     return kept, (len(messages) - len(kept)) // 2
 
 
+class BatchJournal:
+    """Where a batch annotator writes down the batches it submitted the moment they exist, so that a
+    rerun (after Ctrl-C, or while they are still running) re-attaches instead of paying again.
+
+    An entry is a JSON object keyed by its ``"input_file"`` (what exists first); the annotator decides
+    the rest (the batch id, what each request's digest was). The file is machine-local.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def entries(self) -> list[dict[str, Any]]:
+        import json
+
+        return json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else []
+
+    def put(self, entry: dict[str, Any]) -> None:
+        """Add ``entry``, or replace the one with its input file, and write the journal at once."""
+        kept = [old for old in self.entries() if old["input_file"] != entry["input_file"]]
+        self._write([*kept, entry])
+
+    def drop(self, input_file: str) -> None:
+        self._write([old for old in self.entries() if old["input_file"] != input_file])
+
+    def _write(self, entries: list[dict[str, Any]]) -> None:
+        import json
+
+        from pvbuild.files import atomic_write_text
+
+        if entries:
+            atomic_write_text(self.path, json.dumps(entries, indent=1, sort_keys=True))
+        else:
+            self.path.unlink(missing_ok=True)
+
+
+Delivery = Callable[[str, "Annotation | AnnotationError"], None]
+
+
 class AnnotatorRun:
-    """One annotation run: created by ``Annotator.start`` and closed when the stage ends."""
+    """One annotation run: created by ``Annotator.start`` and closed when the stage ends.
+
+    A live run answers ``annotate`` per article (the stage calls it concurrently). A run with
+    ``batched`` set gets every stale article at once through ``annotate_all``, and hands each
+    article's annotation (or the error that failed it) to ``deliver`` as it comes; the stage checks
+    and writes it exactly as a live answer. ``status`` takes a short line for the progress bar.
+    """
+
+    batched: bool = False
 
     async def annotate(self, article: Article) -> Annotation:
+        raise NotImplementedError
+
+    async def annotate_all(self, articles: list[Article], journal: BatchJournal, deliver: Delivery,
+                           status: Callable[[str], None]) -> None:
         raise NotImplementedError
 
     async def aclose(self) -> None:

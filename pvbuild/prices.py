@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 PRICES_AS_OF = "2026-11"
+BATCH_PRICE = 0.5  # the Batch API's share of the list price
 # OpenAI chat models: USD per million input and output tokens (the Batch API: half of these).
 TOKEN_PRICES: dict[str, tuple[float, float]] = {
     "gpt-4o": (2.50, 10.00), "gpt-4o-mini": (0.15, 0.60), "gpt-4.1": (2.00, 8.00), "gpt-4.1-mini": (0.40, 1.60),
@@ -31,7 +32,13 @@ def annotation_cost(tokens: Mapping[str, int], price: tuple[float, float] | None
     """What the recorded tokens cost, or None without a price."""
     if price is None:
         return None
-    return (tokens.get("prompt_tokens", 0) * price[0] + tokens.get("completion_tokens", 0) * price[1]) / 1e6
+
+    def at_list_price(prefix: str) -> float:
+        prompt, completion = tokens.get(f"{prefix}prompt_tokens", 0), tokens.get(f"{prefix}completion_tokens", 0)
+        return prompt * price[0] + completion * price[1]
+
+    # ``batch_*`` counts are the part of the totals that went through the Batch API, at half price.
+    return (at_list_price("") - at_list_price("batch_") * (1 - BATCH_PRICE)) / 1e6
 
 
 def instance_cost(instance_type: str, seconds: float | None, instances: int = 1) -> float | None:

@@ -7,7 +7,8 @@ slowly the server trickles its answer) and a reply that is not complete JSON are
 exponential backoff (honouring ``Retry-After``); ``insufficient_quota`` and authentication
 errors stop the run. A reply that is not a chat completion (an HTML page from a proxy), or a
 conversation that is not valid (no JSON, roles out of order), is asked for once more; an answer
-cut off at ``max_tokens`` fails at once, naming the option.
+cut off at ``max_tokens`` fails at once, naming the option. With ``mode = "batch"`` the articles
+go through the Batch API instead (``openai_batch``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,14 @@ from importlib import resources
 from typing import Any
 
 from pvbuild import Annotation, Annotator, Article, Message, hookimpl
-from pvbuild.plugin_types import AnnotationError, AnnotatorRun, FatalAnnotationError, validate_conversation
+from pvbuild.plugin_types import (
+    AnnotationError,
+    AnnotatorRun,
+    BatchJournal,
+    Delivery,
+    FatalAnnotationError,
+    validate_conversation,
+)
 
 __cache_version__ = "0.1.0"  # what this plugin's artifacts depend on: bump it when its output changes
 
@@ -99,9 +107,23 @@ class _OpenAIRun(AnnotatorRun):
     def _redact(self, text: str) -> str:
         return text.replace(self.api_key, "***") if self.api_key else text
 
-    async def annotate(self, article: Article) -> Annotation:
+    @property
+    def batched(self) -> bool:  # type: ignore[override]
+        return self.options["mode"] == "batch"
+
+    async def annotate_all(self, articles: list[Article], journal: BatchJournal, deliver: Delivery,
+                           status: Callable[[str], None]) -> None:
+        self._need_key()
+        from pvbuild.builtins.openai_batch import annotate_in_batches
+
+        await annotate_in_batches(self, articles, journal, deliver, status)
+
+    def _need_key(self) -> None:
         if not self.api_key:
             raise FatalAnnotationError("OPENAI_API_KEY is not set; export it (it is never stored)")
+
+    async def annotate(self, article: Article) -> Annotation:
+        self._need_key()
         usage: dict[str, int] = {}
         bad_output_left = BAD_OUTPUT_RETRIES
         attempt = 0
@@ -119,18 +141,7 @@ class _OpenAIRun(AnnotatorRun):
                 await self._backoff_or_raise(error, attempt)
                 continue
             try:
-                choice = _choice(response)
-                for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-                    usage[key] = usage.get(key, 0) + int(getattr(response.usage, key, 0) or 0)
-                if getattr(choice, "finish_reason", None) == "length":
-                    raise _CutOff(f"the answer was cut off at max_tokens = {self.options['max_tokens']} "
-                                  "(finish_reason: length); raise annotator.max_tokens or shorten the article")
-                messages = parse_conversation(choice.message.content)
-                if not messages:
-                    raise AnnotationError("the model returned an empty conversation list")
-                limit = int(self.options["max_article_chars"])
-                cut_from = len(article.markdown) if 0 < limit < len(article.markdown) else 0
-                return Annotation(validate_conversation(messages), usage, cut_from)
+                return self.annotation_of(response, article, usage)
             except _CutOff:
                 raise
             except AnnotationError:
@@ -138,12 +149,32 @@ class _OpenAIRun(AnnotatorRun):
                     raise
                 bad_output_left -= 1
 
+    def annotation_of(self, response: Any, article: Article, usage: dict[str, int] | None = None) -> Annotation:
+        """The conversation in a chat completion, checked; ``usage`` adds up the tokens of every try."""
+        choice = _choice(response)
+        usage = {} if usage is None else usage
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            usage[key] = usage.get(key, 0) + int(getattr(response.usage, key, 0) or 0)
+        if getattr(choice, "finish_reason", None) == "length":
+            raise _CutOff(f"the answer was cut off at max_tokens = {self.options['max_tokens']} "
+                          "(finish_reason: length); raise annotator.max_tokens or shorten the article")
+        messages = parse_conversation(choice.message.content)
+        if not messages:
+            raise AnnotationError("the model returned an empty conversation list")
+        limit = int(self.options["max_article_chars"])
+        cut_from = len(article.markdown) if 0 < limit < len(article.markdown) else 0
+        return Annotation(validate_conversation(messages), usage, cut_from)
+
+    def request(self, article: Article) -> dict[str, Any]:
+        """The chat completion request for ``article`` (without its response format)."""
+        return {"model": self.options["model"], "temperature": self.options["temperature"],
+                "max_tokens": self.options["max_tokens"],
+                "messages": [{"role": "system", "content": self.prompt},
+                             {"role": "user", "content": article_message(article,
+                                                                         int(self.options["max_article_chars"]))}]}
+
     async def _complete(self, article: Article) -> Any:
-        request = {"model": self.options["model"], "temperature": self.options["temperature"],
-                   "max_tokens": self.options["max_tokens"],
-                   "messages": [{"role": "system", "content": self.prompt},
-                                {"role": "user", "content": article_message(article,
-                                                                            int(self.options["max_article_chars"]))}]}
+        request = self.request(article)
         try:
             return await self.client.chat.completions.create(response_format=self.response_format, **request)
         except self.openai.BadRequestError as error:
@@ -153,13 +184,22 @@ class _OpenAIRun(AnnotatorRun):
                 return await self.client.chat.completions.create(response_format=self.response_format, **request)
             raise AnnotationError(f"the API rejected the request: {self._redact(str(error))}") from error
 
-    async def _backoff_or_raise(self, error: Exception, attempt: int) -> None:
+    def fatal_or_none(self, error: Exception) -> FatalAnnotationError | None:
+        """The error that stops every article (no quota, bad key), or None for one that fails one."""
         openai = self.openai
         message = self._redact(f"{type(error).__name__}: {error}")
         if isinstance(error, openai.RateLimitError) and "insufficient_quota" in f"{error.code} {error}":
-            raise FatalAnnotationError(f"no quota left on this API key ({message}); add credit and rerun")
+            return FatalAnnotationError(f"no quota left on this API key ({message}); add credit and rerun")
         if isinstance(error, openai.AuthenticationError | openai.PermissionDeniedError):
-            raise FatalAnnotationError(f"authentication failed ({message}); check OPENAI_API_KEY")
+            return FatalAnnotationError(f"authentication failed ({message}); check OPENAI_API_KEY")
+        return None
+
+    async def _backoff_or_raise(self, error: Exception, attempt: int) -> None:
+        openai = self.openai
+        message = self._redact(f"{type(error).__name__}: {error}")
+        fatal = self.fatal_or_none(error)
+        if fatal is not None:
+            raise fatal
         if isinstance(error, TimeoutError):
             message = f"no complete answer within timeout = {self.options['timeout']} s"
         elif isinstance(error, ValueError):  # the client could not parse the body (cut off, not JSON)
@@ -191,10 +231,11 @@ class OpenAIAnnotator(Annotator):
     options = {"model": "gpt-4o", "base_url": "", "prompt": "", "prompt_file": "", "temperature": 0.3,
                "max_tokens": 4096, "response_format": "json_schema", "timeout": 120.0, "max_retries": 5,
                "retry_base_delay": 1.0, "max_article_chars": MAX_ARTICLE_CHARS,
-               "price_per_million_tokens": []}  # [input, output] USD; default: pvbuild.prices for the model
+               "price_per_million_tokens": [],  # [input, output] USD; default: pvbuild.prices for the model
+               "mode": "live", "batch_poll_seconds": 30.0, "batch_max_requests": 50_000}
     # Options that change how a call is made or what the report says it cost, not what it returns.
     runtime_options = frozenset({"concurrency", "timeout", "max_retries", "retry_base_delay", "prompt_file",
-                                 "price_per_million_tokens"})
+                                 "price_per_million_tokens", "mode", "batch_poll_seconds", "batch_max_requests"})
 
     def identity(self, options: Mapping[str, Any]) -> dict[str, Any]:
         # The prompt text itself decides the output, whether it is inline, from a file or built in.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Iterable
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pvbuild.config import ANNOTATOR_RUNTIME_OPTIONS
 from pvbuild.engine import staleness
@@ -23,8 +23,11 @@ from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
 from pvbuild.plugin_types import (
+    Annotation,
     AnnotationError,
+    AnnotatorRun,
     Article,
+    BatchJournal,
     FatalAnnotationError,
     Message,
     drop_repeated_questions,
@@ -54,68 +57,120 @@ def read_conversation(text: str, where: str) -> list[Message]:
         raise AnnotationError(f"{where}: {error}") from error
 
 
-async def _annotate(workspace: Workspace, stale: list[StaleItem], result: StageResult) -> None:
-    config = workspace.config
-    rows = {row.file_id: row for row in workspace.rows()}
-    annotator = config.registry.annotators[config.annotator.plugin].item
-    records = workspace.records("conversations")
-    progress = Progress("conversations", len(stale))
-    import asyncio
+class _Annotating:
+    """One run of the stage: checks and writes each article's annotation as it comes, live or batched."""
 
-    slots = asyncio.Semaphore(int(config.annotator.options["concurrency"]))
-    fatal: list[str] = []
-    dropped, cut = [0], [0]  # repeated questions left out, articles sent only in part
-    run = annotator.start(config.annotator.options)
+    def __init__(self, workspace: Workspace, stale: list[StaleItem], result: StageResult) -> None:
+        self.workspace, self.result = workspace, result
+        self.rows = {row.file_id: row for row in workspace.rows()}
+        self.entries = {entry.item.key: entry for entry in stale}
+        self.records = workspace.records("conversations")
+        self.progress = Progress("conversations", len(stale))
+        self.fatal: list[str] = []
+        self.dropped = self.cut = 0  # repeated questions left out, articles sent only in part
+        self.batched = False
+        self.answered: set[str] = set()  # articles written or failed
 
-    async def annotate_one(entry: StaleItem) -> None:
-        row = rows[entry.item.key]
-        markdown_path = workspace.markdown_path(row.file_id)
-        where = str(markdown_path.relative_to(config.project_dir))
+    def where(self, key: str) -> str:
+        return str(self.workspace.markdown_path(key).relative_to(self.workspace.config.project_dir))
 
-        def fail(reason: str) -> None:
-            result.failures.append(Failure(row.file_id, where, reason))
-            progress.advance(False)
+    def article(self, key: str) -> Article:
+        row = self.rows[key]
+        return Article(row.file_id, row.title, row.link, row.date, row.source,
+                       self.workspace.markdown_path(key).read_text(encoding="utf-8"))
 
-        async with slots:
-            if fatal:
-                return fail(f"{NOT_ATTEMPTED}{fatal[0]}")
-            article = Article(row.file_id, row.title, row.link, row.date, row.source,
-                              markdown_path.read_text(encoding="utf-8"))
-            try:
-                annotation = await run.annotate(article)
-                messages = validate_conversation(annotation.messages)
-            except FatalAnnotationError as error:
-                fatal.append(str(error))
-                return fail(str(error))
-            except AnnotationError as error:
-                return fail(str(error))
-            except Exception as error:  # noqa: BLE001 - a plugin bug fails this article, not the run
-                return fail(f"annotator {config.annotator.plugin!r} raised {type(error).__name__}: {error}")
+    def fail(self, key: str, reason: str) -> None:
+        self.result.failures.append(Failure(key, self.where(key), reason))
+        self.answered.add(key)
+        self.progress.advance(False)
+
+    def failed(self, key: str, error: Exception) -> None:
+        """``error`` failed the article; a fatal one marks every article not yet tried."""
+        if isinstance(error, FatalAnnotationError):
+            self.fatal.append(str(error))
+        if isinstance(error, AnnotationError):
+            return self.fail(key, str(error))
+        plugin = self.workspace.config.annotator.plugin  # a plugin bug fails this article, not the run
+        self.fail(key, f"annotator {plugin!r} raised {type(error).__name__}: {error}")
+
+    def deliver(self, key: str, outcome: Annotation | AnnotationError) -> None:
+        """Check and write one article's annotation (the same for a live answer and a batch's)."""
+        if isinstance(outcome, AnnotationError):
+            return self.failed(key, outcome)
+        try:
+            messages = validate_conversation(outcome.messages)
+        except AnnotationError as error:
+            return self.failed(key, error)
         messages, repeated = drop_repeated_questions(messages)
         text = format_conversation(messages)
-        workspace.write_output(entry.item.file, text.encode("utf-8"))
+        entry = self.entries[key]
+        self.workspace.write_output(entry.item.file, text.encode("utf-8"))
         record = {"inputs": dict(entry.item.inputs), "output": digest(text.encode("utf-8")),
-                  "pairs": len(messages) // 2, "usage": dict(sorted(annotation.usage.items()))}
-        extra = {"repeated_questions": repeated} if repeated else {}
-        if annotation.cut_from:
-            extra["cut_from_chars"] = annotation.cut_from  # only the article's start was annotated
-            cut[0] += 1
-        records.put(row.file_id, record | extra)
-        dropped[0] += repeated
-        result.built += 1
-        progress.advance(True)
+                  "pairs": len(messages) // 2, "usage": dict(sorted(outcome.usage.items()))}
+        extra: dict[str, Any] = {"repeated_questions": repeated} if repeated else {}
+        if outcome.cut_from:
+            extra["cut_from_chars"] = outcome.cut_from  # only the article's start was annotated
+            self.cut += 1
+        if self.batched:
+            extra["batch"] = True  # priced at the Batch API's half price
+        self.records.put(key, record | extra)
+        self.dropped += repeated
+        self.result.built += 1
+        self.answered.add(key)
+        self.progress.advance(True)
 
-    try:
-        await asyncio.gather(*(annotate_one(entry) for entry in stale))
-    finally:
-        await run.aclose()
-        progress.close()
-    if cut[0]:
-        result.notes.append(f"{cut[0]} article(s) longer than the annotator's limit were annotated from their "
-                            "start only (their records say how long they were)")
-    if dropped[0]:
-        result.notes.append(f"{dropped[0]} repeated question(s) left out (the same question again, spaces, case "
-                            "and punctuation aside)")
+    def status(self, line: str) -> None:
+        self.progress.note = line
+
+    async def run(self) -> None:
+        config = self.workspace.config
+        annotator = config.registry.annotators[config.annotator.plugin].item
+        run = annotator.start(config.annotator.options)
+        self.batched = bool(run.batched)
+        try:
+            if self.batched:
+                await self._all_at_once(run)
+            else:
+                await self._one_by_one(run, int(config.annotator.options["concurrency"]))
+        finally:
+            await run.aclose()
+            self.progress.close()
+        self._notes()
+
+    async def _one_by_one(self, run: AnnotatorRun, concurrency: int) -> None:
+        import asyncio
+
+        slots = asyncio.Semaphore(concurrency)
+
+        async def annotate_one(key: str) -> None:
+            async with slots:
+                if self.fatal:
+                    return self.fail(key, f"{NOT_ATTEMPTED}{self.fatal[0]}")
+                try:
+                    annotation = await run.annotate(self.article(key))
+                except Exception as error:  # noqa: BLE001 - classified by failed()
+                    return self.failed(key, error)
+            self.deliver(key, annotation)
+
+        await asyncio.gather(*(annotate_one(key) for key in self.entries))
+
+    async def _all_at_once(self, run: AnnotatorRun) -> None:
+        journal = BatchJournal(self.workspace.config.cache_dir / "annotation-batches.json")
+        try:
+            await run.annotate_all([self.article(key) for key in self.entries], journal, self.deliver, self.status)
+        except Exception as error:  # noqa: BLE001 - classified by failed()
+            self.failed(next(iter(self.entries)), error)  # named once, then every article left
+        for key in self.entries:
+            if key not in self.answered and self.fatal:
+                self.fail(key, f"{NOT_ATTEMPTED}{self.fatal[0]}")
+
+    def _notes(self) -> None:
+        if self.cut:
+            self.result.notes.append(f"{self.cut} article(s) longer than the annotator's limit were annotated from "
+                                     "their start only (their records say how long they were)")
+        if self.dropped:
+            self.result.notes.append(f"{self.dropped} repeated question(s) left out (the same question again, "
+                                     "spaces, case and punctuation aside)")
 
 
 def annotator_identity(workspace: Workspace) -> str:
@@ -200,7 +255,7 @@ class ConversationsStage(ArticleStage):
             import asyncio
 
             with workspace.finishing(self.name):
-                asyncio.run(_annotate(workspace, stale, result))
+                asyncio.run(_Annotating(workspace, stale, result).run())
         return result
 
 

@@ -77,5 +77,8 @@ def annotation_estimate(workspace: Workspace, keys: Iterable[str]) -> Estimate:
             uncrawled += 1
     completion_tokens = articles * completion
     price = token_price(model, options.get("price_per_million_tokens")) if model else None
-    usd = annotation_cost({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}, price)
+    tokens = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens}
+    if options.get("mode") == "batch":  # every article through the Batch API, at half price
+        tokens |= {f"batch_{name}": count for name, count in list(tokens.items())}
+    usd = annotation_cost(tokens, price)
     return Estimate(articles, uncrawled, prompt_tokens, completion_tokens, usd, model)

@@ -58,6 +58,8 @@ def token_totals(records: Any) -> dict[str, int]:
     for record in records:
         for name, count in (record.get("usage") or {}).items():
             totals[name] = totals.get(name, 0) + int(count)
+            if record.get("batch"):  # through the Batch API, at half price: counted apart as well
+                totals[f"batch_{name}"] = totals.get(f"batch_{name}", 0) + int(count)
     return totals
 
 
