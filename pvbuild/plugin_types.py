@@ -210,6 +210,11 @@ class Annotator:
     def start(self, options: Mapping[str, Any]) -> AnnotatorRun:
         raise NotImplementedError
 
+    def sent_text(self, options: Mapping[str, Any], article: Article) -> str | None:
+        """What one call sends for ``article`` (instructions and article), for ``pvbuild plan``'s token
+        estimate; None when the annotator does not say (the estimate then counts the markdown)."""
+        return None
+
 
 @dataclass(frozen=True)
 class BaseModel:

@@ -5,8 +5,7 @@ batch from it (``POST /v1/batches``) and moves it on at each ``GET /v1/batches/{
 in_progress for ``polls_in_progress`` polls (or as long as ``hold`` is set), then completed with an
 output file and an error file. ``fail_every`` fails every n-th request the first time it is seen
 (HTTP 500 in the error file); ``expire`` ends batches as expired with only their first half
-answered. Tokens are counted, not made up: ``count_tokens`` stands in for the model's tokenizer
-(a CJK character or punctuation mark a token, a run of Latin letters or digits a token).
+answered. Tokens are counted with ``count_tokens``, standing in for the model's tokenizer.
 """
 
 from __future__ import annotations
@@ -14,20 +13,12 @@ from __future__ import annotations
 import email.parser
 import email.policy
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from tests.standins import FakeOpenAI, conversation_for
-
-_TOKEN = re.compile(r"[A-Za-z]+|[0-9]+|[^\sA-Za-z0-9]")
-
-
-def count_tokens(text: str) -> int:
-    """The fake's tokenizer: a CJK character or a punctuation mark is a token, as is a run of letters or digits."""
-    return len(_TOKEN.findall(text))
+from tests.standins import FakeOpenAI, conversation_for, count_tokens
 
 
 def answer(body: dict[str, Any]) -> dict[str, Any]:

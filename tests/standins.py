@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import threading
 import time
 from collections import Counter
@@ -149,6 +150,15 @@ class FixtureSite(_Running):
         return None, ""
 
 
+_TOKEN = re.compile(r"[A-Za-z]+|[0-9]+|[^\sA-Za-z0-9]")
+
+
+def count_tokens(text: str) -> int:
+    """The fakes' tokenizer, standing in for the model's: a CJK character or a punctuation mark is a
+    token, as is a run of Latin letters or of digits."""
+    return len(_TOKEN.findall(text))
+
+
 def conversation_for(user_message: str, pairs: int = 2) -> list[dict[str, str]]:
     title = user_message.split("\n", 1)[0].removeprefix("标题：")
     turns = []
@@ -168,7 +178,9 @@ class FakeOpenAI(_Running):
     (a 200 with an HTML page), "cut_off" (a 200 whose JSON body ends early), "length" (an answer
     stopped at max_tokens), "trickle" (the body a byte every ``trickle_delay`` seconds)); once a
     list runs out, calls succeed. ``reject_json_schema``
-    answers 400 to strict-schema requests, like servers without structured outputs.
+    answers 400 to strict-schema requests, like servers without structured outputs. Usage is 100
+    prompt and 50 completion tokens a call, or with ``count`` set the tokens ``count_tokens`` finds
+    (added up in ``tokens`` over every answer).
     """
 
     latency: float = 0.0
@@ -177,9 +189,20 @@ class FakeOpenAI(_Running):
     trickle_delay: float = 0.5
     calls: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
+    count: bool = False
+    tokens: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         _Running.__init__(self)
+
+    def usage(self, body: dict[str, Any], content: str) -> dict[str, int]:
+        if not self.count:
+            return {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}
+        prompt = sum(count_tokens(message["content"]) for message in body["messages"])
+        completion = count_tokens(content)
+        with self.lock:
+            self.tokens.update({"prompt_tokens": prompt, "completion_tokens": completion})
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
     def outcome(self, user_message: str) -> str:
         with self.lock:
@@ -255,7 +278,7 @@ class FakeOpenAI(_Running):
                 return {"id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
                         "choices": [{"index": 0, "finish_reason": finish,
                                      "message": {"role": "assistant", "content": content}}],
-                        "usage": {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150}}
+                        "usage": fake.usage(body, content)}
 
             def hostile(self, outcome: str, user: str, body: dict[str, Any]) -> None:
                 if outcome == "html":

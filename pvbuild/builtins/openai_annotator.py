@@ -247,6 +247,10 @@ class OpenAIAnnotator(Annotator):
     def start(self, options: Mapping[str, Any]) -> AnnotatorRun:
         return _OpenAIRun(options)
 
+    def sent_text(self, options: Mapping[str, Any], article: Article) -> str:
+        prompt = str(options["prompt"]) or default_prompt()
+        return f"{prompt}\n{article_message(article, int(options['max_article_chars']))}"
+
 
 @hookimpl
 def register_annotators(register: Callable[[Annotator], None]) -> None:

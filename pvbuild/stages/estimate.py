@@ -1,7 +1,8 @@
-"""What the next annotation would cost, before a call is made: tokens per stale article estimated from its
-markdown (the part the annotator would send) and the prompt, the completion from what earlier articles
-took, priced at the annotator model's list price (``pvbuild.prices``). Used by ``pvbuild plan`` and by
-``annotator.budget_usd``, which stops the conversations step before any call when the estimate is above it.
+"""What the next annotation would cost, before a call is made: tokens per stale article estimated from what
+the annotator would send for it (its instructions and the article, as ``Annotator.sent_text`` gives them),
+the completion from what earlier articles took, priced at the annotator model's list price
+(``pvbuild.prices``; half of it in batch mode). Used by ``pvbuild plan`` and by ``annotator.budget_usd``,
+which stops the conversations step before any call when the estimate is above it.
 
 No tokenizer is at hand offline (tiktoken fetches its encodings from the network), so a count stands in:
 a CJK character is about one token and other text about four characters a token; the recorded usage of
@@ -11,13 +12,14 @@ earlier articles, where there is some, corrects it (the ratio of recorded prompt
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from pvbuild.engine.workspace import Workspace
+from pvbuild.plugin_types import Article
 from pvbuild.prices import annotation_cost, token_price
 
-PROMPT_OVERHEAD = 400  # tokens of instructions around an article (the built-in prompt is about this long)
+PROMPT_OVERHEAD = 400  # tokens of instructions around an article, for an annotator that does not say
 COMPLETION_WITHOUT_RECORDS = 500  # tokens an answer takes when no article has been annotated yet
 
 
@@ -39,7 +41,7 @@ def text_tokens(text: str) -> int:
     return cjk + math.ceil((len(text) - cjk) / 4)
 
 
-def _calibration(workspace: Workspace) -> tuple[float, int]:
+def _calibration(workspace: Workspace, sent: Callable[[str, str], int]) -> tuple[float, int]:
     """The recorded prompt tokens over their estimate, and the mean recorded completion, from earlier articles."""
     records = workspace.records("conversations")
     recorded, estimated, completions = 0, 0, []
@@ -48,31 +50,40 @@ def _calibration(workspace: Workspace) -> tuple[float, int]:
         path = workspace.markdown_path(key)
         if usage.get("prompt_tokens") and path.is_file():
             recorded += int(usage["prompt_tokens"])
-            estimated += _article_tokens(workspace, path.read_text(encoding="utf-8"))
+            estimated += sent(key, path.read_text(encoding="utf-8"))
             completions.append(int(usage.get("completion_tokens", 0)))
     ratio = recorded / estimated if estimated else 1.0
     completion = round(sum(completions) / len(completions)) if completions else COMPLETION_WITHOUT_RECORDS
     return ratio, completion
 
 
-def _article_tokens(workspace: Workspace, markdown: str) -> int:
-    limit = workspace.config.annotator.options.get("max_article_chars")
-    sent = markdown[:int(limit)] if limit else markdown
-    prompt = str(workspace.config.annotator.options.get("prompt") or "")
-    return text_tokens(sent) + (text_tokens(prompt) if prompt else PROMPT_OVERHEAD)
+def _sent_tokens(workspace: Workspace) -> Callable[[str, str], int]:
+    """A function of an article's key and markdown giving the estimated tokens of what one call sends for it."""
+    options = workspace.config.annotator.options
+    annotator = workspace.config.registry.annotators[workspace.config.annotator.plugin].item
+    rows = {row.file_id: row for row in workspace.rows()}
+
+    def sent(key: str, markdown: str) -> int:
+        row = rows.get(key)
+        text = annotator.sent_text(options, Article(key, row.title, row.link, row.date, row.source, markdown)) \
+            if row is not None else None
+        return text_tokens(text) if text is not None else text_tokens(markdown) + PROMPT_OVERHEAD
+
+    return sent
 
 
 def annotation_estimate(workspace: Workspace, keys: Iterable[str]) -> Estimate:
     """The estimate for annotating the articles ``keys`` (their markdown as it is now)."""
     options = workspace.config.annotator.options
     model = str(options.get("model") or "")
-    ratio, completion = _calibration(workspace)
+    sent = _sent_tokens(workspace)
+    ratio, completion = _calibration(workspace, sent)
     articles, uncrawled, prompt_tokens = 0, 0, 0
     for key in keys:
         path = workspace.markdown_path(key)
         if path.is_file():
             articles += 1
-            prompt_tokens += round(_article_tokens(workspace, path.read_text(encoding="utf-8")) * ratio)
+            prompt_tokens += round(sent(key, path.read_text(encoding="utf-8")) * ratio)
         else:
             uncrawled += 1
     completion_tokens = articles * completion
