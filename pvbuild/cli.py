@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild import __version__
+from pvbuild.engine.outcomes import RETRY_FAILED
 from pvbuild.errors import PvbuildError, missing_extra
 from pvbuild.plugins import load_plugins
 from pvbuild.stages.catalog import CATALOG
@@ -58,6 +59,9 @@ def cmd_build(args: argparse.Namespace) -> int:
     os.chdir(args.project)
     if args.profile:
         os.environ["PVBUILD_PROFILE"] = args.profile
+    retry = os.environ.get(RETRY_FAILED)
+    if args.retry_failed:
+        os.environ[RETRY_FAILED] = "1"
     try:
         # doit's default output is the sys.stdout of when doit was imported; a caller may have replaced
         # (and closed) it since, as pytest's capture does: write to today's.
@@ -65,10 +69,11 @@ def cmd_build(args: argparse.Namespace) -> int:
         return int(DoitMain(ModuleTaskLoader(namespace)).run(list(args.tasks)))
     finally:
         os.chdir(directory)
-        if profile is None:
-            os.environ.pop("PVBUILD_PROFILE", None)
-        else:
-            os.environ["PVBUILD_PROFILE"] = profile
+        for name, value in (("PVBUILD_PROFILE", profile), (RETRY_FAILED, retry)):
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _workspace(args: argparse.Namespace, live: bool = True) -> Any:
@@ -261,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
     config.set_defaults(run=cmd_config)
     build = commands.add_parser("build", help="build stale artifacts (same as running doit)")
     _profile_option(build)
+    build.add_argument("--retry-failed", action="store_true", help="crawl again the pages that were gone (HTTP "
+                       "404, 410), which are otherwise not retried until their URL row or crawler changes")
     build.add_argument("tasks", nargs="*", help="doit options and tasks (default: everything)")
     build.set_defaults(run=cmd_build)
     check = commands.add_parser("check", help="exit 0 if every artifact is up to date, 1 if not (with reasons), "

@@ -82,14 +82,21 @@ def _read_robots(url: str, timeout: float) -> RobotFileParser | None:
 def _run_config_class() -> Any:
     """crawl4ai's ``CrawlerRunConfig``, minus a cost: its ``__setattr__`` inspects ``__init__``'s
     signature (100-odd parameters) on every attribute set, ~2 ms each, and ``arun`` sets some per
-    page. Only deprecated names need that check, so only they go through it."""
+    page. Only deprecated names (its ``_UNWANTED_PROPS``) need that check, so only they go through
+    it. Nothing of crawl4ai is changed: a subclass reads that table, and where a version has none
+    the class is used as it is (slower, still right)."""
     from crawl4ai import CrawlerRunConfig
+
+    deprecated = getattr(CrawlerRunConfig, "_UNWANTED_PROPS", None)
+    if not isinstance(deprecated, Mapping | frozenset | set | tuple | list):
+        return CrawlerRunConfig
+    checked = frozenset(deprecated)
 
     class RunConfig(CrawlerRunConfig):
         """A ``CrawlerRunConfig`` whose attribute sets cost a dict store."""
 
         def __setattr__(self, name: str, value: Any) -> None:
-            if name in self._UNWANTED_PROPS:
+            if name in checked:
                 super().__setattr__(name, value)
             else:
                 object.__setattr__(self, name, value)

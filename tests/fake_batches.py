@@ -47,6 +47,7 @@ class FakeBatchOpenAI(FakeOpenAI):
     answered: Counter[str] = field(default_factory=Counter)  # custom_id: how many successful answers
     tokens: Counter[str] = field(default_factory=Counter)  # prompt_tokens, completion_tokens answered
     seen_once: set[str] = field(default_factory=set)
+    requests: Counter[str] = field(default_factory=Counter)  # "GET /batches", "POST /files", ...: HTTP calls
 
     def _new_file(self, data: bytes, name: str, purpose: str) -> dict[str, Any]:
         file_id = f"file-{len(self.files) + 1}"
@@ -109,6 +110,7 @@ class FakeBatchOpenAI(FakeOpenAI):
 
             def do_GET(self) -> None:
                 path = self.path.removeprefix("/v1")
+                fake.requests[f"GET /{path.split('/')[1]}"] += 1
                 with fake.lock:
                     if path.startswith("/batches/") and path[9:] in fake.batches:
                         return self.reply(200, fake.poll(path[9:]))
@@ -128,6 +130,7 @@ class FakeBatchOpenAI(FakeOpenAI):
                 path = self.path.removeprefix("/v1")
                 if path == "/chat/completions":
                     return super().do_POST()
+                fake.requests[f"POST /{path.split('/')[1]}"] += 1
                 data = self.body()
                 with fake.lock:
                     if path == "/files":

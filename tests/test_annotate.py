@@ -60,8 +60,8 @@ def test_a_failing_article_writes_nothing_and_is_retried_next_run(project: Proje
     no_empty_csv(project)
     llm.script[GBK_TITLE] = []
     calls_before = len(llm.calls)
-    site.pages[1][1].missing = False
-    assert project.build() == 0
+    site.pages[1][1].missing = False  # the dead link comes back: asked for by --retry-failed
+    assert project.build("--retry-failed", "data") == 0
     assert "1455301" in conversations(project)
     retried = [call["messages"][-1]["content"] for call in llm.calls[calls_before:]]
     assert sum(GBK_TITLE in text for text in retried) == 1  # only the failed (and new) articles

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 
+from pvbuild.cli import main
 from tests.conftest import Project, site_and_llm_config
 from tests.standins import FakeOpenAI, FixtureSite
 
@@ -33,17 +34,32 @@ def test_reference_site_gives_url_table_and_markdown(project: Project, site: Fix
     assert not (project.artifacts() / "conversations" / "1455400.csv").exists()
 
 
-def test_the_404_is_reported_and_retried(project: Project, site: FixtureSite, llm: FakeOpenAI,
-                                         capsys: object) -> None:
+def test_a_404_fails_for_good_until_retry_failed_or_its_row_changes(project: Project, site: FixtureSite,
+                                                                    llm: FakeOpenAI,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     project.config(site_and_llm_config(site, llm))
-    project.build()
-    captured = capsys.readouterr()  # type: ignore[attr-defined]
+    gone = "/zc/20250720/1455400.shtml"
+    assert project.build() == 1
+    captured = capsys.readouterr()
     err = captured.err + captured.out
-    assert "1455400" in err and "404" in err and "HTTP 404" in err and "will retry next run" in err
-    site.pages[1][1].missing = False  # the page comes back
-    assert project.build() == 0
-    assert (project.artifacts() / "markdown" / "1455400.md").is_file()
+    assert "failed for good, not retried until its URL row or crawler changes" in err and "1455400" in err
+    assert "HTTP 404" in err and site.requests[gone] == 1
+    site.pages[1][1].missing = False  # the page comes back, but nothing says so
+    assert project.build() == 1 and site.requests[gone] == 1  # not asked again
+    assert "failed for good" in capsys.readouterr().err
+    assert main(["--project", str(project.path), "build", "--profile", "test", "--retry-failed", "data"]) == 0
+    assert site.requests[gone] == 2 and (project.artifacts() / "markdown" / "1455400.md").is_file()
     assert site.requests["/zc/20250801/1455093.shtml"] == 1  # the others were not fetched again
+
+
+def test_a_404_whose_url_row_changes_is_tried_again(project: Project, site: FixtureSite, llm: FakeOpenAI) -> None:
+    project.config(site_and_llm_config(site, llm))
+    gone = "/zc/20250720/1455400.shtml"
+    assert project.build() == 1 and site.requests[gone] == 1
+    site.pages[1][1].missing = False
+    site.pages[1][1].title = "已恢复的文章"  # the list page shows it again, retitled: its row changes
+    (project.artifacts() / "urls.csv").unlink()  # (the list pages are crawled again when the table is gone)
+    assert project.build() == 0 and site.requests[gone] == 2
 
 
 def test_url_table_merges_with_existing_rows(project: Project, site: FixtureSite, llm: FakeOpenAI) -> None:

@@ -230,7 +230,8 @@ def test_a_dead_link_within_max_failed_lets_the_chain_finish(project: Project, s
         assert project.build_all() == 0
         assert record(project, "training.json")["status"] == "Completed"
         err = capsys.readouterr().err
-        assert "failed, will retry next run: 1455400" in err and "HTTP 404" in err
+        assert "failed for good, not retried until its URL row or crawler changes" in err
+        assert "1455400" in err and "HTTP 404" in err
         report = (project.artifacts() / "report" / "report.html").read_text(encoding="utf-8")
         assert "Left out after failing (1, within dataset.max_failed)" in report and "1455400" in report
         assert "HTTP 404" in report

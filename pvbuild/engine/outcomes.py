@@ -11,11 +11,15 @@ from pvbuild.files import atomic_write_text
 
 @dataclass(frozen=True)
 class Failure:
-    """One item that failed, where (URL or file) and why; it is retried on the next run."""
+    """One item that failed, where (URL or file) and why; it is retried on the next run, unless it is
+    ``permanent`` (a page that is gone, HTTP 404 or 410): then only once its ``inputs`` (the URL row,
+    the crawler) change, or with ``pvbuild build --retry-failed``."""
 
     key: str
     where: str
     reason: str
+    permanent: bool = False
+    inputs: dict[str, str | None] | None = None  # what the item was built from when it failed for good
 
     def __str__(self) -> str:
         return f"{self.key} ({self.where}): {self.reason}"
@@ -48,19 +52,34 @@ NOT_ATTEMPTED = "not attempted: "  # the reason of an item skipped after an erro
 
 
 def failure_lines(failures: list[Failure]) -> list[str]:
-    by_reason: dict[str, list[Failure]] = {}
+    by_reason: dict[tuple[str, bool], list[Failure]] = {}
     for failure in failures:
-        by_reason.setdefault(failure.reason.removeprefix(NOT_ATTEMPTED), []).append(failure)
+        by_reason.setdefault((failure.reason.removeprefix(NOT_ATTEMPTED), failure.permanent), []).append(failure)
     lines = []
-    for reason, group in by_reason.items():
+    for (reason, _), group in by_reason.items():
+        when = (f"failed for good, {NOT_RETRIED}" if group[0].permanent else "failed, will retry next run")
         if len(group) <= GROUPED:
-            lines += [f"failed, will retry next run: {failure}" for failure in group]
+            lines += [f"{when}: {failure}" for failure in group]
             continue
         keys = ", ".join(failure.key for failure in group[:5]) + (", ..." if len(group) > 5 else "")
         skipped = sum(failure.reason.startswith(NOT_ATTEMPTED) for failure in group)
         after = f" ({skipped} not attempted after it)" if skipped else ""
-        lines.append(f"failed, will retry next run: {len(group)} items ({keys}): {reason}{after}")
+        lines.append(f"{when}: {len(group)} items ({keys}): {reason}{after}")
     return lines
+
+
+NOT_RETRIED = ("not retried until its URL row or crawler changes (`pvbuild build --retry-failed` tries again; "
+               "sources.<name>.exclude leaves it out)")
+RETRY_FAILED = "PVBUILD_RETRY_FAILED"  # set (by `pvbuild build --retry-failed`): permanent failures are tried again
+
+
+def permanent_failures(cache_dir: Path, stage: str) -> dict[str, Failure]:
+    """The stage's items that failed for good last time, by key; none when the user asked to retry them."""
+    import os
+
+    if os.environ.get(RETRY_FAILED, "") not in ("", "0"):
+        return {}
+    return {failure.key: failure for failure in load_failures(cache_dir, stage) if failure.permanent}
 
 
 def common_reason(failures: list[Failure]) -> str:

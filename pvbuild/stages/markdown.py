@@ -1,8 +1,10 @@
 """The ``markdown`` stage: crawl each new or changed article into ``markdown/<file_id>.md``.
 
 An article's markdown is built from its URL row and its source's crawler (plugin, version, article
-selector, strategy). A failed article writes nothing and is retried next run; a hand-edited
-markdown is kept and its conversation rebuilt from it.
+selector, strategy). A failed article writes nothing and is retried next run, except a page that is
+gone (HTTP 404, 410): that failure stands, without a request, until the article's row or crawler
+changes or ``pvbuild build --retry-failed``. A hand-edited markdown is kept and its conversation
+rebuilt from it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import ClassVar
 
 from pvbuild.config import SourceConfig
 from pvbuild.engine import staleness
-from pvbuild.engine.outcomes import StageResult
+from pvbuild.engine.outcomes import StageResult, permanent_failures
 from pvbuild.engine.records import Item
 from pvbuild.engine.stage import ArticleStage, Fingerprint
 from pvbuild.engine.url_table import UrlRow
@@ -51,6 +53,11 @@ class MarkdownStage(ArticleStage):
         """Crawl the article of every stale markdown item; failures write nothing."""
         stale = staleness.adopt_edits(workspace, self)
         result = StageResult("markdown", skipped=len(workspace.rows()) - len(stale))
+        gone = permanent_failures(workspace.config.cache_dir, self.name)
+        for entry in [entry for entry in stale if entry.item.key in gone]:
+            if gone[entry.item.key].inputs == dict(entry.item.inputs):  # same row, same crawler: gone still
+                result.failures.append(gone[entry.item.key])
+                stale.remove(entry)
         if stale:
             with workspace.finishing("markdown"):
                 import asyncio

@@ -90,6 +90,9 @@ async def crawl_lists(workspace: Workspace, result: StageResult, skipped: list[s
     return [row for rows in found for row in rows]
 
 
+GONE = frozenset({404, 410})  # the page is not there: asking again gives the same until something changes
+
+
 async def crawl_articles(workspace: Workspace, stale: list[StaleItem], result: StageResult) -> None:
     rows = {row.file_id: row for row in workspace.rows()}
     records = workspace.records("markdown")
@@ -105,7 +108,9 @@ async def crawl_articles(workspace: Workspace, stale: list[StaleItem], result: S
             page = await fetcher.fetch(maps[row.source](row.link), source.options, css_selector=site.article_selector)
             markdown = page.markdown.strip()
             if not page.ok:
-                result.failures.append(Failure(row.file_id, row.link, page.error or f"HTTP {page.status}"))
+                gone = page.status in GONE
+                result.failures.append(Failure(row.file_id, row.link, page.error or f"HTTP {page.status}",
+                                               permanent=gone, inputs=dict(entry.item.inputs) if gone else None))
             elif not markdown:
                 result.failures.append(Failure(row.file_id, row.link,
                                                f"the article selector {site.article_selector!r} matched nothing"))
