@@ -22,8 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_scale import ENV, synthesize  # noqa: E402
+from bench.bench_scale import ENV, ROOT, synthesize  # noqa: E402
+from pvbuild.config import load_config  # noqa: E402
 from tests.fake_batches import FakeBatchOpenAI  # noqa: E402
+
+PRODUCTION_CONCURRENCY = int(load_config(ROOT, "production").annotator.options["concurrency"])
 
 
 def annotate(count: int, mode: str, latency: float, poll: float) -> None:
@@ -32,7 +35,7 @@ def annotate(count: int, mode: str, latency: float, poll: float) -> None:
         synthesize(project, count)
         (project / "pvbuild.toml").write_text(
             f'[profile.default.annotator]\nplugin = "openai"\nbase_url = "{fake.url}/v1"\nmode = "{mode}"\n'
-            f"batch_poll_seconds = {poll}\nconcurrency = 8\n", encoding="utf-8")
+            f"batch_poll_seconds = {poll}\nconcurrency = {PRODUCTION_CONCURRENCY}\n", encoding="utf-8")
         env = ENV | {"OPENAI_API_KEY": "sk-bench"}
         started = time.perf_counter()
         done = subprocess.run([sys.executable, "-m", "doit", "data"], cwd=project, env=env, capture_output=True,
