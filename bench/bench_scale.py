@@ -5,8 +5,9 @@ URL table and markdown already built, as after a crawl) is built by ``doit data`
 ``extractive`` annotator, then the sharded dataset), and by a Makefile and a build.ninja of the
 same graph: one rule per article (markdown -> conversation, a copy) and one per dataset shard (the
 shard's conversations concatenated, the same shard assignment), then a manifest of the shards.
-Then, each timed several times (median and range): no-op; ``pvbuild check --until data`` warm and
-fresh (no machine-local cache, as on a fresh clone); one edited article; ``touch`` of every
+Then, each timed several times (median and range): no-op; ``pvbuild check --until data`` warm,
+fresh (the machine-local cache removed, in a folder that is not a git repository) and on a fresh
+git clone of the built tree (as a CI runner has it); one edited article; ``touch`` of every
 markdown file. pvbuild's peak memory (max RSS) and the number of files it rewrote are printed too.
 
 Run: python bench/bench_scale.py [N ...] [--runs R] [--no-make]   (default: 10000; R = 5; --no-make
@@ -30,6 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pvbuild.config import load_config  # noqa: E402
+from pvbuild.engine.records import file_output  # noqa: E402
 from pvbuild.engine.shards import shard_count, shard_of  # noqa: E402
 from pvbuild.engine.url_table import UrlRow, write_urls  # noqa: E402
 from pvbuild.engine.workspace import Workspace  # noqa: E402
@@ -69,7 +71,10 @@ def synthesize(project: Path, count: int) -> list[str]:
     for stage in ("urls", "markdown"):
         records = workspace.records(stage)
         for item in stage_named(stage).items(workspace):
-            records.put(item.key, {"inputs": dict(item.inputs), "output": workspace.hasher.digest(item.output)})
+            # As the crawl records them: a markdown file's digest and git blob id.
+            output = file_output(Path(item.output).read_bytes()) if stage == "markdown" else {
+                "output": workspace.hasher.digest(item.output)}
+            records.put(item.key, {"inputs": dict(item.inputs), **output})
         records.commit()
     return [row.file_id for row in rows]
 
@@ -112,6 +117,21 @@ def run(command: list[str], cwd: Path, ok: tuple[int, ...] = (0,)) -> tuple[floa
     if code not in ok:
         raise SystemExit(f"{' '.join(command)} exited {code}:\n{output.decode(errors='replace')[-3000:]}")
     return elapsed, usage.ru_maxrss
+
+
+def git_clone(project: Path) -> Path | None:
+    """The built tree committed to git and cloned beside it (as a CI runner gets it), or None without git."""
+    if shutil.which("git") is None:
+        return None
+    (project / ".gitignore").write_text(".pvbuild/\n", encoding="utf-8")
+    quiet = {"cwd": project, "check": True, "stdout": subprocess.DEVNULL}
+    subprocess.run(["git", "init", "-q"], **quiet)  # type: ignore[call-overload]
+    subprocess.run(["git", "add", "-A"], **quiet)  # type: ignore[call-overload]
+    subprocess.run(["git", "-c", "user.name=bench", "-c", "user.email=bench@invalid", "-c", "gc.auto=0", "commit",
+                    "-qm", "built"], **quiet)  # type: ignore[call-overload]
+    clone = Path(tempfile.mkdtemp(prefix="pvbuild-scale-clone-")) / "tree"
+    subprocess.run(["git", "clone", "-q", str(project), str(clone)], **quiet)  # type: ignore[call-overload]
+    return clone
 
 
 def snapshot(root: Path) -> dict[str, int]:
@@ -172,8 +192,18 @@ def measure(count: int, runs: int, table: Table, with_make: bool = True) -> None
         for _ in range(runs):
             shutil.rmtree(project / ".pvbuild" / "default", ignore_errors=True)  # the machine-local cache
             fresh.append(run(CHECK, project)[0])
-        table.row(count, "check fresh", fresh, [], ninja_noop)
+        table.row(count, "check fresh, no git", fresh, [], ninja_noop)
         run(DOIT, project)  # the stat cache back
+        clone = git_clone(project)
+        if clone is not None:
+            cloned = []
+            try:
+                for _ in range(runs):
+                    shutil.rmtree(clone / ".pvbuild", ignore_errors=True)  # as just cloned
+                    cloned.append(run(CHECK, clone)[0])
+            finally:
+                shutil.rmtree(clone.parent)
+            table.row(count, "check fresh git clone", cloned, [], ninja_noop)
 
         ours, by_make, by_ninja, files, peaks = [], [], [], [], []
         for attempt in range(runs):

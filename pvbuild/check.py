@@ -16,10 +16,11 @@ import os
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
-from pvbuild.engine import staleness
-from pvbuild.engine.prehash import prehash
+from pvbuild.engine import gitindex, staleness
+from pvbuild.engine.prehash import prehash, prehash_rest
 from pvbuild.engine.stage import Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.stages.catalog import CATALOG, up_to
@@ -83,13 +84,30 @@ class Checker:
         return Finding(found.stage, stale.item.key, output, reason, changes, found.excused)
 
 
+def ask_git(workspace: Workspace, folders: list[Path]) -> bool:
+    """On a fresh clone in a git repository, ask git which of the folders' files are as checked out (it
+    answers while the check reads the table and the records); their digests then come from the records.
+    Where git vouches for none the records know, the files are digested by workers (``prehash``)."""
+    hasher, root = workspace.hasher, workspace.config.project_dir
+    if (hasher.knows_any(folders) and not hasher.trusted_git) or not gitindex.in_repository(root):
+        return False
+    hasher.git = gitindex.start(root, [str(folder.relative_to(root)) for folder in folders])
+    if hasher.git is None:
+        return False
+    hasher.known_blobs = workspace.recorded_blobs
+    hasher.read_rest = lambda trusted: prehash_rest(hasher, folders, trusted)
+    return True
+
+
 def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, ...] = CATALOG) -> list[Finding]:
     """The stale artifacts of the profile (of its stages up to ``until``, e.g. ``data``)."""
     workspace.checking = True
     workspace.hasher.remember()  # a check writes nothing
     stages = up_to(until, catalog)
-    prehash(workspace.hasher, [workspace.config.artifacts / path.removesuffix("*") for stage in stages
-                               for path in stage.writes or () if path.endswith(("/", "/*"))])
+    folders = [workspace.config.artifacts / path.removesuffix("*") for stage in stages
+               for path in stage.writes or () if path.endswith(("/", "/*"))]
+    if not ask_git(workspace, folders):
+        prehash(workspace.hasher, folders)
     checker = Checker(workspace)
     gc.disable()  # short-lived, acyclic objects by the ten thousand: the cycle collector only costs time
     try:

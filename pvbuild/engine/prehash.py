@@ -31,11 +31,12 @@ Entries = dict[str, list[Any]]
 class Prehash:
     """Workers digesting ``folders`` (absolute paths ending in a separator) for a hasher rooted at ``prefix``."""
 
-    def __init__(self, folders: Sequence[str], prefix: str, workers: int) -> None:
+    def __init__(self, folders: Sequence[str], prefix: str, workers: int,
+                 skip: frozenset[str] | set[str] = frozenset()) -> None:
         self.folders = tuple(folders)
         self.workers: list[tuple[int, int]] = []  # (pid, read end of its pipe)
         for share in range(workers):
-            self.workers.append(_start(self.folders, prefix, share, workers))
+            self.workers.append(_start(self.folders, prefix, share, workers, skip))
         atexit.register(self.stop)
 
     def collect(self) -> Entries:
@@ -73,18 +74,29 @@ class Prehash:
 def prehash(hasher: FileHasher, folders: Sequence[Path], min_files: int = MIN_FILES) -> None:
     """On a fresh clone (``hasher`` has no stat cache yet), start digesting the files of ``folders`` in
     worker processes; the hasher takes their entries when one of those files is first asked for."""
-    if not hasher.entries and hasher.pending is None:
-        hasher.pending = start([str(folder).rstrip(os.sep) + os.sep for folder in folders], hasher.prefix, min_files)
+    if not hasher.knows_any(folders):
+        prehash_rest(hasher, folders, frozenset(), min_files)
 
 
-def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES) -> Prehash | None:
-    """Workers for ``folders`` when they hold ``min_files`` files or more and the machine has cores to spare."""
+def prehash_rest(hasher: FileHasher, folders: Sequence[Path], skip: frozenset[str] | set[str],
+                 min_files: int = MIN_FILES) -> None:
+    """``prehash`` of the files of ``folders`` but ``skip`` (keys, relative to the hasher's root, whose
+    digests are known otherwise: git vouched for them)."""
+    if hasher.pending is None:
+        hasher.pending = start([str(folder).rstrip(os.sep) + os.sep for folder in folders], hasher.prefix, min_files,
+                               skip)
+
+
+def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES,
+          skip: frozenset[str] | set[str] = frozenset()) -> Prehash | None:
+    """Workers for ``folders`` when they hold ``min_files`` files or more, besides ``skip``, and the machine has
+    cores to spare."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if cores < 2 or not hasattr(os, "fork"):
         return None
-    if sum(_count(folder, min_files) for folder in folders) < min_files:
+    if sum(_count(folder, min_files + len(skip)) for folder in folders) < min_files + len(skip):
         return None
-    return Prehash(folders, prefix, workers=cores)
+    return Prehash(folders, prefix, workers=cores, skip=skip)
 
 
 def _count(folder: str, enough: int) -> int:
@@ -97,7 +109,8 @@ def _count(folder: str, enough: int) -> int:
     return seen
 
 
-def _start(folders: tuple[str, ...], prefix: str, share: int, shares: int) -> tuple[int, int]:
+def _start(folders: tuple[str, ...], prefix: str, share: int, shares: int,
+           skip: frozenset[str] | set[str]) -> tuple[int, int]:
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
@@ -109,7 +122,7 @@ def _start(folders: tuple[str, ...], prefix: str, share: int, shares: int) -> tu
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.close(read_end)
-        data = marshal.dumps(_digest_share(folders, prefix, share, shares))
+        data = marshal.dumps(_digest_share(folders, prefix, share, shares, skip))
         with os.fdopen(write_end, "wb") as stream:
             stream.write(data)
         status = 0
@@ -117,12 +130,13 @@ def _start(folders: tuple[str, ...], prefix: str, share: int, shares: int) -> tu
         os._exit(status)
 
 
-def _digest_share(folders: tuple[str, ...], prefix: str, share: int, shares: int) -> Entries:
-    """The stat-cache entries of every ``shares``-th file under ``folders``, from the ``share``-th on."""
+def _digest_share(folders: tuple[str, ...], prefix: str, share: int, shares: int,
+                  skip: frozenset[str] | set[str] = frozenset()) -> Entries:
+    """The stat-cache entries of every ``shares``-th file under ``folders`` but ``skip``, from the ``share``-th on."""
     cut = len(prefix)
     entries: Entries = {}
-    paths = sorted(os.path.join(parent, name) for folder in folders for parent, _, names in os.walk(folder)
-                   for name in names)
+    paths = sorted(path for folder in folders for parent, _, names in os.walk(folder) for name in names
+                   if (path := os.path.join(parent, name))[cut:] not in skip)
     for path in paths[share::shares]:
         try:
             descriptor = os.open(path, os.O_RDONLY)

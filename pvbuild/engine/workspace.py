@@ -27,6 +27,7 @@ from pvbuild.engine.records import (
     Item,
     StageRecords,
     digest,
+    file_output,
 )
 from pvbuild.engine.url_table import UrlRow, read_digested_urls
 from pvbuild.errors import StateError
@@ -98,6 +99,14 @@ class Workspace:
     def _read_records(self, stage: str) -> StageRecords:
         return StageRecords(self.config.state_dir, stage, self.config.cache_dir / "records" / stage,
                             int(self.config.dataset["articles_per_shard"]))
+
+    def recorded_blobs(self) -> dict[str, str]:
+        """Blob id -> digest of every per-article and dataset file the records know (``engine.gitindex``)."""
+        known = {record["blob"]: record["output"] for stage in ("markdown", "conversations")
+                 for record in self.records(stage).records.values() if "blob" in record}
+        for record in self.records("dataset").records.values():
+            known |= {file["blob"]: file["output"] for file in (record.get("files") or {}).values()}
+        return known
 
     def recorded_stages(self) -> list[str]:
         """The stages that have records (files, shard folders or journals) under .state."""
@@ -284,7 +293,12 @@ class Workspace:
         with self.finishing(stage):
             for item in items:
                 record = self.records(stage).get(item.key)
-                if record is not None:
+                if record is None:
+                    continue
+                if item.file.startswith((self._markdown_prefix, self._conversation_prefix)):
+                    data = Path(item.file).read_bytes()  # a per-article file: its digest and blob id
+                    self.records(stage).put(item.key, {**record, **file_output(data)})
+                else:
                     self.records(stage).put(item.key, {**record, "output": self.output_digest(item.file)})
 
     def source(self, name: str) -> SourceConfig:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from pvbuild.config import ANNOTATOR_RUNTIME_OPTIONS
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import NOT_ATTEMPTED, Failure, StageResult
-from pvbuild.engine.records import Item, digest, stale_reason
+from pvbuild.engine.records import Item, file_output, stale_reason
 from pvbuild.engine.stage import ArticleStage, Fingerprint, StaleItem
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
@@ -105,7 +105,7 @@ class _Annotating:
         text = format_conversation(messages)
         entry = self.entries[key]
         self.workspace.write_output(entry.item.file, text.encode("utf-8"))
-        record = {"inputs": dict(entry.item.inputs), "output": digest(text.encode("utf-8")),
+        record = {"inputs": dict(entry.item.inputs), **file_output(text.encode("utf-8")),
                   "pairs": len(messages) // 2, "usage": dict(sorted(outcome.usage.items()))}
         extra: dict[str, Any] = {"repeated_questions": repeated} if repeated else {}
         if outcome.cut_from:

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult, common_reason, load_failures
-from pvbuild.engine.records import Item, digest
+from pvbuild.engine.records import Item, digest, file_output
 from pvbuild.engine.shards import shard_count, shard_name, shard_of
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.url_table import UrlRow
@@ -134,6 +134,14 @@ def _read_conversations(workspace: Workspace, members: list[Member]) -> list[Con
     return conversations
 
 
+def _file_record(workspace: Workspace, name: str, recorded: Any, expected: str) -> dict[str, str]:
+    """A dataset file kept from an earlier build: its digest and git blob id, as recorded when it was
+    built, or read once from the file (records older than blob ids)."""
+    if isinstance(recorded, dict) and recorded.get("output") == expected and recorded.get("blob"):
+        return {"output": expected, "blob": str(recorded["blob"])}
+    return file_output((workspace.dataset_dir / name).read_bytes())
+
+
 def _intact(workspace: Workspace, files: Mapping[str, str]) -> bool:
     return all(workspace.hasher.digest(workspace.dataset_dir / name) == expected for name, expected in files.items())
 
@@ -188,6 +196,9 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
     directory = workspace.dataset_dir
     directory.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict[str, Any]] = {}
+    recorded = ((workspace.records("dataset").get(stale[0].item.key) or {}).get("files") or {}) \
+        if not workspace.forced else {}
+    written: dict[str, dict[str, str]] = {}  # each file built now: its digest and git blob id
     progress = Progress("dataset shards", count) if count > 1 else None
     for index, group in enumerate(groups):
         key, inputs = f"{index:05d}", shard_inputs(group, identity, count)
@@ -198,6 +209,7 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
         elif group:
             built = shard_files(_read_conversations(workspace, group), options, formats, index, count)
             entries[key] = _shard_entry(built, inputs, _write(directory, built.files))
+            written |= {name: file_output(data) for name, data in built.files.items()}
             result.built += 1
         if progress is not None:
             progress.advance(True)
@@ -208,8 +220,11 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
     atomic_write_text(workspace.manifest, text)
     _remove_unlisted(directory, set(manifest["files"]) | {"manifest.json"})
     item = stale[0].item
+    files = {name: written.get(name) or _file_record(workspace, name, recorded.get(name), file_digest)
+             for name, file_digest in sorted(manifest["files"].items())}
     workspace.records("dataset").put(item.key, {"inputs": dict(item.inputs), "output": digest(text.encode("utf-8")),
-                                                "articles": manifest["articles"], "pairs": manifest["pairs"]})
+                                                "articles": manifest["articles"], "pairs": manifest["pairs"],
+                                                "files": files})
     workspace.finish("dataset")
     return result
 

@@ -215,6 +215,10 @@ table.answers td{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head><b
 {_leaderboard_section(board or [])}<h2>Loss</h2><img src="loss.png" alt="training and validation loss">
 {_evaluation_section(evaluated or {})}<h2>Hyperparameters</h2><table>{_rows(hyper)}</table>
 <h2>Sample questions</h2><dl>{qa}</dl>{_failed_section(failed or [])}
+<h2>History</h2><p>This page is what these inputs build, the same on every machine. The builds before it, and
+what changed from one to the next (data counts, tokens, losses, scores), are read from git:
+<code>pvbuild history --html</code> writes them as a page, <code>pvbuild diff [REV]</code> prints what
+changed since a revision.</p>
 </body></html>
 """
 

@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 
 from pvbuild.config import SourceConfig
 from pvbuild.engine.outcomes import Failure, StageResult
-from pvbuild.engine.records import digest
+from pvbuild.engine.records import file_output
 from pvbuild.engine.stage import StaleItem
 from pvbuild.engine.url_table import UrlRow, file_id_for, is_web_link, normalize_date
 from pvbuild.engine.workspace import Workspace
@@ -117,8 +117,7 @@ async def crawl_articles(workspace: Workspace, stale: list[StaleItem], result: S
             else:
                 data = (markdown + "\n").encode("utf-8")
                 workspace.write_output(entry.item.file, data)
-                records.put(row.file_id, {"inputs": dict(entry.item.inputs), "output": digest(data),
-                                          "url": row.link})
+                records.put(row.file_id, {"inputs": dict(entry.item.inputs), **file_output(data), "url": row.link})
                 result.built += 1
             progress.advance(page.ok and bool(markdown))
 
