@@ -16,6 +16,7 @@ from pvbuild.progress import say
 from pvbuild.stages import conversations, dataset, markdown, urls
 
 GUARDED: tuple[Stage, ...] = (urls.STAGE, markdown.STAGE, conversations.STAGE, dataset.STAGE)
+GONE_PAGES = " (a page that is gone, HTTP 404 or 410, once its URL row or crawler changes, or with --retry-failed)"
 
 
 def outstanding_failures(workspace: Workspace) -> list[StaleItem]:
@@ -59,12 +60,13 @@ class DataGate(StageBase):
         failures, allowed = outstanding_failures(workspace), allowance(workspace)
         result = StageResult(self.name)
         if len(failures) > allowed:  # (none: doit -a ran the gate although it was open)
-            lines = [f"{len(failures)} item(s) failed and will be retried on the next run"
+            lines = [f"{len(failures)} item(s) failed and will be retried on the next run{GONE_PAGES}"
                      + (f" (dataset.max_failed allows {allowed})" if allowed else "") + ":"]
             raise PvbuildError("\n".join([*lines, *(f"  {entry.reason}" for entry in failures)]))
         if failures:
             say(f"data: the model half goes on without {len(failures)} failed item(s) "
-                f"(dataset.max_failed = {workspace.config.dataset['max_failed']}); they are retried next run:")
+                f"(dataset.max_failed = {workspace.config.dataset['max_failed']}); they are retried next run"
+                f"{GONE_PAGES}:")
             for entry in failures:
                 say(f"  {entry.reason}")
         return result

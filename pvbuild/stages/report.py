@@ -103,7 +103,8 @@ def _failed_section(failed: list[str]) -> str:
         return ""
     items = "".join(f"<li>{html.escape(reason)}</li>" for reason in failed)
     return (f"\n<h2>Left out after failing ({len(failed)}, within dataset.max_failed)</h2><ul>{items}</ul>"
-            "<p>They are retried on every run.</p>")
+            "<p>They are retried on every run, except pages that are gone (HTTP 404, 410): those wait until their "
+            "URL row or crawler changes, or <code>pvbuild build --retry-failed</code>.</p>")
 
 
 def spent(workspace: Workspace, tokens: Mapping[str, int], training: Mapping[str, Any]) -> list[tuple[str, str]]:
