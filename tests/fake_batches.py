@@ -40,6 +40,7 @@ class FakeBatchOpenAI(FakeOpenAI):
     hold: bool = False
     fail_every: int = 0
     expire: bool = False
+    refuse_key: bool = False  # answer 401 to every Files and Batches request
     files: dict[str, bytes] = field(default_factory=dict)
     batches: dict[str, dict[str, Any]] = field(default_factory=dict)
     polls: Counter[str] = field(default_factory=Counter)
@@ -132,6 +133,9 @@ class FakeBatchOpenAI(FakeOpenAI):
                     return super().do_POST()
                 fake.requests[f"POST /{path.split('/')[1]}"] += 1
                 data = self.body()
+                if fake.refuse_key:
+                    return self.reply(401, {"error": {"message": "Incorrect API key provided",
+                                                      "type": "invalid_request_error", "code": "invalid_api_key"}})
                 with fake.lock:
                     if path == "/files":
                         form = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(

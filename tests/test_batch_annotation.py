@@ -117,3 +117,14 @@ def test_a_batch_whose_articles_changed_is_cancelled_and_their_new_text_sent(
                                         "status": "in_progress", "created_at": 0}
         assert project.build() == 0
     assert batch_llm.batches["batch_0"]["status"] == "cancelled" and len(written(project)) == 5
+
+
+def test_a_refused_key_fails_every_article_once_and_writes_nothing(
+        project: Project, batch_llm: FakeBatchOpenAI, capsys: pytest.CaptureFixture[str]) -> None:
+    batch_llm.refuse_key = True
+    with FixtureSite(many_pages(20)) as site:
+        project.config(config_for(site, batch_llm, 1))
+        assert project.build() == 1
+    err = capsys.readouterr().err
+    assert "authentication failed" in err and "(19 not attempted after it)" in err
+    assert written(project) == set() and not journal(project).exists() and batch_llm.batches == {}

@@ -156,13 +156,21 @@ class _Annotating:
 
     async def _all_at_once(self, run: AnnotatorRun) -> None:
         journal = BatchJournal(self.workspace.config.cache_dir / "annotation-batches.json")
+        error: Exception | None = None
         try:
             await run.annotate_all([self.article(key) for key in self.entries], journal, self.deliver, self.status)
-        except Exception as error:  # noqa: BLE001 - classified by failed()
-            self.failed(next(iter(self.entries)), error)  # named once, then every article left
-        for key in self.entries:
-            if key not in self.answered and self.fatal:
-                self.fail(key, f"{NOT_ATTEMPTED}{self.fatal[0]}")
+        except Exception as raised:  # noqa: BLE001 - classified by failed()
+            error = raised
+        left = [key for key in self.entries if key not in self.answered]
+        if not left:
+            return
+        if error is None:  # a plugin that returned without answering some articles
+            reason = f"annotator {self.workspace.config.annotator.plugin!r} gave no answer for it"
+        else:  # the run stopped: named once, then every article it did not answer
+            self.failed(left[0], error)
+            reason, left = self.result.failures[-1].reason, left[1:]
+        for key in left:
+            self.fail(key, f"{NOT_ATTEMPTED}{reason}")
 
     def _notes(self) -> None:
         if self.cut:
