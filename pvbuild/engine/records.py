@@ -21,7 +21,7 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from pvbuild.engine.shards import ARTICLES_PER_SHARD, shard_count, shard_of
+from pvbuild.engine.shards import ARTICLES_PER_SHARD, shard_count, shard_indices
 from pvbuild.errors import StateError
 from pvbuild.files import DIRECTORY_MODE, TEMP_SUFFIX, atomic_write_bytes, atomic_write_text, replace_directory
 
@@ -114,7 +114,8 @@ def keys_in_files(keys: list[str], files: Mapping[str, Any], names: set[str]) ->
     if not shards:  # one file holds every record
         return list(keys) if names else []
     count = int(shards[0].split("-of-")[1].removesuffix(".json"))
-    return [key for key in keys if _shard_file(shard_of(key, count), count) in names]
+    wanted = {index for index in range(count) if _shard_file(index, count) in names}
+    return [key for key, index in zip(keys, shard_indices(keys, count), strict=True) if index in wanted]
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -452,9 +453,9 @@ class StageRecords:
         elif count != self.layout:
             self._write_all_shards(count)
         else:
-            shards: dict[int, list[str]] = {index: [] for index in {shard_of(key, count) for key in self.changed}}
-            for key in self.records:
-                index = shard_of(key, count)
+            shards: dict[int, list[str]] = {index: [] for index in shard_indices(list(self.changed), count)}
+            keys = list(self.records)
+            for key, index in zip(keys, shard_indices(keys, count), strict=True):
                 if index in shards:
                     shards[index].append(key)
             for index, keys in sorted(shards.items()):
@@ -467,8 +468,9 @@ class StageRecords:
     def _write_all_shards(self, count: int) -> None:
         """A new layout in a folder of its own, swapped in whole: a crash leaves the old one."""
         groups: list[list[str]] = [[] for _ in range(count)]
-        for key in self.records:
-            groups[shard_of(key, count)].append(key)
+        keys = list(self.records)
+        for key, index in zip(keys, shard_indices(keys, count), strict=True):
+            groups[index].append(key)
         building = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=TEMP_SUFFIX, dir=self.folder.parent))
         try:
             building.chmod(DIRECTORY_MODE)

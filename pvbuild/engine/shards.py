@@ -28,6 +28,12 @@ def shard_of(key: str, count: int) -> int:
     return zlib.crc32(key.encode("utf-8")) & (count - 1)
 
 
+def shard_indices(keys: list[str], count: int) -> list[int]:
+    """``shard_of`` of each key, without a call per key (100,000 keys at every change)."""
+    mask, crc32 = count - 1, zlib.crc32
+    return [crc32(key.encode("utf-8")) & mask for key in keys]
+
+
 def shard_name(name: str, index: int, count: int) -> str:
     """``train.jsonl`` as shard ``index`` of ``count``: ``train-00003-of-00032.jsonl`` (Hugging Face's
     naming, which ``datasets`` reads as one split); the plain name when there is one shard."""
