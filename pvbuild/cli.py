@@ -153,10 +153,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from pvbuild.config import load_config
     from pvbuild.files import atomic_write_text
-    from pvbuild.history import as_rows, builds, page, text
+    from pvbuild.history import SIDECAR, as_rows, builds, page, text, write_sidecar
 
     config = load_config(args.project, args.profile)
-    history = builds(config.project_dir, config.artifacts / "report" / "metrics.json", args.last)
+    metrics = config.artifacts / "report" / "metrics.json"
+    history = builds(config.project_dir, metrics, args.last)
+    if metrics.is_file():  # the report's History section shows what this command finds
+        write_sidecar(config.project_dir, metrics, config.cache_dir / SIDECAR, args.last)
     if args.json:
         _print(json.dumps(as_rows(history), ensure_ascii=False, indent=1))
     elif args.html is not None:

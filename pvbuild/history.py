@@ -4,14 +4,18 @@ changed, from git's history of the committed ``report/metrics.json`` (as ``dvc m
 
 git is the run history: each committed build left its metrics there, so nothing is appended by the
 build itself (a build still equals a clean build). The HTML page is written outside the artifact tree
-(``.pvbuild/<profile>/history.html`` by default), on demand.
+(``.pvbuild/<profile>/history.html`` by default), on demand; the report shows the same sections through
+a script beside it (``.pvbuild/<profile>/history.js``), which each build that writes the report and
+each ``pvbuild history`` write again.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import html
 import io
+import json
 import math
 import subprocess
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from typing import Any
 
 from pvbuild.diff import compare, metrics_at, shown
 from pvbuild.errors import PvbuildError
+from pvbuild.files import atomic_write_text
 
 LOSSES = ("training.train_loss", "training.validation_loss")
 
@@ -115,8 +120,11 @@ def _change(row: dict[str, Any]) -> str:
     return found + (f" ({row['percent']:+.1f}%)" if "percent" in row else "")
 
 
-def page(history: list[Build], profile: str) -> str:
-    """The history as HTML: every metric across the builds (changes marked), the last build's diff, the losses."""
+def sections(history: list[Build]) -> str:
+    """The history as HTML sections: the builds, what the last one changed, the losses, every metric over
+    the builds (changes marked)."""
+    if not history:
+        return "<p>No build has committed <code>report/metrics.json</code> yet: build, then commit the artifacts.</p>"
     names = sorted({name for build in history for name in build.metrics})
     head = "".join(f"<th>{html.escape(b.revision)}<br><small>{html.escape(b.date)}</small></th>" for b in history)
     rows = []
@@ -137,17 +145,55 @@ def page(history: list[Build], profile: str) -> str:
     plot = _loss_plot(history)
     subjects = "".join(f"<li><b>{html.escape(b.revision)}</b> {html.escape(b.date)} {html.escape(b.subject)}</li>"
                        for b in history)
+    return f"""<ul>{subjects}</ul>
+<h3>What the last build changed ({since})</h3>
+<table class="history"><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>{diff_rows or
+    '<tr><td colspan="4">no metric changed</td></tr>'}</table>
+{f'<h3>Losses over the builds</h3><img src="{plot}" alt="losses over the builds">' if plot else ''}
+<h3>Every metric over the builds (changed ones marked)</h3>
+<table class="history"><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>
+"""
+
+
+STYLE = ("table.history td{padding:0.1em 0.8em;text-align:right}"
+         "table.history td.changed{background:#fff3c4;font-weight:bold}")
+
+
+def page(history: list[Build], profile: str) -> str:
+    """The history as a page of its own (``pvbuild history --html``)."""
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>pvbuild history: {html.escape(profile)}</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}th{{text-align:left;padding-right:1em}}
-td{{padding:0.1em 0.8em;text-align:right}}td.changed{{background:#fff3c4;font-weight:bold}}</style></head><body>
+{STYLE}</style></head><body>
 <h1>pvbuild run history: profile {html.escape(profile)}</h1>
-<ul>{subjects}</ul>
-<h2>What the last build changed ({since})</h2>
-<table><tr><th>metric</th><th>before</th><th>after</th><th>change</th></tr>{diff_rows or
-    '<tr><td colspan="4">no metric changed</td></tr>'}</table>
-{f'<h2>Losses over the builds</h2><img src="{plot}" alt="losses over the builds">' if plot else ''}
-<h2>Every metric over the builds (changed ones marked)</h2>
-<table><tr><th>metric</th>{head}</tr>{''.join(rows)}</table>
-</body></html>
+{sections(history)}</body></html>
 """
+
+
+# The report (a build artifact, the same on every machine) shows the history through this script, kept
+# in the machine-local cache: the history is read from git, which a clean build in a fresh folder lacks.
+SIDECAR = "history.js"
+HOLDER = "pvbuild-history"
+
+
+def sidecar(history: list[Build], note: str) -> str:
+    """A script that fills the report's history section (``HOLDER``) with ``sections(history)``."""
+    body = f"<p><small>{html.escape(note)}</small></p>{sections(history)}"
+    return (f"// Written by pvbuild (the report's history section); rewritten by each build and `pvbuild history`.\n"
+            f"document.getElementById({json.dumps(HOLDER)}).innerHTML = {json.dumps(body, ensure_ascii=False)};\n")
+
+
+def write_sidecar(project: Path, metrics: Path, target: Path, last: int = 20) -> int:
+    """Write the report's history script (``target``) from git's history of ``metrics``: the number of
+    builds it shows. Without git history it says why, and shows the working tree's build."""
+    written = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
+    try:
+        history = builds(project, metrics, last)
+        note = f"Read from git on {written} (each build and `pvbuild history` read it again)."
+    except PvbuildError as error:
+        now = metrics_at(project, metrics, None)
+        history = [Build("workspace", "", "not committed", now)] if now else []
+        note = f"No git history ({error}); the last build only, as of {written}."
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, sidecar(history, note))
+    return len(history)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from pvbuild.cli import main
+from pvbuild.history import write_sidecar
 from tests.test_diff import git, write_metrics
 
 COMMIT = ["-c", "user.email=a@b.c", "-c", "user.name=a", "commit", "-q", "-m"]
@@ -50,6 +51,19 @@ def test_history_lists_each_build_and_what_it_changed(tmp_path: Path, capsys: py
     assert "What the last build changed" in text and "data:image/png;base64," in text
     assert text.count('class="changed"') == 4  # pairs and loss at the second build, the loss again in the workspace
     assert not any(path.name.endswith(".json") for path in (tmp_path / "artifacts").rglob("history*"))
+    # Each history command also writes the script that shows the same sections in the report.
+    script = (tmp_path / ".pvbuild" / "default" / "history.js").read_text(encoding="utf-8")
+    assert script.startswith("// Written by pvbuild") and "Read from git on " in script
+    assert "What the last build changed (" in script and "more articles" in script
+
+
+def test_the_report_script_without_git_shows_the_last_build(tmp_path: Path) -> None:
+    write_metrics(tmp_path, {"data.pairs": 80})
+    target = tmp_path / ".pvbuild" / "default" / "history.js"
+    assert write_sidecar(tmp_path, tmp_path / "artifacts" / "default" / "report" / "metrics.json", target) == 1
+    script = target.read_text(encoding="utf-8")
+    assert "No git history (git log -- artifacts/default/report/metrics.json: " in script
+    assert "<th>data.pairs</th>" in script and "one build only" in script
 
 
 def test_history_outside_git_says_so(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

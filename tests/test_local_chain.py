@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -23,6 +24,8 @@ from pvbuild.stages.asking import Asker
 from pvbuild.stages.catalog import stage_named
 from tests.conftest import Project
 from tests.standins import FixtureSite
+from tests.test_diff import git
+from tests.test_history import COMMIT
 
 CONFIG = """
 [profile.test]
@@ -120,8 +123,11 @@ def test_a_killed_endpoint_is_detected_and_redeployed(chain: Project) -> None:
 
 
 def test_changed_data_trains_one_new_job_and_replaces_the_endpoint(chain: Project) -> None:
+    git(chain.path, "init", "-q")
     assert chain.build_all() == 0
     old = record(chain, "endpoint.json")
+    git(chain.path, "add", "artifacts")
+    git(chain.path, *COMMIT, "first build")
     for markdown in (chain.artifacts() / "markdown").glob("*.md"):  # some land in training, some in validation
         markdown.write_text(markdown.read_text(encoding="utf-8") + "\n## 新增条款\n\n补贴标准提高到每千瓦时0.1元。\n",
                             encoding="utf-8")
@@ -130,6 +136,14 @@ def test_changed_data_trains_one_new_job_and_replaces_the_endpoint(chain: Projec
     assert len(jobs(chain)) == 2
     assert new["model_sha256"] != old["model_sha256"] and new["endpoint_name"] != old["endpoint_name"]
     assert not process_alive(old["pid"]) or pipeline(chain).endpoint_backend().problem(old)  # the old one stopped
+    # The report's History section: a script beside the project, which the build wrote from git.
+    report = chain.artifacts() / "report" / "report.html"
+    source = re.search(r'<script src="([^"]+)"></script>', report.read_text(encoding="utf-8"))
+    assert source is not None and source.group(1) == "../../../.pvbuild/test/history.js"
+    history = (report.parent / source.group(1)).resolve().read_text(encoding="utf-8")
+    assert 'getElementById("pvbuild-history")' in history and "first build" in history
+    assert "What the last build changed (" in history and "→ workspace)" in history
+    assert "<th>training.train_loss</th>" in history and "data:image/png;base64," in history
     assert main(["--project", str(chain.path), "teardown", "--profile", "test"]) == 0
     assert record(chain, "endpoint.json")["status"] == "Deleted"
     assert "is Deleted" in stale(pipeline(chain), "deploy")[0].reason

@@ -7,6 +7,7 @@ answers to the ``ask.questions`` (so the report is also a smoke test of the depl
 from __future__ import annotations
 
 import html
+import os
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +19,8 @@ from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.files import TEMP_SUFFIX, replace_directory, write_artifact
+from pvbuild.history import HOLDER, SIDECAR, write_sidecar
+from pvbuild.history import STYLE as HISTORY_STYLE
 from pvbuild.prices import PRICES_AS_OF, annotation_cost, instance_cost, token_price
 from pvbuild.progress import say
 from pvbuild.stages.evaluate import BASE, evaluated_names, evaluation_file, mean_scores, scores
@@ -186,7 +189,9 @@ def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapp
            endpoint: Mapping[str, Any], answers: list[tuple[str, str]],
            tokens: Mapping[str, int] | None = None, failed: list[str] | None = None,
            board: list[Standing] | None = None, evaluated: Mapping[str, Mapping[str, Any]] | None = None,
-           costs: list[tuple[str, str]] | None = None) -> str:
+           costs: list[tuple[str, str]] | None = None, history_script: str = "") -> str:
+    """The report page. ``history_script``: where the machine-local script that fills the History section
+    lies, relative to the page (the same path on every machine, so the page still is)."""
     metrics = training.get("metrics") or {}
     tokens = tokens or {}
     facts = [("articles", manifest.get("articles")), ("question/answer pairs", manifest.get("pairs")),
@@ -207,6 +212,7 @@ def render(manifest: Mapping[str, Any], training: Mapping[str, Any], model: Mapp
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>pvbuild report: {html.escape(str(training.get('job_name')))}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}th{{text-align:left;padding-right:1em}}
+{HISTORY_STYLE}
 dd{{margin:0 0 1em 1em;white-space:pre-wrap}}
 table.board td,table.answers td{{padding:0.2em 0.6em;border-bottom:1px solid #ddd;vertical-align:top}}
 table.answers{{table-layout:fixed;width:100%}}
@@ -216,10 +222,12 @@ table.answers td{{white-space:pre-wrap;overflow-wrap:anywhere}}</style></head><b
 {_leaderboard_section(board or [])}<h2>Loss</h2><img src="loss.png" alt="training and validation loss">
 {_evaluation_section(evaluated or {})}<h2>Hyperparameters</h2><table>{_rows(hyper)}</table>
 <h2>Sample questions</h2><dl>{qa}</dl>{_failed_section(failed or [])}
-<h2>History</h2><p>This page is what these inputs build, the same on every machine. The builds before it, and
-what changed from one to the next (data counts, tokens, losses, scores), are read from git:
-<code>pvbuild history --html</code> writes them as a page, <code>pvbuild diff [REV]</code> prints what
-changed since a revision.</p>
+<h2>History</h2><div id="{HOLDER}"><p>This page is what these inputs build, the same on every machine. The builds
+before it, and what changed from one to the next (data counts, tokens, losses, scores), are read from git
+and shown here by a script the build keeps beside the project (<code>{html.escape(history_script)}</code>),
+which is not here: <code>pvbuild history</code> writes it again, <code>pvbuild history --html</code> writes
+the history as a page, <code>pvbuild diff [REV]</code> prints what changed since a revision.</p></div>
+{f'<script src="{html.escape(history_script)}"></script>' if history_script else ''}
 </body></html>
 """
 
@@ -235,6 +243,11 @@ def _candidates_input(workspace: Workspace) -> dict[str, Any]:
         files = [str(evaluation_file(workspace, name)) for name in evaluated_names(workspace)]
         inputs["evaluation"] = digest([workspace.hasher.digest(file) for file in files])
     return inputs
+
+
+def history_script(workspace: Workspace) -> str:
+    """The history script's path relative to the report (``pvbuild.history.SIDECAR``)."""
+    return Path(os.path.relpath(workspace.config.cache_dir / SIDECAR, workspace.report_dir)).as_posix()
 
 
 class ReportStage(StageBase):
@@ -290,13 +303,15 @@ class ReportStage(StageBase):
             tokens = token_totals(workspace.records("conversations").records.values())
             failed = [entry.reason for entry in outstanding_failures(workspace)]  # within dataset.max_failed
             (built / "report.html").write_text(render(manifest, training, model, endpoint, answers, tokens, failed,
-                                                      board, evaluated, spent(workspace, tokens, training)),
+                                                      board, evaluated, spent(workspace, tokens, training),
+                                                      history_script(workspace)),
                                                encoding="utf-8")
             write_artifact(built / "metrics.json", build_metrics(manifest, training, tokens, board,
                                                                                 evaluated))
             replace_directory(built, target)
         with workspace.finishing("report"):
             workspace.record("report", item)
+        write_sidecar(workspace.config.project_dir, target / "metrics.json", workspace.config.cache_dir / SIDECAR)
         say(f"report: {target.relative_to(workspace.config.project_dir)}/report.html")
         return StageResult("report", built=1)
 
