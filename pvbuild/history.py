@@ -179,7 +179,8 @@ HOLDER = "pvbuild-history"
 def sidecar(history: list[Build], note: str) -> str:
     """A script that fills the report's history section (``HOLDER``) with ``sections(history)``."""
     body = f"<p><small>{html.escape(note)}</small></p>{sections(history)}"
-    return (f"// Written by pvbuild (the report's history section); rewritten by each build and `pvbuild history`.\n"
+    return ("// Written by pvbuild (the report's history section); rewritten by each build that writes the\n"
+            "// report and by `pvbuild history`.\n"
             f"document.getElementById({json.dumps(HOLDER)}).innerHTML = {json.dumps(body, ensure_ascii=False)};\n")
 
 
@@ -189,7 +190,7 @@ def write_sidecar(project: Path, metrics: Path, target: Path, last: int = 20) ->
     written = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
     try:
         history = builds(project, metrics, last)
-        note = f"Read from git on {written} (each build and `pvbuild history` read it again)."
+        note = f"Read from git on {written}; a build that writes the report, and `pvbuild history`, read it again."
     except PvbuildError as error:
         now = metrics_at(project, metrics, None)
         history = [Build("workspace", "", "not committed", now)] if now else []
