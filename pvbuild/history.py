@@ -191,7 +191,7 @@ def write_sidecar(project: Path, metrics: Path, target: Path, last: int = 20) ->
     try:
         history = builds(project, metrics, last)
         note = f"Read from git on {written}; a build that writes the report, and `pvbuild history`, read it again."
-    except PvbuildError as error:
+    except (PvbuildError, ValueError) as error:  # not a repository, no git, a metrics file outside it
         now = metrics_at(project, metrics, None)
         history = [Build("workspace", "", "not committed", now)] if now else []
         note = f"No git history ({error}); the last build only, as of {written}."

@@ -6,6 +6,7 @@ answers to the ``ask.questions`` (so the report is also a smoke test of the depl
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 import tempfile
@@ -311,7 +312,8 @@ class ReportStage(StageBase):
             replace_directory(built, target)
         with workspace.finishing("report"):
             workspace.record("report", item)
-        write_sidecar(workspace.config.project_dir, target / "metrics.json", workspace.config.cache_dir / SIDECAR)
+        with contextlib.suppress(OSError):  # the history beside the report: a cache, never a reason to fail
+            write_sidecar(workspace.config.project_dir, target / "metrics.json", workspace.config.cache_dir / SIDECAR)
         say(f"report: {target.relative_to(workspace.config.project_dir)}/report.html")
         return StageResult("report", built=1)
 
