@@ -17,6 +17,7 @@ import io
 import math
 import os
 import shutil
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -255,6 +256,42 @@ def _callbacks(progress: Progress, epochs: int, timing: dict[str, float]) -> lis
     return [Watch()]
 
 
+PROFILED_STEPS = (6, 16)  # PVBUILD_TORCH_PROFILE: after the first shapes and kernel compiles
+
+
+def _profiler_callback() -> Any:
+    """For developers (``PVBUILD_TORCH_PROFILE=1``, CUDA): torch.profiler over ten optimizer steps, its
+    host and GPU tables printed by each process to its output (the training log when launched)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        def __init__(self) -> None:
+            self.profiler: Any = None
+            self.started = 0.0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == PROFILED_STEPS[0]:
+                torch.cuda.synchronize()
+                self.started = time.perf_counter()
+                activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler.__enter__()
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step == PROFILED_STEPS[1] and self.profiler is not None:
+                torch.cuda.synchronize()
+                seconds = time.perf_counter() - self.started
+                self.profiler.__exit__(None, None, None)
+                found = self.profiler.key_averages()
+                print(f"PROFILE rank {os.environ.get('RANK', '0')}: {seconds:.3f} s for steps {PROFILED_STEPS}\n"
+                      f"{found.table(sort_by='self_cpu_time_total', row_limit=25)}\n"
+                      f"{found.table(sort_by='self_cuda_time_total', row_limit=12)}", file=sys.stderr, flush=True)
+                self.profiler = None
+
+    return Profile()
+
+
 def _losses(log_history: Sequence[Mapping[str, Any]], epochs: int) -> tuple[list[float], list[float], list[float]]:
     """Step losses, each epoch's mean training loss and each epoch's validation loss, from the trainer's logs."""
     steps = [(float(entry["epoch"]), float(entry["loss"])) for entry in log_history if "loss" in entry]
@@ -343,6 +380,8 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
             train_dataset=_dataset(train), eval_dataset=_dataset(validation) if validation.examples else None,
             processing_class=tokenizer, peft_config=lora_config(hyperparameters) if lora else None,
             callbacks=_callbacks(progress, epochs, timing))
+    if os.environ.get("PVBUILD_TORCH_PROFILE") and device.startswith("cuda"):
+        trainer.add_callback(_profiler_callback())
     for printer in (PrinterCallback, ProgressCallback):  # pvbuild's own progress line says it all
         trainer.remove_callback(printer)
     try:
