@@ -5,8 +5,8 @@ changed, from git's history of the committed ``report/metrics.json`` (as ``dvc m
 git is the run history: each committed build left its metrics there, so nothing is appended by the
 build itself (a build still equals a clean build). The HTML page is written outside the artifact tree
 (``.pvbuild/<profile>/history.html`` by default), on demand; the report shows the same sections through
-a script beside it (``.pvbuild/<profile>/history.js``), which each build that writes the report and
-each ``pvbuild history`` write again.
+a script beside it (``.pvbuild/<profile>/history.js``), which the end of each ``doit`` run that wrote
+the report, and each ``pvbuild history``, write again.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from typing import Any
 from pvbuild.diff import compare, metrics_at, shown
 from pvbuild.errors import PvbuildError
 from pvbuild.files import atomic_write_text
+from pvbuild.stages.report import HISTORY_STYLE, HOLDER, SIDECAR
 
 LOSSES = ("training.train_loss", "training.validation_loss")
 
@@ -155,25 +156,15 @@ def sections(history: list[Build]) -> str:
 """
 
 
-STYLE = ("table.history td{padding:0.1em 0.8em;text-align:right}"
-         "table.history td.changed{background:#fff3c4;font-weight:bold}")
-
-
 def page(history: list[Build], profile: str) -> str:
     """The history as a page of its own (``pvbuild history --html``)."""
     return f"""<!doctype html>
 <html lang="zh"><head><meta charset="utf-8"><title>pvbuild history: {html.escape(profile)}</title>
 <style>body{{font-family:sans-serif;max-width:70em;margin:2em auto}}th{{text-align:left;padding-right:1em}}
-{STYLE}</style></head><body>
+{HISTORY_STYLE}</style></head><body>
 <h1>pvbuild run history: profile {html.escape(profile)}</h1>
 {sections(history)}</body></html>
 """
-
-
-# The report (a build artifact, the same on every machine) shows the history through this script, kept
-# in the machine-local cache: the history is read from git, which a clean build in a fresh folder lacks.
-SIDECAR = "history.js"
-HOLDER = "pvbuild-history"
 
 
 def sidecar(history: list[Build], note: str) -> str:
@@ -198,3 +189,15 @@ def write_sidecar(project: Path, metrics: Path, target: Path, last: int = 20) ->
     target.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(target, sidecar(history, note))
     return len(history)
+
+
+def refresh_sidecar(project: Path, report_dir: Path, cache_dir: Path) -> None:
+    """After a run: write the report's history script again when the report is newer than it (the run
+    wrote the report) or it is missing. A cache: nothing here fails a build."""
+    target, report = cache_dir / SIDECAR, report_dir / "report.html"
+    try:
+        if target.is_file() and target.stat().st_mtime_ns >= report.stat().st_mtime_ns:
+            return
+        write_sidecar(project, report_dir / "metrics.json", target)
+    except (OSError, ValueError, PvbuildError):  # no report yet, an unwritable cache, an unreadable metrics file
+        return

@@ -68,6 +68,18 @@ def save_caches() -> None:
 AT_END.append(save_caches)
 
 
+def refresh_history() -> None:
+    """The report's History section (a machine-local script beside the project), after a run that wrote
+    the report: ``pvbuild.history``."""
+    from pvbuild.history import refresh_sidecar
+
+    for current in _workspaces.values():
+        refresh_sidecar(current.config.project_dir, current.report_dir, current.config.cache_dir)
+
+
+AT_END.append(refresh_history)
+
+
 def reset() -> None:
     """Forget loaded workspaces and plugins (a new build in the same process sees new files)."""
     from pvbuild.plugins import forget_plugins

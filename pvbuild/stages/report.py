@@ -6,7 +6,6 @@ answers to the ``ask.questions`` (so the report is also a smoke test of the depl
 
 from __future__ import annotations
 
-import contextlib
 import html
 import os
 import tempfile
@@ -20,12 +19,18 @@ from pvbuild.engine.records import Item, digest
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.workspace import Workspace
 from pvbuild.files import TEMP_SUFFIX, replace_directory, write_artifact
-from pvbuild.history import HOLDER, SIDECAR, write_sidecar
-from pvbuild.history import STYLE as HISTORY_STYLE
 from pvbuild.prices import PRICES_AS_OF, annotation_cost, instance_cost, token_price
 from pvbuild.progress import say
 from pvbuild.stages.evaluate import BASE, evaluated_names, evaluation_file, mean_scores, scores
 from pvbuild.stages.gate import outstanding_failures
+
+# The report is what its inputs build, the same on every machine; the run history is read from git,
+# which a fresh folder lacks. So the page names a machine-local script that fills its History section
+# (``HOLDER``), written beside the project by ``pvbuild.history`` after a run that wrote the report.
+SIDECAR = "history.js"
+HOLDER = "pvbuild-history"
+HISTORY_STYLE = ("table.history td{padding:0.1em 0.8em;text-align:right}"
+                 "table.history td.changed{background:#fff3c4;font-weight:bold}")
 
 REPORT_SEED = 0
 
@@ -247,7 +252,7 @@ def _candidates_input(workspace: Workspace) -> dict[str, Any]:
 
 
 def history_script(workspace: Workspace) -> str:
-    """The history script's path relative to the report (``pvbuild.history.SIDECAR``)."""
+    """The history script's path relative to the report."""
     return Path(os.path.relpath(workspace.config.cache_dir / SIDECAR, workspace.report_dir)).as_posix()
 
 
@@ -312,8 +317,6 @@ class ReportStage(StageBase):
             replace_directory(built, target)
         with workspace.finishing("report"):
             workspace.record("report", item)
-        with contextlib.suppress(OSError):  # the history beside the report: a cache, never a reason to fail
-            write_sidecar(workspace.config.project_dir, target / "metrics.json", workspace.config.cache_dir / SIDECAR)
         say(f"report: {target.relative_to(workspace.config.project_dir)}/report.html")
         return StageResult("report", built=1)
 
