@@ -153,13 +153,13 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from pvbuild.config import load_config
     from pvbuild.files import atomic_write_text
-    from pvbuild.history import SIDECAR, as_rows, builds, page, text, write_sidecar
+    from pvbuild.history import SIDECAR, as_rows, builds, page, read_from_git, save_sidecar, text
 
     config = load_config(args.project, args.profile)
     metrics = config.artifacts / "report" / "metrics.json"
     history = builds(config.project_dir, metrics, args.last)
-    if metrics.is_file():  # the report's History section shows what this command finds
-        write_sidecar(config.project_dir, metrics, config.cache_dir / SIDECAR, args.last)
+    if metrics.is_file():  # the report's History section shows what this command found
+        save_sidecar(config.cache_dir / SIDECAR, history, read_from_git())
     if args.json:
         _print(json.dumps(as_rows(history), ensure_ascii=False, indent=1))
     elif args.html is not None:

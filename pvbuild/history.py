@@ -175,19 +175,31 @@ def sidecar(history: list[Build], note: str) -> str:
             f"document.getElementById({json.dumps(HOLDER)}).innerHTML = {json.dumps(body, ensure_ascii=False)};\n")
 
 
+def _now() -> str:
+    return datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
+
+
+def read_from_git() -> str:
+    """The script's note for a history read from git just now."""
+    return f"Read from git on {_now()}; a build that writes the report, and `pvbuild history`, read it again."
+
+
+def save_sidecar(target: Path, history: list[Build], note: str) -> None:
+    """Write the report's history script (``target``) for ``history``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(target, sidecar(history, note))
+
+
 def write_sidecar(project: Path, metrics: Path, target: Path, last: int = 20) -> int:
     """Write the report's history script (``target``) from git's history of ``metrics``: the number of
     builds it shows. Without git history it says why, and shows the working tree's build."""
-    written = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M")
     try:
-        history = builds(project, metrics, last)
-        note = f"Read from git on {written}; a build that writes the report, and `pvbuild history`, read it again."
+        history, note = builds(project, metrics, last), read_from_git()
     except (PvbuildError, ValueError) as error:  # not a repository, no git, a metrics file outside it
         now = metrics_at(project, metrics, None)
         history = [Build("workspace", "", "not committed", now)] if now else []
-        note = f"No git history ({error}); the last build only, as of {written}."
-    target.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(target, sidecar(history, note))
+        note = f"No git history ({error}); the last build only, as of {_now()}."
+    save_sidecar(target, history, note)
     return len(history)
 
 
