@@ -108,6 +108,11 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
                for path in stage.writes or () if path.endswith(("/", "/*"))]
     if not ask_git(workspace, folders):
         prehash(workspace.hasher, folders)
+    if workspace.hasher.pending is None and workspace.read_table_elsewhere():  # else the cores digest files
+        # While another process parses the URL table, this one reads the per-article records.
+        for stage in stages:
+            if stage.per_article:
+                workspace.records(stage.name)
     checker = Checker(workspace)
     gc.disable()  # short-lived, acyclic objects by the ten thousand: the cycle collector only costs time
     try:

@@ -17,6 +17,7 @@ from pvbuild.cli import main
 from pvbuild.config import load_config
 from pvbuild.engine.prehash import prehash
 from pvbuild.engine.workspace import Workspace
+from pvbuild.errors import PvbuildError
 from tests.aws import Moto, moto_server
 from tests.conftest import ROOT, _stop_endpoints
 from tests.standins import FakeOpenAI
@@ -201,3 +202,31 @@ def test_a_fresh_clone_checked_with_hashing_workers_finds_an_edited_conversation
     findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace)}
     assert findings[("conversations", conversation.stem)] == "output edited since it was built"
     assert all(key == stage for stage, key in findings if stage != "conversations"), findings
+
+
+def test_a_fresh_clone_with_the_url_table_parsed_elsewhere_finds_a_changed_row(clone: Path) -> None:
+    from tests.test_prehash import children
+
+    table = clone / "artifacts/test/urls.csv"
+    lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
+    title, rest = lines[2].split(",", 1)
+    table.write_text("".join([*lines[:2], f"{title}（修订）,{rest}", *lines[3:]]), encoding="utf-8")
+    before = children()
+    workspace = Workspace(load_config(clone, "test"))
+    assert workspace.read_table_elsewhere(min_bytes=1), "a fresh clone: no machine-local copy of the table"
+    findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace)}
+    changed = workspace.rows()[1].file_id
+    assert findings[("markdown", changed)] == "input changed: row"
+    assert children() == before, "the parsing process is reaped"
+    again = Workspace(load_config(clone, "test"))  # the parsed table was kept as the machine-local copy
+    assert not again.read_table_elsewhere(min_bytes=1) and again.rows() == workspace.rows()
+
+
+def test_a_malformed_url_table_parsed_elsewhere_is_named_by_this_process(clone: Path) -> None:
+    table = clone / "artifacts/test/urls.csv"
+    lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
+    table.write_text("".join([*lines[:3], lines[3].rsplit(",", 1)[0] + ",\n", *lines[4:]]), encoding="utf-8")
+    workspace = Workspace(load_config(clone, "test"))
+    assert workspace.read_table_elsewhere(min_bytes=1)
+    with pytest.raises(PvbuildError, match=r"urls\.csv:4: empty source"):
+        workspace.rows()

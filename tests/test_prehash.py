@@ -60,7 +60,7 @@ def test_a_killed_worker_costs_time_not_correctness(tmp_path: Path) -> None:
     files = tree(tmp_path)
     started = prehash.start([str(tmp_path / "artifacts") + os.sep], str(tmp_path) + os.sep, min_files=1)
     assert started is not None
-    os.kill(started.workers[0][0], signal.SIGKILL)
+    os.kill(started.workers[0].pid, signal.SIGKILL)  # type: ignore[arg-type]
     hasher = FileHasher(None, tmp_path)
     hasher.pending = started
     assert hasher.digests([str(path) for path in files]) == [FileHasher(None, tmp_path).digest(path) for path in files]

@@ -3,25 +3,22 @@
 On a fresh clone there is no stat cache, so ``check`` must read and digest every markdown and
 conversation file: at 100,000 articles, 200,000 files and a third of the check. Hashing is
 independent of everything else the check does first (reading the URL table and the records), so
-forked workers digest the folders' files, one share each, and hand the ``FileHasher`` entries
-back through a pipe; the check takes them when it first needs one of those files.
-
-A worker that fails or is killed only costs time: whatever it did not hand back is digested in
-the checking process as before. Workers exit with the checking process (a closed pipe ends them;
-Ctrl-C reaches them, as the same process group); ``collect`` always reaps them.
+forked workers (``engine.forked``) digest the folders' files, one share each, and hand the
+``FileHasher`` entries back; the check takes them when it first needs one of those files. A
+worker that fails or is killed only costs time: whatever it did not hand back is digested in the
+checking process as before.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import marshal
+import functools
 import os
-import signal
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pvbuild.engine.forked import Forked, can_fork, cores
 from pvbuild.engine.records import FileHasher, digest_bytes, read_all
 
 MIN_FILES = 2_000  # below this, forking costs more than it saves
@@ -34,41 +31,26 @@ class Prehash:
     def __init__(self, folders: Sequence[str], prefix: str, workers: int,
                  skip: frozenset[str] | set[str] = frozenset()) -> None:
         self.folders = tuple(folders)
-        self.workers: list[tuple[int, int]] = []  # (pid, read end of its pipe)
-        for share in range(workers):
-            self.workers.append(_start(self.folders, prefix, share, workers, skip))
-        atexit.register(self.stop)
+        self.workers = [Forked(functools.partial(_digest_share, self.folders, prefix, share, workers, skip))
+                        for share in range(workers)]
 
     def collect(self) -> Entries:
         """Every entry the workers computed (waiting for them), and the workers reaped."""
         entries: Entries = {}
         try:
-            for _, read_end in self.workers:
-                with os.fdopen(read_end, "rb") as stream:
-                    data = stream.read()
-                with contextlib.suppress(ValueError, EOFError, TypeError):  # a worker that died mid-way
-                    part = marshal.loads(data)
-                    if isinstance(part, dict):
-                        entries.update(part)
+            for worker in self.workers:
+                part = worker.result()
+                if isinstance(part, dict):
+                    entries.update(part)
         finally:
-            self._reap()
+            self.stop()
         return entries
 
     def stop(self) -> None:
         """End workers not collected (the check failed or was interrupted): none is left behind."""
-        for pid, read_end in self.workers:
-            with contextlib.suppress(OSError):
-                os.close(read_end)
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-        self._reap()
-
-    def _reap(self) -> None:
-        for pid, _ in self.workers:
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+        for worker in self.workers:
+            worker.stop()
         self.workers = []
-        atexit.unregister(self.stop)
 
 
 def prehash(hasher: FileHasher, folders: Sequence[Path], min_files: int = MIN_FILES) -> None:
@@ -91,12 +73,11 @@ def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES,
           skip: frozenset[str] | set[str] = frozenset()) -> Prehash | None:
     """Workers for ``folders`` when they hold ``min_files`` files or more, besides ``skip``, and the machine has
     cores to spare."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if cores < 2 or not hasattr(os, "fork"):
+    if not can_fork():
         return None
     if sum(_count(folder, min_files + len(skip)) for folder in folders) < min_files + len(skip):
         return None
-    return Prehash(folders, prefix, workers=cores, skip=skip)
+    return Prehash(folders, prefix, workers=cores(), skip=skip)
 
 
 def _count(folder: str, enough: int) -> int:
@@ -107,27 +88,6 @@ def _count(folder: str, enough: int) -> int:
             if seen >= enough:
                 break
     return seen
-
-
-def _start(folders: tuple[str, ...], prefix: str, share: int, shares: int,
-           skip: frozenset[str] | set[str]) -> tuple[int, int]:
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid:
-        os.close(write_end)
-        return pid, read_end
-    # The worker: only the default signal handlers, only its pipe, never the parent's exit handlers.
-    status = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.close(read_end)
-        data = marshal.dumps(_digest_share(folders, prefix, share, shares, skip))
-        with os.fdopen(write_end, "wb") as stream:
-            stream.write(data)
-        status = 0
-    finally:
-        os._exit(status)
 
 
 def _digest_share(folders: tuple[str, ...], prefix: str, share: int, shares: int,

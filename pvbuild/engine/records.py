@@ -230,12 +230,14 @@ class FileHasher:
         if remembered is None or self.volatile:
             return [self.digest(name) for name in names]
         found, cached, compute, stat = remembered.get, self.entries.get, self._digest, os.stat
+        clean, known = self._git_blobs() if self.git is not None or self.clean_blobs else ({}, {})
         prefix, cut = self.prefix, len(self.prefix)
         values: list[str | None] = []
         for name in names:
             value = found(name, _UNSEEN)
             if value is _UNSEEN:
-                # _digest's common case inline: a cached file whose stat has not changed.
+                # _digest's common cases inline: a cached file whose stat has not changed; on a fresh
+                # clone, a file git vouches for whose blob a record names.
                 entry = cached(name[cut:]) if name.startswith(prefix) else None
                 try:
                     info = stat(name) if entry is not None else None
@@ -244,14 +246,17 @@ class FileHasher:
                 if entry is not None and info is not None and entry[0] == info.st_mtime_ns \
                         and entry[1] == info.st_size:
                     value = entry[2]
+                elif entry is None and (blob := clean.get(name[cut:])) is not None and blob in known:
+                    value = known[blob]
                 else:
                     value = compute(name)
                 remembered[name] = value
             values.append(value)  # type: ignore[arg-type]
         return values
 
-    def _blob_digest(self, key: str) -> str | None:
-        """The digest of a file git vouches for, when a record names its blob id (else None: read it)."""
+    def _git_blobs(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Key -> blob id of each file git vouches for and whose blob a record names, and blob id -> digest
+        from the records (asked of git and the records once)."""
         if self.git is not None:
             git, self.git = self.git, None
             self.clean_blobs = git.collect()
@@ -264,8 +269,13 @@ class FileHasher:
             self.clean_blobs = {name: blob for name, blob in self.clean_blobs.items() if blob in known}
             if self.read_rest is not None:
                 self.read_rest(set(self.clean_blobs))
-        blob = self.clean_blobs.get(key)
-        return None if blob is None else self._known.get(blob)
+        return self.clean_blobs, self._known
+
+    def _blob_digest(self, key: str) -> str | None:
+        """The digest of a file git vouches for, when a record names its blob id (else None: read it)."""
+        clean, known = self._git_blobs()
+        blob = clean.get(key)
+        return None if blob is None else known.get(blob)
 
     def _digest(self, name: str) -> str | None:
         if self.pending is not None and name.startswith(self.pending.folders):

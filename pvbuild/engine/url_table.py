@@ -13,7 +13,7 @@ from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 from urllib.parse import unquote, urlsplit
 
-from pvbuild.engine.records import strings_digest
+from pvbuild.engine.records import digest_bytes, strings_digest
 from pvbuild.errors import PvbuildError
 from pvbuild.files import atomic_write_bytes, atomic_write_text
 
@@ -49,16 +49,17 @@ def file_id_for(link: str) -> str:
     return safe or "url-" + hashlib.sha256(link.encode("utf-8")).hexdigest()[:12]
 
 
-def read_urls(path: Path) -> list[UrlRow]:
-    """Read the URL table, naming the file and row of anything malformed.
+def read_urls(path: Path, text: str | None = None) -> list[UrlRow]:
+    """Read the URL table (``text``: its contents, already read), naming the file and row of anything
+    malformed.
 
     A link listed twice is one article: the later row wins (as a newer crawl does). Two links
     with one ``file_id`` would write one file, and a row without a source would never be built:
     both are errors naming the lines."""
-    if not path.is_file():
+    if text is None and not path.is_file():
         return []
     by_link: dict[str, tuple[int, UrlRow]] = {}
-    with path.open(encoding="utf-8", newline="") as stream:
+    with io.StringIO(text, newline="") if text is not None else path.open(encoding="utf-8", newline="") as stream:
         reader = csv.reader(stream)
         header = next(reader, [])
         missing = set(COLUMNS) - set(header)
@@ -112,19 +113,30 @@ def row_digest(row: UrlRow) -> str:
     return strings_digest([row.title, row.link, row.date, row.source])
 
 
-def read_digested_urls(path: Path, table_digest: str | None, cache_file: Path) -> list[tuple[UrlRow, str]]:
+DigestedRows = list[tuple[tuple[str, ...], str]]  # each row's fields and its row_digest (marshal-able)
+
+
+def read_digested_urls(path: Path, table_digest: str | None, cache_file: Path,
+                       parsed: tuple[str, DigestedRows] | None = None) -> list[tuple[UrlRow, str]]:
     """The table's rows, each with its ``row_digest``, kept in a machine-local cache for as long as the
-    table's digest holds: parsing and hashing 10,000 rows cost a sixth of a no-op doit."""
+    table's digest holds: parsing and hashing 10,000 rows cost a sixth of a no-op doit. ``parsed``: the
+    table's digest and rows as ``parse_digested`` found them elsewhere, taken when the digest holds."""
     if table_digest is None:
         return []
     with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
         cached_digest, cached_rows = marshal.loads(cache_file.read_bytes())
         if cached_digest == table_digest:
             return [(UrlRow._make(fields), digest) for fields, digest in cached_rows]
-    digested = [(row, row_digest(row)) for row in read_urls(path)]
+    rows = parsed[1] if parsed is not None and parsed[0] == table_digest else parse_digested(path)[1]
     with contextlib.suppress(OSError):  # a cache: not being able to write it costs time, not correctness
-        atomic_write_bytes(cache_file, marshal.dumps((table_digest, [(tuple(row), d) for row, d in digested])))
-    return digested
+        atomic_write_bytes(cache_file, marshal.dumps((table_digest, rows)))
+    return [(UrlRow._make(fields), digest) for fields, digest in rows]
+
+
+def parse_digested(path: Path) -> tuple[str, DigestedRows]:
+    """The table file's digest and its rows with their ``row_digest``, from one reading of the file."""
+    data = path.read_bytes()
+    return digest_bytes(data), [(tuple(row), row_digest(row)) for row in read_urls(path, data.decode("utf-8"))]
 
 
 def format_urls(rows: Iterable[UrlRow]) -> str:

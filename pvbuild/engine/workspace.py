@@ -5,6 +5,7 @@ trainer, endpoint) the configuration selects. Stages read and write through it; 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -21,6 +22,7 @@ from pvbuild.config import (
 )
 from pvbuild.engine import candidates
 from pvbuild.engine.candidates import Candidate, Standing
+from pvbuild.engine.forked import Forked, can_fork
 from pvbuild.engine.records import (
     FileHasher,
     IdentityStore,
@@ -29,7 +31,7 @@ from pvbuild.engine.records import (
     digest,
     file_output,
 )
-from pvbuild.engine.url_table import UrlRow, read_digested_urls
+from pvbuild.engine.url_table import UrlRow, parse_digested, read_digested_urls
 from pvbuild.errors import StateError
 from pvbuild.files import atomic_write_bytes
 from pvbuild.plugin_types import BACKEND_KINDS, ServiceContext
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from pvbuild.services.stores import ObjectStore
     from pvbuild.services.training import TrainingBackend
 
+LARGE_TABLE = 1_000_000  # bytes of URL table (about 8,000 rows) worth parsing in another process
 # Fields of the JSON records that differ between two builds of the same inputs (timings, process
 # ids, ports, service timestamps). The files keep them; every digest, and so every record under
 # .state and every staleness decision, leaves them out.
@@ -75,6 +78,7 @@ class Workspace:
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
         self._table: list[tuple[UrlRow, str]] | None = None
+        self._table_elsewhere: Forked | None = None  # see read_table_elsewhere
         self._row_digests: dict[str, str] = {}
         self.identities: dict[str, Any] = {}
         self.item_counts: dict[str, int] = {}  # per stage, how many items its last staleness pass saw
@@ -149,6 +153,9 @@ class Workspace:
     def forget_rows(self) -> None:
         self._rows = None
         self._table = None
+        if self._table_elsewhere is not None:  # what it parsed may be the table before a write
+            self._table_elsewhere.stop()
+            self._table_elsewhere = None
 
     def lists_pending(self) -> bool:
         """Whether the list pages are to be crawled again: never crawled, or the sources changed since."""
@@ -166,9 +173,26 @@ class Workspace:
     def table_rows(self) -> list[tuple[UrlRow, str]]:
         """Every row of the URL table with its digest, configured source or not."""
         if self._table is None:
-            self._table = read_digested_urls(self.urls_csv, self.hasher.digest(self.urls_csv),
-                                             self.config.cache_dir / "urls-cache.marshal")
+            elsewhere, self._table_elsewhere = self._table_elsewhere, None
+            self._table = read_digested_urls(self.urls_csv, self.hasher.digest(self.urls_csv), self._table_cache,
+                                             elsewhere.result() if elsewhere is not None else None)
         return self._table
+
+    @property
+    def _table_cache(self) -> Path:
+        return self.config.cache_dir / "urls-cache.marshal"
+
+    def read_table_elsewhere(self, min_bytes: int = LARGE_TABLE) -> bool:
+        """Start parsing a URL table of ``min_bytes`` or more that has no machine-local copy (a fresh
+        clone) in a forked process, while this one reads the records: at 100,000 articles each takes
+        about a second. ``table_rows`` takes the result. Whether a process was started."""
+        if self._table is not None or self._table_elsewhere is not None or self._table_cache.exists() \
+                or not can_fork():
+            return False
+        with contextlib.suppress(OSError):
+            if self.urls_csv.stat().st_size >= min_bytes:
+                self._table_elsewhere = Forked(functools.partial(parse_digested, self.urls_csv))
+        return self._table_elsewhere is not None
 
     # -- a fresh view after writes ---------------------------------------------------------
     @property
