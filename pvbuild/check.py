@@ -84,13 +84,19 @@ class Checker:
         return Finding(found.stage, stale.item.key, output, reason, changes, found.excused)
 
 
+def git_may_answer(workspace: Workspace, folders: list[Path]) -> bool:
+    """A fresh clone (or one whose digests came from git last time) in a git working tree."""
+    hasher = workspace.hasher
+    return not (hasher.knows_any(folders) and not hasher.trusted_git) \
+        and gitindex.in_repository(workspace.config.project_dir)
+
+
 def ask_git(workspace: Workspace, folders: list[Path]) -> bool:
-    """On a fresh clone in a git repository, ask git which of the folders' files are as checked out (it
-    answers while the check reads the table and the records); their digests then come from the records.
-    Where git vouches for none the records know, the files are digested by workers (``prehash``)."""
+    """On a fresh clone in a git repository (``git_may_answer``), ask git which of the folders' files are
+    as checked out (it answers while the check reads the table and the records); their digests then
+    come from the records. Where git vouches for none the records know, the files are digested by
+    workers (``prehash``). Whether git was asked."""
     hasher, root = workspace.hasher, workspace.config.project_dir
-    if (hasher.knows_any(folders) and not hasher.trusted_git) or not gitindex.in_repository(root):
-        return False
     hasher.git = gitindex.start(root, [str(folder.relative_to(root)) for folder in folders])
     if hasher.git is None:
         return False
@@ -106,10 +112,13 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     stages = up_to(until, catalog)
     folders = [workspace.config.artifacts / path.removesuffix("*") for stage in stages
                for path in stage.writes or () if path.endswith(("/", "/*"))]
-    if not ask_git(workspace, folders):
+    # With git, the table is parsed elsewhere (forked before git's reader threads start) while this
+    # process reads the records; without, the cores digest the files.
+    git = git_may_answer(workspace, folders)
+    table_elsewhere = git and workspace.read_table_elsewhere()
+    if not (git and ask_git(workspace, folders)):
         prehash(workspace.hasher, folders)
-    if workspace.hasher.pending is None and workspace.read_table_elsewhere():  # else the cores digest files
-        # While another process parses the URL table, this one reads the per-article records.
+    if table_elsewhere:
         for stage in stages:
             if stage.per_article:
                 workspace.records(stage.name)
