@@ -201,9 +201,9 @@ def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str
         optim="adamw_torch_fused" if device.startswith("cuda") else "adamw_torch",
         # On a GPU, batches are collated by two worker processes and copied from pinned memory without
         # blocking, so the host keeps queuing kernels (a 135M model's step is bound by the host); on the
-        # CPU the cores train.
-        dataloader_num_workers=2 if device.startswith("cuda") else 0,
-        dataloader_persistent_workers=device.startswith("cuda"), dataloader_pin_memory=device.startswith("cuda"),
+        # CPU the cores train. The workers end with each pass over the data (not persistent): training
+        # runs inside the doit process on one GPU, which must not keep them afterwards.
+        dataloader_num_workers=2 if device.startswith("cuda") else 0, dataloader_pin_memory=device.startswith("cuda"),
         accelerator_config={"non_blocking": device.startswith("cuda")},
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
         logging_steps=log_every(steps), logging_nan_inf_filter=False, eval_strategy="epoch" if has_validation else "no",
