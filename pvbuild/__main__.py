@@ -1,7 +1,5 @@
 """``python -m pvbuild`` is the ``pvbuild`` command."""
 
-import sys
+from pvbuild.cli import run
 
-from pvbuild.cli import main
-
-sys.exit(main())
+run()

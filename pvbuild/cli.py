@@ -8,12 +8,14 @@ endpoint."""
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pvbuild import __version__
 from pvbuild.engine.outcomes import RETRY_FAILED
@@ -116,8 +118,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from pvbuild.check import STALE, UP_TO_DATE, as_json, check, stale_ones, summary
 
+    global _end_at_once
     workspace = _workspace(args, live=args.remote)
     findings = check(workspace, args.until)
+    _end_at_once = True
     profile = workspace.config.profile
     _print(as_json(findings, profile) if args.json else summary(findings, profile))
     return STALE if stale_ones(findings) else UP_TO_DATE
@@ -334,6 +338,25 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--idle-note", help="write {pid, idle_seconds} here when exiting for want of requests")
     serve.set_defaults(run=cmd_serve)
     return top
+
+
+# Set by a command that ends holding large state (check: every article's records, hundreds of MB at
+# 100,000 articles): the command's entry point then ends the process at once (``run``).
+_end_at_once = False
+
+
+def run() -> NoReturn:
+    """The ``pvbuild`` command (and ``python -m pvbuild``): ``main``, then the exit. After ``check`` the
+    process ends without tearing the interpreter down object by object (0.35-0.4 s of a 4 s check on a
+    fresh clone of 100,000 articles), as mypy does: output is flushed and exit handlers run first."""
+    code = main()
+    if _end_at_once:
+        atexit._run_exitfuncs()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError):  # a reader gone (``| head``): nothing left to tell it
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
