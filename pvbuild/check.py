@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.engine import gitindex, staleness
+from pvbuild.engine.forked import can_fork
 from pvbuild.engine.prehash import prehash, prehash_rest
 from pvbuild.engine.stage import Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
@@ -105,6 +106,20 @@ def ask_git(workspace: Workspace, folders: list[Path]) -> bool:
     return True
 
 
+def share_passes(workspace: Workspace, stages: tuple[Stage, ...]) -> None:
+    """On a fresh git clone of a large table, the last per-article stage (the one with the most inputs
+    per item) is examined in a forked process while this one examines the other stages (0.3-0.4 s of
+    a 3 s check at 100,000 articles). The URL table and git's answer are taken first: the child must
+    not wait for either. (Without git, the workers digesting every file take both cores first, and a
+    shared pass measured no faster.)"""
+    per_article = [stage for stage in stages if stage.per_article]
+    if len(per_article) < 2 or not can_fork():
+        return
+    workspace.rows()
+    workspace.hasher.settle()
+    staleness.examine_elsewhere(workspace, per_article[-1])
+
+
 def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, ...] = CATALOG) -> list[Finding]:
     """The stale artifacts of the profile (of its stages up to ``until``, e.g. ``data``)."""
     workspace.checking = True
@@ -118,17 +133,22 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     table_elsewhere = git and workspace.read_table_elsewhere()
     if not (git and ask_git(workspace, folders)):
         prehash(workspace.hasher, folders)
-    if table_elsewhere:
-        for stage in stages:
-            if stage.per_article:
-                workspace.records(stage.name)
-    checker = Checker(workspace)
-    gc.disable()  # short-lived, acyclic objects by the ten thousand: the cycle collector only costs time
+    # Records, rows and items by the hundred thousand, none of them cyclic: the cycle collector would
+    # only cost time (0.2 s of parsing 100,000 articles' records).
+    gc.disable()
     try:
+        if table_elsewhere:
+            for stage in stages:
+                if stage.per_article:
+                    workspace.records(stage.name)
+            share_passes(workspace, stages)
+        checker = Checker(workspace)
         excused = frozenset(entry.item.key.partition(":")[2] for entry in allowed_failures(workspace))
         findings = [checker.report(found) for found in staleness.walk(workspace, stages, excused)]
     finally:
         gc.enable()
+        for child in workspace.elsewhere.values():  # not asked for: the walk failed
+            child.stop()
     with contextlib.suppress(OSError):  # a read-only checkout: the cache only saves time next run
         workspace.hasher.save()
     return findings

@@ -222,6 +222,46 @@ def test_a_fresh_clone_with_the_url_table_parsed_elsewhere_finds_a_changed_row(c
     assert not again.read_table_elsewhere(min_bytes=1) and again.rows() == workspace.rows()
 
 
+def test_a_fresh_clone_shares_its_passes_and_finds_an_edited_conversation(clone: Path) -> None:
+    """The last per-article stage is examined in a forked process; what it finds stale is examined and
+    reported here, with everything downstream, as in one process."""
+    from tests.test_prehash import children
+
+    conversation = sorted((clone / "artifacts/test/conversations").iterdir())[2]
+    conversation.write_bytes(conversation.read_bytes() + b"\n")
+    before = children()
+    workspace = Workspace(load_config(clone, "test"))
+    assert workspace.read_table_elsewhere(min_bytes=1)
+    findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace)}
+    assert findings[("conversations", conversation.stem)] == "output edited since it was built"
+    assert ("dataset", "dataset") in findings
+    assert not workspace.elsewhere and children() == before, "the forked pass was taken and reaped"
+    assert findings == {(finding.stage, finding.key): finding.reason
+                        for finding in check_stale(Workspace(load_config(clone, "test")))}
+
+
+def test_a_pass_made_elsewhere_answers_for_the_stage(clone: Path) -> None:
+    """``examine_elsewhere``: a child's "up to date" is taken with its item count; where the child finds
+    anything stale, the pass is made again here, which names it."""
+    from pvbuild.engine import staleness
+    from pvbuild.stages.conversations import STAGE
+    from tests.test_prehash import children
+
+    before = children()
+    workspace = Workspace(load_config(clone, "test"))
+    workspace.rows()
+    staleness.examine_elsewhere(workspace, STAGE)
+    assert staleness.stale(workspace, STAGE) == [] and not workspace.elsewhere
+    conversations = sorted((clone / "artifacts/test/conversations").iterdir())
+    assert workspace.item_counts["conversations"] == len(conversations)
+    conversations[2].write_bytes(conversations[2].read_bytes() + b"\n")
+    workspace = Workspace(load_config(clone, "test"))
+    workspace.rows()
+    staleness.examine_elsewhere(workspace, STAGE)
+    assert [entry.item.key for entry in staleness.stale(workspace, STAGE)] == [conversations[2].stem]
+    assert children() == before
+
+
 def test_a_malformed_url_table_parsed_elsewhere_is_named_by_this_process(clone: Path) -> None:
     table = clone / "artifacts/test/urls.csv"
     lines = table.read_text(encoding="utf-8").splitlines(keepends=True)

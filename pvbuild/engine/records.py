@@ -197,6 +197,13 @@ class FileHasher:
         if self.remembered is not None:
             self.remembered.pop(name, None)
 
+    def settle(self) -> None:
+        """Take git's answer and the digests computed elsewhere now: before a fork, since a forked child
+        inherits none of git's reader threads and must not read the workers' pipes."""
+        if self.git is not None:
+            self._git_blobs()
+        self._take_pending()
+
     def _take_pending(self) -> None:
         pending, self.pending = self.pending, None
         if pending is None:

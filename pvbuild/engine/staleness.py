@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pvbuild.engine.forked import Forked
 from pvbuild.engine.records import EDITED, Item, digest, keys_in_files, records_files, stale_items
 from pvbuild.engine.stage import Fingerprint, Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
@@ -23,9 +24,30 @@ def stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     action, the pass of the up-to-date check just before is taken when nothing was written since."""
     found = workspace.prechecked.pop(stage.name, None)
     if found is None:
-        found = _stale(workspace, stage)
+        found = [] if _up_to_date_elsewhere(workspace, stage) else _stale(workspace, stage)
         workspace.passes[stage.name] = (workspace.writes_seen, found)
     return list(found)
+
+
+def examine_elsewhere(workspace: Workspace, stage: Stage) -> None:
+    """Start the stage's pass in a forked process (``engine.forked``) while this one examines the stages
+    before it: a fresh clone's check shares its passes between two cores. The child answers only
+    whether the stage is up to date (and how many items it has); anything stale is examined again
+    here by ``stale``, which also reports it, so nothing a pass leaves in the workspace is lost.
+    Call it once what every pass reads is read (records, URL table, ``FileHasher.settle``)."""
+    def up_to_date() -> int | None:
+        return None if _stale(workspace, stage) else workspace.item_counts.get(stage.name, 0)
+    workspace.elsewhere[stage.name] = Forked(up_to_date)
+
+
+def _up_to_date_elsewhere(workspace: Workspace, stage: Stage) -> bool:
+    """Whether a pass started by ``examine_elsewhere`` found the stage up to date."""
+    child = workspace.elsewhere.pop(stage.name, None)
+    count = child.result() if child is not None else None
+    if not isinstance(count, int):
+        return False
+    workspace.item_counts[stage.name] = count
+    return True
 
 
 def to_build(workspace: Workspace, stage: Stage) -> list[StaleItem]:
@@ -153,8 +175,12 @@ def walk(workspace: Workspace, stages: Sequence[Stage], excused: frozenset[str] 
     changing: dict[str, set[str]] = {}  # per stage, the keys whose rebuild may change what follows
     previous_per_article: Stage | None = None
     rebuilt: dict[str, set[str]] = {}  # per stage, the keys that will be built again (not just adopted)
+    # Each stage's own pass, those made in a forked process (``examine_elsewhere``) taken last, so that
+    # this process works meanwhile: the passes read the workspace, and nothing is written in between.
+    passes = {stage.name: stale(workspace, stage)
+              for stage in sorted(stages, key=lambda stage: stage.name in workspace.elsewhere)}
     for index, stage in enumerate(stages):
-        own = stale(workspace, stage)
+        own = passes[stage.name]
         if stage.per_article and excused:
             findings += [Finding(stage.name, entry, excused=True) for entry in own if entry.item.key in excused]
             own = [entry for entry in own if entry.item.key not in excused]

@@ -86,6 +86,7 @@ class Workspace:
         # the pass its up-to-date check made just before, when nothing was written since.
         self.passes: dict[str, tuple[int, list[Any]]] = {}
         self.prechecked: dict[str, list[Any]] = {}
+        self.elsewhere: dict[str, Forked] = {}  # per stage, its pass in a forked process (a fresh check)
         self._memos: dict[tuple[str, str], tuple[int, Any]] = {}
         self.writes_seen = 0
         self._markdown_prefix = os.path.join(self.markdown_dir, "")
@@ -185,9 +186,10 @@ class Workspace:
     def read_table_elsewhere(self, min_bytes: int = LARGE_TABLE) -> bool:
         """Start parsing a URL table of ``min_bytes`` or more that has no machine-local copy (a fresh
         clone) in a forked process, while this one reads the records: at 100,000 articles each takes
-        about a second. ``table_rows`` takes the result. Whether a process was started."""
-        if self._table is not None or self._table_elsewhere is not None or self._table_cache.exists() \
-                or not can_fork():
+        about a second. ``table_rows`` takes the result. Whether a process parses it (started now or before)."""
+        if self._table_elsewhere is not None:
+            return True
+        if self._table is not None or self._table_cache.exists() or not can_fork():
             return False
         with contextlib.suppress(OSError):
             if self.urls_csv.stat().st_size >= min_bytes:
