@@ -146,6 +146,10 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
         excused = frozenset(entry.item.key.partition(":")[2] for entry in allowed_failures(workspace))
         findings = [checker.report(found) for found in staleness.walk(workspace, stages, excused)]
     finally:
+        # What was read is still alive: frozen, it stays out of the collections to come, which would
+        # otherwise traverse all of it once the collector is on again (0.2 s at 100,000 articles) to free
+        # nothing (the records hold no cycles; they are freed as usual once unreferenced).
+        gc.freeze()
         gc.enable()
         for child in workspace.elsewhere.values():  # not asked for: the walk failed
             child.stop()
