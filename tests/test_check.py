@@ -202,6 +202,7 @@ def test_a_fresh_clone_checked_with_hashing_workers_finds_an_edited_conversation
     findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace)}
     assert findings[("conversations", conversation.stem)] == "output edited since it was built"
     assert all(key == stage for stage, key in findings if stage != "conversations"), findings
+    assert not workspace.elsewhere, "no pass is left running elsewhere"
 
 
 def test_a_fresh_clone_with_the_url_table_parsed_elsewhere_finds_a_changed_row(clone: Path) -> None:
