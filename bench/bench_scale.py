@@ -9,6 +9,9 @@ Then, each timed several times (median and range): no-op; ``pvbuild check --unti
 fresh (the machine-local cache removed, in a folder that is not a git repository) and on a fresh
 git clone of the built tree (as a CI runner has it); one edited article; ``touch`` of every
 markdown file. pvbuild's peak memory (max RSS) and the number of files it rewrote are printed too.
+Each timed pvbuild run is followed by a ninja run on the same tree (a no-op, or the same edit): ``/ninja``
+is the ratio of the medians, ``pairs`` the range of the ratios within each pair, since this VM's
+speed drifts between runs.
 
 Run: python bench/bench_scale.py [N ...] [--runs R] [--no-make]   (default: 10000; R = 5; --no-make
 leaves make out: at 100,000 articles each of its runs takes about a minute)
@@ -26,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -150,7 +154,7 @@ def rewritten(before: dict[str, int], after: dict[str, int]) -> int:
 class Table:
     def __init__(self) -> None:
         print(f"{'articles':>9} {'case':<22} {'pvbuild s':>17} {'make s':>17} {'ninja s':>17} {'/ninja':>7}"
-              f" {'files':>6} {'peak MB':>8}", flush=True)
+              f" {'pairs':>11} {'files':>6} {'peak MB':>8}", flush=True)
 
     @staticmethod
     def cell(times: list[float]) -> str:
@@ -160,9 +164,26 @@ class Table:
 
     def row(self, count: int, case: str, ours: list[float], make: list[float], ninja: list[float],
             files: str = "", peak: str = "") -> None:
+        """``/ninja``: the ratio of the medians; ``pairs``: the range of the ratios of each pvbuild run to
+        the ninja run right after it (the VM's speed drifts: a pair saw the same machine)."""
         ratio = statistics.median(ours) / statistics.median(ninja) if ninja else float("nan")
+        ratios = [mine / theirs for mine, theirs in zip(ours, ninja, strict=True)] if len(ours) == len(ninja) > 1 \
+            else []
+        pairs = f"{min(ratios):.1f}-{max(ratios):.1f}x" if ratios else "-"
         print(f"{count:>9} {case:<22} {self.cell(ours):>17} {self.cell(make) if make else '-':>17} "
-              f"{self.cell(ninja):>17} {ratio:>6.1f}x {files:>6} {peak:>8}", flush=True)
+              f"{self.cell(ninja):>17} {ratio:>6.1f}x {pairs:>11} {files:>6} {peak:>8}", flush=True)
+
+
+def paired(ours: Callable[[], tuple[float, int]], ninja: list[str], project: Path,
+           runs: int) -> tuple[list[float], list[int], list[float]]:
+    """``runs`` times: one pvbuild run (seconds, peak KiB), then ninja's no-op on the same tree."""
+    seconds, peaks, theirs = [], [], []
+    for _ in range(runs):
+        took, peak = ours()
+        seconds.append(took)
+        peaks.append(peak)
+        theirs.append(run(ninja, project)[0])
+    return seconds, peaks, theirs
 
 
 def measure(count: int, runs: int, table: Table, with_make: bool = True) -> None:
@@ -182,28 +203,27 @@ def measure(count: int, runs: int, table: Table, with_make: bool = True) -> None
         table.row(count, "full build", [seconds], full_make, [full_ninja], "", f"{peak / 1024:.0f}")
 
         run(DOIT, project)  # the second run settles the stat cache, as after any build
-        noop = [run(DOIT, project) for _ in range(runs)]
-        table.row(count, "no-op", [t for t, _ in noop], make(runs),
-                  [run(ninja, project)[0] for _ in range(runs)], "0", f"{max(m for _, m in noop) / 1024:.0f}")
-        ninja_noop = [run(ninja, project)[0] for _ in range(runs)]
-        warm = [run(CHECK, project)[0] for _ in range(runs)]
-        table.row(count, "check warm", warm, [], ninja_noop)
-        fresh = []
-        for _ in range(runs):
+        noop, peaks, ninja_noop = paired(lambda: run(DOIT, project), ninja, project, runs)
+        table.row(count, "no-op", noop, make(runs), ninja_noop, "0", f"{max(peaks) / 1024:.0f}")
+        warm, _, ninja_warm = paired(lambda: run(CHECK, project), ninja, project, runs)
+        table.row(count, "check warm", warm, [], ninja_warm)
+
+        def fresh_check() -> tuple[float, int]:
             shutil.rmtree(project / ".pvbuild" / "default", ignore_errors=True)  # the machine-local cache
-            fresh.append(run(CHECK, project)[0])
-        table.row(count, "check fresh, no git", fresh, [], ninja_noop)
+            return run(CHECK, project)
+        fresh, _, ninja_fresh = paired(fresh_check, ninja, project, runs)
+        table.row(count, "check fresh, no git", fresh, [], ninja_fresh)
         run(DOIT, project)  # the stat cache back
         clone = git_clone(project)
         if clone is not None:
-            cloned = []
+            def cloned_check() -> tuple[float, int]:
+                shutil.rmtree(clone / ".pvbuild", ignore_errors=True)  # as just cloned
+                return run(CHECK, clone)
             try:
-                for _ in range(runs):
-                    shutil.rmtree(clone / ".pvbuild", ignore_errors=True)  # as just cloned
-                    cloned.append(run(CHECK, clone)[0])
+                cloned, _, ninja_cloned = paired(cloned_check, ninja, project, runs)
             finally:
                 shutil.rmtree(clone.parent)
-            table.row(count, "check fresh git clone", cloned, [], ninja_noop)
+            table.row(count, "check fresh git clone", cloned, [], ninja_cloned)
 
         ours, by_make, by_ninja, files, peaks = [], [], [], [], []
         for attempt in range(runs):
