@@ -77,6 +77,20 @@ def test_read_urls_takes_columns_by_name_and_counts_lines_as_an_editor_does(tmp_
                                 UrlRow("t", "https://a.cn/2.shtml", "2025-01-02", "2", "bjx")]
 
 
+def test_read_urls_a_link_listed_again_takes_its_later_place_and_a_shared_file_id_is_refused(tmp_path: Path) -> None:
+    table = tmp_path / "urls.csv"
+    table.write_text("title,link,date,file_id,source\n"
+                     "old,https://a.cn/1.shtml,2025-01-01,1,bjx\n"
+                     "b,https://a.cn/2.shtml,2025-01-02,2,bjx\n"
+                     "new,https://a.cn/1.shtml,2025-01-03,1,bjx\n", encoding="utf-8")
+    assert [(row.title, row.file_id) for row in read_urls(table)] == [("b", "2"), ("new", "1")]
+    with table.open("a", encoding="utf-8") as stream:
+        stream.write("c,https://a.cn/3.shtml,2025-01-04,2,bjx\n")
+    with pytest.raises(PvbuildError, match=r"urls.csv:5: file_id '2' is also the file_id of line 3 "
+                                           r"\(https://a.cn/2.shtml\), another link"):
+        read_urls(table)
+
+
 def test_digested_rows_come_from_the_cache_only_while_the_table_digest_holds(tmp_path: Path) -> None:
     table, cache = tmp_path / "urls.csv", tmp_path / ".pvbuild" / "urls-cache.marshal"
     write_urls(table, [row("https://a.cn/1.shtml", "2025-01-01"), row("https://a.cn/2.shtml", "2025-01-02")])

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable
 from json.encoder import encode_basestring
 from pathlib import Path, PurePosixPath
-from typing import NamedTuple
+from typing import NamedTuple, NoReturn
 from urllib.parse import unquote, urlsplit
 
 from pvbuild.engine.records import digest_bytes
@@ -88,7 +88,7 @@ def read_urls(path: Path, text: str | None = None) -> list[UrlRow]:
     return rows
 
 
-def _refuse_row(where: str, row: UrlRow) -> None:
+def _refuse_row(where: str, row: UrlRow) -> NoReturn:
     if not row.link or not row.file_id:
         raise PvbuildError(f"{where}: empty link or file_id; fix or delete that row")
     if not row.source:
