@@ -141,7 +141,7 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
         if large_and_fresh:
             for stage in stages:
                 if stage.per_article:
-                    workspace.records(stage.name)
+                    workspace.records(stage.name).read_all()
             share_passes(workspace, stages)
         checker = Checker(workspace)
         excused = frozenset(entry.item.key.partition(":")[2] for entry in allowed_failures(workspace))

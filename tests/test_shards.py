@@ -7,9 +7,12 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from bench.bench_scale import synthesize
 from pvbuild.engine.records import StageRecords
 from pvbuild.engine.shards import shard_count, shard_name, shard_of
+from pvbuild.errors import StateError
 from tests.differential import doit, pvbuild
 
 CONFIG = "[profile.default.dataset]\narticles_per_shard = 8\nvalidation_ratio = 0.25\n"
@@ -98,6 +101,44 @@ def test_records_rewrite_only_the_shards_of_changed_keys_and_lay_out_again(tmp_p
     fresh.commit()
     assert not folder.exists() and json.loads((state / "markdown.json").read_text(encoding="utf-8")) == {
         "0": {"inputs": {"row": "r0"}, "output": "o0"}}
+
+
+def test_records_read_a_shard_only_when_one_of_its_keys_is_asked_for(tmp_path: Path) -> None:
+    state, folder = tmp_path / ".state", tmp_path / ".state" / "markdown"
+    records = StageRecords(state, "markdown", None, per_shard=2)
+    for index in range(8):
+        records.put(str(index), {"inputs": {"row": f"r{index}"}, "output": f"o{index}"})
+    records.commit()
+    own = f"{shard_of('3', 4):05d}-of-00004.json"
+    others = {path.name: path.read_bytes() for path in folder.iterdir() if path.name != own}
+    assert len(others) == 3
+    for name in others:  # unreadable: a reader that opened them would fail
+        (folder / name).write_text("{not json", encoding="utf-8")
+    lazy = StageRecords(state, "markdown", None, per_shard=2)
+    assert lazy.get("3") == {"inputs": {"row": "r3"}, "output": "o3"}
+    lazy.put("3", {"inputs": {"row": "changed"}, "output": "o3"})  # an edit: its shard alone is rewritten
+    lazy.commit()
+    assert '"changed"' in (folder / own).read_text(encoding="utf-8")
+    assert all((folder / name).read_text(encoding="utf-8") == "{not json" for name in others)
+    with pytest.raises(StateError, match="cannot read build records"):
+        lazy.records  # noqa: B018 - every record: the other shards are read now
+
+    for name, data in others.items():
+        (folder / name).write_bytes(data)
+    grown = StageRecords(state, "markdown", None, per_shard=2)
+    grown.put("8", {"inputs": {"row": "r8"}, "output": "o8"})  # a new key: nine records need eight shards
+    grown.commit()
+    assert sorted(path.name for path in folder.iterdir()) == [f"{i:05d}-of-00008.json" for i in range(8)]
+    expected = {str(i): {"inputs": {"row": "changed" if i == 3 else f"r{i}"}, "output": f"o{i}"} for i in range(9)}
+    assert StageRecords(state, "markdown", None, per_shard=2).records == expected
+
+    journaled = StageRecords(state, "markdown", None, per_shard=2)
+    journaled.put("5", {"inputs": {"row": "journaled"}, "output": "o5"})  # interrupted before commit
+    assert StageRecords(state, "markdown", None, per_shard=2).get("5") == {"inputs": {"row": "journaled"},
+                                                                          "output": "o5"}
+    (folder / "00000-of-00002.json").write_text('{\n"x": {"output": "ox"}\n}\n', encoding="utf-8")
+    mixed = StageRecords(state, "markdown", None, per_shard=2)  # two layouts side by side: read whole
+    assert mixed.get("x") == {"output": "ox"} and mixed.get("5") == {"inputs": {"row": "journaled"}, "output": "o5"}
 
 
 def test_changing_the_shard_size_lays_the_records_out_again_and_rebuilds_nothing_else(tmp_path: Path) -> None:

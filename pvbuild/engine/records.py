@@ -352,6 +352,10 @@ class StageRecords:
     ``<stage>/<i>-of-<n>.json`` (``engine.shards``), so a change rewrites the shard files of the
     keys that changed, not every record. A machine-local marshal copy of each file (under
     ``cache_dir``) is used while the file is unchanged: parsing JSON was a tenth of a no-op.
+
+    Shard files are read as their keys are asked for (``get``, ``loaded_for``, ``put``): one edited
+    article at 100,000 reads one shard of each stage's records, not 64. ``records`` (every record)
+    reads the rest first. A layout that is not exactly ``n`` files numbered ``0..n-1`` is read whole.
     """
 
     def __init__(self, state_dir: Path, stage: str, cache_dir: Path | None = None,
@@ -361,17 +365,52 @@ class StageRecords:
         self.journal = state_dir / f"{stage}.journal"
         self.cache_dir = cache_dir
         self.per_shard = per_shard
-        self.records: dict[str, dict[str, Any]] = {}
+        self._records: dict[str, dict[str, Any]] = {}
         self.changed: set[str] = set()  # keys put or dropped since the files were written
+        self.recounted = False  # a key was added or dropped since the files were written: the layout may change
         # Input digests that records put since gave up, and that they brought: identities.json is
         # checked against every record only when one it holds may no longer be referenced.
         self.released: set[str] = set()
         self.added: set[str] = set()
         self.files = self._files()
         self.layout = len(self.files) if self.files and self.files[0].parent == self.folder else 1
-        for path in self.files:
-            self.records.update(self._read(path))
+        self._unread = self._numbered_shards()  # shard index -> its file, not read yet
+        if not self._unread:
+            for path in self.files:
+                self._records.update(self._read(path))
         self._replay_journal()
+
+    def _numbered_shards(self) -> dict[int, Path]:
+        """The shard files by index, when they are exactly ``0..n-1`` of one layout ``n`` (else none: the
+        files are read whole, as a layout left half-changed may hold a key in a file its index does not name)."""
+        if self.layout <= 1:
+            return {}
+        numbered = {index: self.folder / _shard_file(index, self.layout) for index in range(self.layout)}
+        return numbered if set(numbered.values()) == set(self.files) else {}
+
+    @property
+    def records(self) -> dict[str, dict[str, Any]]:
+        """Every record (the shard files not read yet are read now)."""
+        self.read_all()
+        return self._records
+
+    def read_all(self) -> None:
+        """Read the shard files not read yet."""
+        if self._unread:
+            self._read_shards(list(self._unread))
+
+    def loaded_for(self, keys: list[str]) -> dict[str, dict[str, Any]]:
+        """The records table, with the shards that hold ``keys`` read: enough to look up any of them."""
+        if self._unread:
+            if 2 * len(keys) > self.per_shard * self.layout:  # about every record: read all, without hashing keys
+                return self.records
+            self._read_shards(sorted({index for index in shard_indices(keys, self.layout) if index in self._unread}))
+        return self._records
+
+    def _read_shards(self, indices: list[int]) -> None:
+        for index in indices:
+            path = self._unread.pop(index)
+            self._records.update(self._read(path))
 
     def _files(self) -> list[Path]:
         """The records files as they are: the shard files, or the one file, or none."""
@@ -411,8 +450,8 @@ class StageRecords:
             atomic_write_bytes(cache, marshal.dumps([signature, records]))
 
     def _write(self, path: Path, keys: list[str]) -> None:
-        atomic_write_text(path, _records_text(self.records, keys))
-        self._keep(path, None, {key: self.records[key] for key in keys})
+        atomic_write_text(path, _records_text(self._records, keys))
+        self._keep(path, None, {key: self._records[key] for key in keys})
 
     def _replay_journal(self) -> None:
         if not self.journal.is_file():
@@ -425,7 +464,7 @@ class StageRecords:
             self._replace(entry["key"], entry.get("record"))
 
     def get(self, key: str) -> dict[str, Any] | None:
-        return self.records.get(key)
+        return self.loaded_for([key]).get(key)
 
     def input_values(self) -> set[str]:
         """Every input digest the records hold (what ``identities.json`` must keep)."""
@@ -435,13 +474,15 @@ class StageRecords:
         return values
 
     def _replace(self, key: str, record: dict[str, Any] | None) -> None:
-        old = self.records.pop(key, None) if record is None else self.records.get(key)
+        table = self.loaded_for([key])  # its whole shard: commit() rewrites it
+        old = table.pop(key, None) if record is None else table.get(key)
         brought = _input_values(record) if record is not None else set()
         if old is not None:
             self.released |= _input_values(old) - brought
         self.added |= brought
         if record is not None:
-            self.records[key] = record
+            table[key] = record
+        self.recounted |= (old is None) != (record is None)
         self.changed.add(key)
 
     def put(self, key: str, record: dict[str, Any]) -> None:
@@ -449,7 +490,7 @@ class StageRecords:
         self._append({"key": key, "record": record})
 
     def drop(self, key: str) -> None:
-        if key in self.records:
+        if key in self.loaded_for([key]):
             self._replace(key, None)
             self._append({"key": key, "record": None})
 
@@ -460,8 +501,10 @@ class StageRecords:
 
     def commit(self) -> None:
         """Fold the journal into the records files (sorted, one record per line for clean diffs): the
-        shards holding a changed key, or every file when the number of shards changes."""
-        count = shard_count(len(self.records), self.per_shard)
+        shards holding a changed key, or every file when the number of shards changes. While no key came
+        or went, the number of records is the one the files were laid out for, and the shards not read
+        stay as they are; else every shard is read, to count them."""
+        count = self.layout if self._unread and not self.recounted else shard_count(len(self.records), self.per_shard)
         if count == 1:
             if self.changed or self.layout != 1 or not self.path.is_file():
                 self._write(self.path, sorted(self.records))
@@ -471,13 +514,13 @@ class StageRecords:
             self._write_all_shards(count)
         else:
             shards: dict[int, list[str]] = {index: [] for index in shard_indices(list(self.changed), count)}
-            keys = list(self.records)
+            keys = list(self._records)  # the shards read: among them, every shard holding a changed key
             for key, index in zip(keys, shard_indices(keys, count), strict=True):
                 if index in shards:
                     shards[index].append(key)
             for index, keys in sorted(shards.items()):
                 self._write(self.folder / _shard_file(index, count), sorted(keys))
-        self.layout, self.changed = count, set()
+        self.layout, self.changed, self.recounted = count, set(), False
         self.files = self._files()
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
@@ -492,13 +535,13 @@ class StageRecords:
         try:
             building.chmod(DIRECTORY_MODE)
             for index, keys in enumerate(groups):
-                atomic_write_text(building / _shard_file(index, count), _records_text(self.records, sorted(keys)))
+                atomic_write_text(building / _shard_file(index, count), _records_text(self._records, sorted(keys)))
             replace_directory(building, self.folder)
         finally:
             shutil.rmtree(building, ignore_errors=True)
         self.path.unlink(missing_ok=True)
         for index, keys in enumerate(groups):  # the files' mtimes are final only once they are in place
-            self._keep(self.folder / _shard_file(index, count), None, {key: self.records[key] for key in keys})
+            self._keep(self.folder / _shard_file(index, count), None, {key: self._records[key] for key in keys})
 
 
 def _input_values(record: Mapping[str, Any]) -> set[str]:
@@ -534,7 +577,7 @@ def stale_reason(item: Item, record: Mapping[str, Any] | None, output_digest: st
 def stale_items(items: list[Item], records: StageRecords, outputs: list[str | None]) -> Iterator[tuple[Item, str]]:
     """The stale items and why, given each item's output digest. The up-to-date case is tested first,
     inline: it is nearly every item of a no-op."""
-    table = records.records
+    table = records.loaded_for([item.key for item in items])
     for item, output in zip(items, outputs, strict=True):
         record = table.get(item.key)
         if record is not None and output is not None and output == record.get("output") \
