@@ -57,6 +57,10 @@ def to_build(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     return found or ([StaleItem(item, "forced") for item in stage.items(workspace)] if workspace.forced else [])
 
 
+# A memo's column value for a key found stale: no digest equals it, so the next pass examines the key again.
+UNSETTLED = "\0stale"
+
+
 def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     fingerprint = stage.fingerprint(workspace)
     if fingerprint is None:
@@ -70,20 +74,39 @@ def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     if last is not None and last["context"] == context and last["keys"] == fingerprint.keys \
             and len(last["columns"]) == len(fingerprint.columns):
         keys = _changed_keys(fingerprint, last, files)
-        found = _examine(workspace, stage, stage.items_for(workspace, keys) if keys else [])
+        items = stage.items_for(workspace, keys) if keys else []
     else:
-        found = _examine(workspace, stage, stage.items(workspace))
+        items = stage.items(workspace)
+    compared = _compare(workspace, stage, items)
+    found = stage.refine(workspace, items, compared)
     workspace.item_counts[stage.name] = fingerprint.count
-    now = {"context": context, "keys": fingerprint.keys, "columns": fingerprint.columns, "files": files}
-    if not found and now != last:
+    # Kept whether or not something is stale, with the stale keys marked: the next pass examines them
+    # and whatever changed after this one. (Kept only once nothing was stale, the memo aged with each
+    # edit: each run after it examined again every records shard written since the last clean pass.)
+    unsettled = {entry.item.key for entry in compared} | {entry.item.key for entry in found}
+    columns = _marked(fingerprint, unsettled)
+    now = {"context": context, "keys": fingerprint.keys, "columns": columns, "files": files}
+    if columns is not None and now != last:
         with contextlib.suppress(OSError, ValueError):
             atomic_write_bytes(memo, marshal.dumps(now))
     return found
 
 
+def _marked(fingerprint: Fingerprint, unsettled: set[str]) -> list[list[str | None]] | None:
+    """The fingerprint's columns, with ``UNSETTLED`` as the first column's value of each unsettled key
+    (None when there is no column to mark, or a key to mark is not one of the fingerprint's)."""
+    if not unsettled:
+        return fingerprint.columns
+    if not fingerprint.columns or not unsettled <= set(fingerprint.keys):
+        return None
+    first = [UNSETTLED if key in unsettled else value
+             for key, value in zip(fingerprint.keys, fingerprint.columns[0], strict=True)]
+    return [first, *fingerprint.columns[1:]]
+
+
 def _changed_keys(fingerprint: Fingerprint, last: dict[str, Any], files: dict[str, list[int]]) -> set[str]:
-    """The keys whose column values, or whose records file, changed since the stage was last found up
-    to date (the others were up to date then, and nothing they depend on changed)."""
+    """The keys whose column values, or whose records file, changed since the stage's last pass, and
+    those it found stale (the others were up to date then, and nothing they depend on changed)."""
     keys = fingerprint.keys
     changed: set[str] = set()
     for now, before in zip(fingerprint.columns, last["columns"], strict=True):
@@ -97,13 +120,17 @@ def _changed_keys(fingerprint: Fingerprint, last: dict[str, Any], files: dict[st
 
 def _examine(workspace: Workspace, stage: Stage, items: list[Item]) -> list[StaleItem]:
     """Each item against its record, then the stage's own reasons."""
+    return stage.refine(workspace, items, _compare(workspace, stage, items))
+
+
+def _compare(workspace: Workspace, stage: Stage, items: list[Item]) -> list[StaleItem]:
+    """The items whose record does not match them (their inputs, or their output's digest)."""
     if not items and stage.per_article:  # nothing to look at: its records need not even be read
-        return stage.refine(workspace, [], [])
+        return []
     files = [item.file for item in items]
     outputs = list(map(_record_digest(workspace, stage), files)) if stage.record_output \
         else workspace.hasher.digests(files)
-    found = [StaleItem(item, reason) for item, reason in stale_items(items, workspace.records(stage.name), outputs)]
-    return stage.refine(workspace, items, found)
+    return [StaleItem(item, reason) for item, reason in stale_items(items, workspace.records(stage.name), outputs)]
 
 
 def _read_memo(path: Path) -> dict[str, Any] | None:

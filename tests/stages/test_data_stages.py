@@ -63,6 +63,22 @@ def test_a_hand_edited_markdown_is_taken_as_built_and_its_conversation_follows(t
     assert [(entry.item.key, entry.reason) for entry in stale] == [(page.stem, "input changed: markdown")]
 
 
+def test_a_key_found_stale_is_examined_again_by_every_pass_until_it_is_rebuilt(tree: Path) -> None:
+    """A pass remembers what it saw (a machine-local memo, so the next pass examines only what changed
+    since) even when something is stale: the stale key is marked, not taken as up to date."""
+    first, second = sorted((tree / "artifacts/default/markdown").glob("*.md"))[:2]
+    first.write_text(first.read_text(encoding="utf-8") + "\n补充。\n", encoding="utf-8")
+    for _ in range(2):  # the second pass reads the memo the first one left
+        assert [entry.item.key for entry in staleness.stale(workspace(tree), markdown.STAGE)] == [first.stem]
+    second.write_text(second.read_text(encoding="utf-8") + "\n补充。\n", encoding="utf-8")
+    assert sorted(entry.item.key for entry in staleness.stale(workspace(tree), markdown.STAGE)) == sorted(
+        [first.stem, second.stem])
+    current = workspace(tree)
+    assert staleness.adopt_edits(current, markdown.STAGE) == []
+    current.finish("markdown")
+    assert staleness.stale(workspace(tree), markdown.STAGE) == []
+
+
 def test_a_retitled_row_makes_its_markdown_and_conversation_stale(tree: Path) -> None:
     table = tree / "artifacts/default/urls.csv"
     lines = table.read_text(encoding="utf-8").splitlines(keepends=True)
