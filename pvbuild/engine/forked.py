@@ -2,8 +2,8 @@
 
 Used where a fresh clone's check has independent work to share between cores: digesting files
 (``engine.prehash``), parsing the URL table (``Workspace.read_table_elsewhere``) and one stage's
-staleness pass (``staleness.examine_elsewhere``). A child that
-fails or is killed only costs time: ``result`` is then None and the caller does the work itself.
+staleness pass (``staleness.examine_elsewhere``). A child that fails or is killed only costs
+time: ``result`` is then None and the caller does the work itself.
 Children exit with this process (a closed pipe ends them; Ctrl-C reaches them, as the same
 process group), and ``result`` or ``stop`` always reaps them.
 """

@@ -16,7 +16,7 @@ import marshal
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -399,9 +399,11 @@ class StageRecords:
         if self._unread:
             self._read_shards(list(self._unread))
 
-    def loaded_for(self, keys: list[str]) -> dict[str, dict[str, Any]]:
-        """The records table, with the shards that hold ``keys`` read: enough to look up any of them."""
+    def loaded_for(self, wanted: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The records table, with the shards that hold the ``wanted`` keys read: enough to look up any of
+        them (``wanted`` is only gone through while some shard is unread)."""
         if self._unread:
+            keys = list(wanted)
             if 2 * len(keys) > self.per_shard * self.layout:  # about every record: read all, without hashing keys
                 return self.records
             self._read_shards(sorted({index for index in shard_indices(keys, self.layout) if index in self._unread}))
@@ -577,7 +579,7 @@ def stale_reason(item: Item, record: Mapping[str, Any] | None, output_digest: st
 def stale_items(items: list[Item], records: StageRecords, outputs: list[str | None]) -> Iterator[tuple[Item, str]]:
     """The stale items and why, given each item's output digest. The up-to-date case is tested first,
     inline: it is nearly every item of a no-op."""
-    table = records.loaded_for([item.key for item in items])
+    table = records.loaded_for(item.key for item in items)
     for item, output in zip(items, outputs, strict=True):
         record = table.get(item.key)
         if record is not None and output is not None and output == record.get("output") \

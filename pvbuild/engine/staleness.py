@@ -97,11 +97,11 @@ def _marked(fingerprint: Fingerprint, unsettled: set[str]) -> list[list[str | No
     (None when there is no column to mark, or a key to mark is not one of the fingerprint's)."""
     if not unsettled:
         return fingerprint.columns
-    if not fingerprint.columns or not unsettled <= set(fingerprint.keys):
+    if not fingerprint.columns:
         return None
     first = [UNSETTLED if key in unsettled else value
              for key, value in zip(fingerprint.keys, fingerprint.columns[0], strict=True)]
-    return [first, *fingerprint.columns[1:]]
+    return [first, *fingerprint.columns[1:]] if first.count(UNSETTLED) == len(unsettled) else None
 
 
 def _changed_keys(fingerprint: Fingerprint, last: dict[str, Any], files: dict[str, list[int]]) -> set[str]:
