@@ -26,12 +26,13 @@ Entries = dict[str, list[Any]]
 
 
 class Prehash:
-    """Workers digesting ``folders`` (absolute paths ending in a separator) for a hasher rooted at ``prefix``."""
+    """Workers digesting ``paths`` (files under ``folders``, absolute paths ending in a separator) for a
+    hasher rooted at ``prefix``: each worker every ``workers``-th path of the one listing, made before
+    they fork, so that no worker walks and sorts the folders again."""
 
-    def __init__(self, folders: Sequence[str], prefix: str, workers: int,
-                 skip: frozenset[str] | set[str] = frozenset()) -> None:
+    def __init__(self, folders: Sequence[str], paths: list[str], prefix: str, workers: int) -> None:
         self.folders = tuple(folders)
-        self.workers = [Forked(functools.partial(_digest_share, self.folders, prefix, share, workers, skip))
+        self.workers = [Forked(functools.partial(_digest_share, paths, prefix, share, workers))
                         for share in range(workers)]
 
     def collect(self) -> Entries:
@@ -71,32 +72,34 @@ def prehash_rest(hasher: FileHasher, folders: Sequence[Path], skip: frozenset[st
 
 def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES,
           skip: frozenset[str] | set[str] = frozenset()) -> Prehash | None:
-    """Workers for ``folders`` when they hold ``min_files`` files or more, besides ``skip``, and the machine has
-    cores to spare."""
+    """Workers for the files of ``folders`` but ``skip`` (keys relative to ``prefix``), when they are
+    ``min_files`` or more and the machine has cores to spare."""
     if not can_fork():
         return None
-    if sum(_count(folder, min_files + len(skip)) for folder in folders) < min_files + len(skip):
-        return None
-    return Prehash(folders, prefix, workers=cores(), skip=skip)
+    paths = _listing(folders, len(prefix), skip)
+    return Prehash(folders, paths, prefix, workers=cores()) if len(paths) >= min_files else None
 
 
-def _count(folder: str, enough: int) -> int:
-    """The folder's entries, counted up to ``enough``."""
-    seen = 0
-    with contextlib.suppress(OSError), os.scandir(folder) as entries:
-        for seen, _ in enumerate(entries, start=1):
-            if seen >= enough:
-                break
-    return seen
+def _listing(folders: Sequence[str], cut: int, skip: frozenset[str] | set[str]) -> list[str]:
+    """The files under ``folders``, in the order the directories list them, but those whose path less
+    its first ``cut`` characters is in ``skip``. Not sorted: the workers share this one list, and a
+    file added meanwhile is only one the checking process digests itself."""
+    paths: list[str] = []
+    pending = list(folders)
+    while pending:
+        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(entry.path)
+                else:
+                    paths.append(entry.path)
+    return [path for path in paths if path[cut:] not in skip] if skip else paths
 
 
-def _digest_share(folders: tuple[str, ...], prefix: str, share: int, shares: int,
-                  skip: frozenset[str] | set[str] = frozenset()) -> Entries:
-    """The stat-cache entries of every ``shares``-th file under ``folders`` but ``skip``, from the ``share``-th on."""
+def _digest_share(paths: list[str], prefix: str, share: int, shares: int) -> Entries:
+    """The stat-cache entries of every ``shares``-th file of ``paths``, from the ``share``-th on."""
     cut = len(prefix)
     entries: Entries = {}
-    paths = sorted(path for folder in folders for parent, _, names in os.walk(folder) for name in names
-                   if (path := os.path.join(parent, name))[cut:] not in skip)
     for path in paths[share::shares]:
         try:
             descriptor = os.open(path, os.O_RDONLY)
