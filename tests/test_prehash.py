@@ -77,3 +77,18 @@ def test_workers_not_waited_for_are_stopped(tmp_path: Path) -> None:
     while children() != before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert children() == before
+
+
+@several_cores
+def test_skipped_files_and_files_added_after_the_listing_are_left_to_the_checking_process(tmp_path: Path) -> None:
+    files = tree(tmp_path)
+    skipped = {os.path.relpath(files[0], tmp_path)}  # git vouched for it: its digest comes from the records
+    started = prehash.start([str(tmp_path / "artifacts") + os.sep], str(tmp_path) + os.sep, min_files=1,
+                            skip=skipped)
+    assert started is not None
+    late = tmp_path / "artifacts" / "markdown" / "late.md"
+    late.write_text("# written after the workers forked\n")
+    entries = started.collect()
+    assert set(entries) == {os.path.relpath(path, tmp_path) for path in files[1:]}, "each listed file once"
+    assert [entries[os.path.relpath(path, tmp_path)][2] for path in files[1:]] == \
+        [FileHasher(None, tmp_path).digest(path) for path in files[1:]]
