@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pvbuild.engine import prehash
-from pvbuild.engine.records import FileHasher
+from pvbuild.engine.hasher import FileHasher
 
 several_cores = pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="workers start only with 2 cores or more")
 

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.engine.forked import Forked, can_fork, cores
-from pvbuild.engine.records import FileHasher, digest_bytes, read_all
+from pvbuild.engine.hasher import FileHasher, read_all
+from pvbuild.engine.records import digest_bytes
 
 MIN_FILES = 2_000  # below this, forking costs more than it saves
 Entries = dict[str, list[Any]]

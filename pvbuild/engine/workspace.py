@@ -23,8 +23,8 @@ from pvbuild.config import (
 from pvbuild.engine import candidates
 from pvbuild.engine.candidates import Candidate, Standing
 from pvbuild.engine.forked import Forked, can_fork
+from pvbuild.engine.hasher import FileHasher
 from pvbuild.engine.records import (
-    FileHasher,
     IdentityStore,
     Item,
     StageRecords,

@@ -6,7 +6,7 @@ import hashlib
 import os
 from pathlib import Path
 
-from pvbuild.engine.records import FileHasher
+from pvbuild.engine.hasher import FileHasher
 
 
 def sha(data: bytes) -> str:
