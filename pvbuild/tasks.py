@@ -57,6 +57,16 @@ def workspace() -> Workspace:
     return _workspaces[key]
 
 
+def settle_identities() -> None:
+    """identities.json after a run that replayed a killed run's journal or pruned records
+    (``Workspace.settle_identities``): nothing to do after any other run."""
+    for current in _workspaces.values():
+        current.settle_identities()
+
+
+AT_END.append(settle_identities)
+
+
 def save_caches() -> None:
     """The stat caches of this process's workspaces, once at the end of a run (an action saves its
     own when it finishes; writing 200,000 entries after every up-to-date check cost a tenth of a

@@ -144,6 +144,7 @@ class StageRecords:
         # checked against every record only when one it holds may no longer be referenced.
         self.released: set[str] = set()
         self.added: set[str] = set()
+        self.replayed = False  # a journal was found: a run was killed, and what it recorded may name new identities
         self.files = self._files()
         self.layout = len(self.files) if self.files and self.files[0].parent == self.folder else 1
         self._unread = self._numbered_shards()  # shard index -> its file, not read yet
@@ -230,6 +231,7 @@ class StageRecords:
     def _replay_journal(self) -> None:
         if not self.journal.is_file():
             return
+        self.replayed = True
         for line in self.journal.read_text(encoding="utf-8").splitlines():
             try:
                 entry = json.loads(line)
@@ -386,13 +388,17 @@ class IdentityStore:
         self._known = None
         known = self.known()
         new = {key: value for key, value in identities.items() if key not in known}
-        if not records.released & known.keys() and new.keys() <= records.added:
-            kept = {**known, **new}
+        records.released, records.added, released, added = set(), set(), records.released, records.added
+        if not released & known.keys() and new.keys() <= added:
+            self._write({**known, **new})
         else:
-            every = referenced()
-            kept = {key: value for key, value in {**known, **identities}.items() if key in every}
-        records.released, records.added = set(), set()
-        self._write(kept)
+            self.reconcile(identities, referenced())
+
+    def reconcile(self, identities: Mapping[str, Any], every: set[str]) -> None:
+        """Keep what the file and this run know (``identities``) of the input digests in ``every`` (those
+        the records hold), and nothing else: what a clean build of the same inputs writes."""
+        self._known = None
+        self._write({key: value for key, value in {**self.known(), **identities}.items() if key in every})
 
     def _write(self, kept: dict[str, Any]) -> None:
         if kept == self._known and self.path.is_file():

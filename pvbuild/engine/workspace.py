@@ -277,11 +277,12 @@ class Workspace:
         return key
 
     def finish(self, stage: str) -> None:
-        """Fold the stage's journal into its records file; save the stat cache and the identities."""
+        """Save the identities, then fold the stage's journal into its records file, then the stat cache.
+        Identities first: they follow the records in memory (the journal included), and a run killed
+        between the two leaves the journal, which the next run replays. The other way round, a run
+        killed after the commit lost which identities the stage's records gave up, and identities.json
+        kept them for good (found by the differential soak, seed 14104)."""
         records = self.records(stage)
-        records.commit()
-        if not self.save_cache_at_end:
-            self.hasher.save()
 
         def referenced() -> set[str]:
             values = records.input_values()
@@ -290,6 +291,23 @@ class Workspace:
                     values |= self._read_records(other).input_values()
             return values
         self.identity_store.save(self.identities, records, referenced)
+        records.commit()
+        if not self.save_cache_at_end:
+            self.hasher.save()
+
+    def settle_identities(self) -> None:
+        """identities.json as a clean build would write it, after records changed outside a stage's finish
+        (``prune`` drops records of gone articles) or a killed run's journal was replayed (its records may
+        name identities the file lacks, computed again by this run). Reads every stage's records, so only then."""
+        loaded = list(self._records.values())
+        if not any(records.replayed or records.released for records in loaded):
+            return
+        every: set[str] = set()
+        for stage in self.recorded_stages():
+            every |= (self._records[stage] if stage in self._records else self._read_records(stage)).input_values()
+        self.identity_store.reconcile(self.identities, every)
+        for records in loaded:
+            records.released, records.added = set(), set()
 
     @contextlib.contextmanager
     def finishing(self, stage: str) -> Iterator[None]:

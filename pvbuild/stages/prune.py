@@ -219,6 +219,7 @@ def remove_leftovers(workspace: Workspace, leftovers: list[Leftover]) -> None:
             leftover.path.unlink(missing_ok=True)
     for stage in sorted(stages):
         workspace.records(stage).commit()
+    workspace.settle_identities()  # the identities only the dropped records held go with them
 
 
 def empty_scratch(scratch: Path) -> None:

@@ -114,6 +114,22 @@ def test_prune_names_orphans_and_their_records_and_removes_them(tree: Path) -> N
     assert key not in json.loads((tree / "artifacts/default/.state/markdown.json").read_text(encoding="utf-8"))
 
 
+def test_prune_drops_the_identities_only_the_pruned_records_held(tree: Path) -> None:
+    """A clean build holds in identities.json only what some record refers to: once every article is gone
+    from the table, prune's dropped records take the crawler's and the annotator's identities with them."""
+    state = tree / "artifacts/default/.state"
+    table = tree / "artifacts/default/urls.csv"
+    table.write_text(table.read_text(encoding="utf-8").splitlines(keepends=True)[0], encoding="utf-8")
+    per_article = {record["inputs"][name] for stage, name in (("markdown", "crawler"), ("conversations", "annotator"))
+                   for record in json.loads((state / f"{stage}.json").read_text(encoding="utf-8")).values()}
+    prune.STAGE.run(workspace(tree))
+    kept = json.loads((state / "identities.json").read_text(encoding="utf-8"))
+    referenced = {value for path in state.glob("*.json") if path.name != "identities.json"
+                  for record in json.loads(path.read_text(encoding="utf-8")).values()
+                  for value in record.get("inputs", {}).values()}
+    assert per_article and not per_article & kept.keys() and kept and kept.keys() <= referenced
+
+
 def test_the_gate_lists_failures_that_are_still_stale_and_fails(tree: Path) -> None:
     page = sorted((tree / "artifacts/default/markdown").glob("*.md"))[0]
     page.unlink()
