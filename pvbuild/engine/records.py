@@ -388,7 +388,8 @@ class IdentityStore:
         self._known = None
         known = self.known()
         new = {key: value for key, value in identities.items() if key not in known}
-        records.released, records.added, released, added = set(), set(), records.released, records.added
+        released, added = records.released, records.added
+        records.released, records.added = set(), set()
         if not released & known.keys() and new.keys() <= added:
             self._write({**known, **new})
         else:

@@ -283,14 +283,7 @@ class Workspace:
         killed after the commit lost which identities the stage's records gave up, and identities.json
         kept them for good (found by the differential soak, seed 14104)."""
         records = self.records(stage)
-
-        def referenced() -> set[str]:
-            values = records.input_values()
-            for other in self.recorded_stages():
-                if other != stage:  # as on disk now: with doit -n N another process may have written them
-                    values |= self._read_records(other).input_values()
-            return values
-        self.identity_store.save(self.identities, records, referenced)
+        self.identity_store.save(self.identities, records, lambda: self._referenced(stage))
         records.commit()
         if not self.save_cache_at_end:
             self.hasher.save()
@@ -298,16 +291,22 @@ class Workspace:
     def settle_identities(self) -> None:
         """identities.json as a clean build would write it, after records changed outside a stage's finish
         (``prune`` drops records of gone articles) or a killed run's journal was replayed (its records may
-        name identities the file lacks, computed again by this run). Reads every stage's records, so only then."""
+        name identities the file lacks, computed again by this run). Reads every stage's records, so only
+        then; ``replayed`` stays set, so the end of such a run settles again what its stages computed."""
         loaded = list(self._records.values())
-        if not any(records.replayed or records.released for records in loaded):
-            return
-        every: set[str] = set()
-        for stage in self.recorded_stages():
-            every |= (self._records[stage] if stage in self._records else self._read_records(stage)).input_values()
-        self.identity_store.reconcile(self.identities, every)
-        for records in loaded:
-            records.released, records.added = set(), set()
+        if any(records.replayed or records.released for records in loaded):
+            self.identity_store.reconcile(self.identities, self._referenced())
+            for records in loaded:
+                records.released, records.added = set(), set()
+
+    def _referenced(self, stage: str | None = None) -> set[str]:
+        """Every input digest of every stage's records: ``stage``'s as in memory (not committed yet), the
+        others' as on disk now (with doit -n N another process may have written them since they were read)."""
+        values = self.records(stage).input_values() if stage is not None else set()
+        for other in self.recorded_stages():
+            if other != stage:
+                values |= self._read_records(other).input_values()
+        return values
 
     @contextlib.contextmanager
     def finishing(self, stage: str) -> Iterator[None]:
