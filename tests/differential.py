@@ -9,7 +9,8 @@ forced, killed with SIGKILL at a random moment (then run again), ``pvbuild check
 
 - the artifact tree is byte-identical to a clean build of the same inputs in a fresh directory
   (the only fields allowed to differ are ``pipeline.VOLATILE_FIELDS``; none occur in the data half);
-- ``pvbuild check`` said "up to date" (exit 0) iff the build ran no action; every file the build
+- ``pvbuild check`` said "up to date" (exit 0) iff the build ran no action, and said the same without
+  its machine-local caches (as on a fresh clone); every file the build
   changed was named by check (or lies under a stage check named); every finding with a reason of
   its own (not "upstream:") belongs to a stage whose action ran; after the build check exits 0;
 - no temporary file or scratch folder is left, even after a kill.
@@ -257,6 +258,23 @@ class Differential:
         return f"seed {self.seed}, after steps {self.steps}: {message}"
 
     def check_findings(self) -> list[dict[str, str]]:
+        """What check finds, which a check without the machine-local caches (as on a fresh clone: every
+        file digested, the records' summaries instead of their memos) must find too."""
+        findings = self._check()
+        cache, kept = self.project / ".pvbuild", self.project / ".pvbuild-kept"
+        if not cache.is_dir():
+            return findings  # fresh already
+        cache.rename(kept)
+        try:
+            fresh = self._check()
+        finally:
+            shutil.rmtree(cache, ignore_errors=True)
+            kept.rename(cache)
+        if fresh != findings:
+            raise Mismatch(self._where(f"a fresh check found {fresh[:3]}, a warm one {findings[:3]}"))
+        return findings
+
+    def _check(self) -> list[dict[str, str]]:
         result = pvbuild(self.project, "check", "--json", "--until", "data")
         if result.returncode not in (0, 1):
             raise Mismatch(self._where(f"check exited {result.returncode}: {result.stderr}"))

@@ -38,7 +38,7 @@ def test_a_sharded_dataset_reads_as_one_and_one_edit_rewrites_one_shard(tmp_path
     manifest = json.loads((dataset / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["shard_count"] == 8 and manifest["articles"] == 40 and len(manifest["shards"]) == 8
     assert sorted(path.name for path in (artifacts / ".state" / "conversations").iterdir()) == [
-        f"{index:05d}-of-00008.json" for index in range(8)]
+        f"{index:05d}-of-00008.json" for index in range(8)] + ["summary.json"]
 
     import datasets
 
@@ -66,8 +66,8 @@ def test_a_sharded_dataset_reads_as_one_and_one_edit_rewrites_one_shard(tmp_path
                                  dataset_files), dataset_files
     assert {name for name in changed if name.startswith(".state/")} <= {
         ".state/identities.json", ".state/dataset.json", ".state/upload.json",
-        f".state/markdown/{shard_of(edited, 8):05d}-of-00008.json",
-        f".state/conversations/{shard_of(edited, 8):05d}-of-00008.json"}
+        f".state/markdown/{shard_of(edited, 8):05d}-of-00008.json", ".state/markdown/summary.json",
+        f".state/conversations/{shard_of(edited, 8):05d}-of-00008.json", ".state/conversations/summary.json"}
     sent = re.search(r"\((\d+) file\(s\) sent, (\d+) copied from the last upload", result.stdout + result.stderr)
     assert sent is not None, result.stdout + result.stderr
     marker = json.loads((artifacts / "upload.json").read_text(encoding="utf-8"))
@@ -86,13 +86,14 @@ def test_records_rewrite_only_the_shards_of_changed_keys_and_lay_out_again(tmp_p
         records.put(str(index), {"inputs": {"row": f"r{index}"}, "output": f"o{index}"})
     records.commit()
     folder = state / "markdown"
-    assert sorted(path.name for path in folder.iterdir()) == [f"{i:05d}-of-00004.json" for i in range(4)]
+    assert sorted(path.name for path in folder.iterdir()) == [f"{i:05d}-of-00004.json" for i in range(4)] + [
+        "summary.json"]
     assert not (state / "markdown.json").exists() and not (state / "markdown.journal").exists()
     before = mtimes(folder)
     records.put("3", {"inputs": {"row": "changed"}, "output": "o3"})
     records.commit()
-    assert [name for name, mtime in mtimes(folder).items() if before[name] != mtime] == [
-        f"{shard_of('3', 4):05d}-of-00004.json"]
+    assert sorted(name for name, mtime in mtimes(folder).items() if before[name] != mtime) == [
+        f"{shard_of('3', 4):05d}-of-00004.json", "summary.json"]
     again = StageRecords(state, "markdown", tmp_path / "cache", per_shard=2)  # from the marshal copy
     fresh = StageRecords(state, "markdown", None, per_shard=2)  # a fresh clone: the JSON files
     assert again.records == fresh.records == records.records and fresh.records["3"]["inputs"]["row"] == "changed"
@@ -110,7 +111,7 @@ def test_records_read_a_shard_only_when_one_of_its_keys_is_asked_for(tmp_path: P
         records.put(str(index), {"inputs": {"row": f"r{index}"}, "output": f"o{index}"})
     records.commit()
     own = f"{shard_of('3', 4):05d}-of-00004.json"
-    others = {path.name: path.read_bytes() for path in folder.iterdir() if path.name != own}
+    others = {path.name: path.read_bytes() for path in folder.glob("*-of-*.json") if path.name != own}
     assert len(others) == 3
     for name in others:  # unreadable: a reader that opened them would fail
         (folder / name).write_text("{not json", encoding="utf-8")
@@ -128,7 +129,7 @@ def test_records_read_a_shard_only_when_one_of_its_keys_is_asked_for(tmp_path: P
     grown = StageRecords(state, "markdown", None, per_shard=2)
     grown.put("8", {"inputs": {"row": "r8"}, "output": "o8"})  # a new key: nine records need eight shards
     grown.commit()
-    assert sorted(path.name for path in folder.iterdir()) == [f"{i:05d}-of-00008.json" for i in range(8)]
+    assert sorted(path.name for path in folder.glob("*-of-*.json")) == [f"{i:05d}-of-00008.json" for i in range(8)]
     expected = {str(i): {"inputs": {"row": "changed" if i == 3 else f"r{i}"}, "output": f"o{i}"} for i in range(9)}
     assert StageRecords(state, "markdown", None, per_shard=2).records == expected
 

@@ -21,6 +21,16 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pvbuild.engine.shards import ARTICLES_PER_SHARD, shard_count, shard_indices
+from pvbuild.engine.summaries import (
+    ItemColumns,
+    ShardSummary,
+    columns_digest,
+    read_summary,
+    sha256,
+    shard_keys,
+    summarise,
+    write_summary,
+)
 from pvbuild.errors import StateError
 from pvbuild.files import DIRECTORY_MODE, TEMP_SUFFIX, atomic_write_bytes, atomic_write_text, replace_directory
 
@@ -128,6 +138,8 @@ class StageRecords:
     Shard files are read as their keys are asked for (``get``, ``loaded_for``, ``put``): one edited
     article at 100,000 reads one shard of each stage's records, not 64. ``records`` (every record)
     reads the rest first. A layout that is not exactly ``n`` files numbered ``0..n-1`` is read whole.
+    Beside the shards, their summary (``engine.summaries``) lets a fresh clone's check leave unparsed
+    the shards whose items are as recorded (``unvouched``, ``keys``).
     """
 
     def __init__(self, state_dir: Path, stage: str, cache_dir: Path | None = None,
@@ -145,6 +157,8 @@ class StageRecords:
         self.released: set[str] = set()
         self.added: set[str] = set()
         self.replayed = False  # a journal was found: a run was killed, and what it recorded may name new identities
+        # Unread shards whose bytes their summary vouches for: index -> (the summary's items digest, keys).
+        self._vouched: dict[int, tuple[str | None, list[str]]] | None = None
         self.files = self._files()
         self.layout = len(self.files) if self.files and self.files[0].parent == self.folder else 1
         self._unread = self._numbered_shards()  # shard index -> its file, not read yet
@@ -171,6 +185,61 @@ class StageRecords:
         """Read the shard files not read yet."""
         if self._unread:
             self._read_shards(list(self._unread))
+
+    def read_unsummarised(self) -> None:
+        """Read the shard files that no summary vouches for (those it does may never need parsing)."""
+        if self._unread:
+            vouched = self._summarised()
+            self._read_shards([index for index in self._unread if index not in vouched])
+
+    def keys(self) -> list[str]:
+        """Every record's key; those of shards a summary vouches for are read off the file's lines."""
+        self.read_unsummarised()
+        vouched = self._summarised() if self._unread else {}
+        return [*self._records, *(key for index in self._unread for key in vouched[index][1])]
+
+    def vouched(self, items: ItemColumns) -> set[str]:
+        """The keys of ``items`` (every item of the stage) in unread shards whose summary says that their
+        records have exactly these keys, inputs and outputs: those items are up to date, and their shards
+        need not be parsed (a fresh clone's check)."""
+        if not self._unread:
+            return set()
+        vouched = self._summarised()
+        keys, names = items.keys, sorted(items.inputs)
+        shards: dict[int, list[int]] = {}
+        for position, index in enumerate(shard_indices(keys, self.layout)):
+            if index in vouched:
+                shards.setdefault(index, []).append(position)
+        settled: set[str] = set()
+        for index, positions in shards.items():
+            positions.sort(key=keys.__getitem__)
+            held = [keys[position] for position in positions]
+            inputs = {name: [items.inputs[name][position] for position in positions] for name in names}
+            expected = vouched[index][0]
+            if expected is not None and expected == columns_digest(
+                    held, inputs, [items.outputs[position] for position in positions]):
+                settled.update(held)
+        return settled
+
+    def _summarised(self) -> dict[int, tuple[str | None, list[str]]]:
+        """The unread shards whose file has the bytes its summary was made from (read and digested once;
+        none while a journal was replayed: the records then differ from the files)."""
+        if self._vouched is None:
+            self._vouched = {}
+            summary = {} if self.replayed else read_summary(self.folder)
+            for index, path in self._unread.items():
+                entry = summary.get(path.name)
+                if entry is None:
+                    continue
+                try:
+                    data = path.read_bytes()
+                except OSError:
+                    continue  # reported by whoever parses it
+                if sha256(data) == entry.file:
+                    keys = shard_keys(data)
+                    if len(keys) == entry.records:
+                        self._vouched[index] = (entry.items, keys)
+        return {index: found for index, found in self._vouched.items() if index in self._unread}
 
     def loaded_for(self, wanted: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The records table, with the shards that hold the ``wanted`` keys read: enough to look up any of
@@ -224,9 +293,12 @@ class StageRecords:
         with contextlib.suppress(OSError):
             atomic_write_bytes(cache, marshal.dumps([signature, records]))
 
-    def _write(self, path: Path, keys: list[str]) -> None:
-        atomic_write_text(path, _records_text(self._records, keys))
+    def _write(self, path: Path, keys: list[str]) -> ShardSummary:
+        """Write the records of ``keys`` (sorted) to ``path``; what its summary says of it."""
+        data = _records_text(self._records, keys).encode("utf-8")
+        atomic_write_bytes(path, data)
         self._keep(path, None, {key: self._records[key] for key in keys})
+        return summarise(data, self._records, keys)
 
     def _replay_journal(self) -> None:
         if not self.journal.is_file():
@@ -294,12 +366,34 @@ class StageRecords:
             for key, index in zip(keys, shard_indices(keys, count), strict=True):
                 if index in shards:
                     shards[index].append(key)
-            for index, keys in sorted(shards.items()):
-                self._write(self.folder / _shard_file(index, count), sorted(keys))
+            written = {_shard_file(index, count): self._write(self.folder / _shard_file(index, count), sorted(keys))
+                       for index, keys in sorted(shards.items())}
+            self._save_summary(count, written)
         self.layout, self.changed, self.recounted = count, set(), False
         self.files = self._files()
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
+
+    def _save_summary(self, count: int, written: dict[str, ShardSummary]) -> None:
+        """The summary, with the shards just ``written``; a shard it lacks (records written before there were
+        summaries) is read and summarised, so that the summary is the one a clean build writes."""
+        summary = read_summary(self.folder)
+        names = [_shard_file(index, count) for index in range(count)]
+        missing: dict[int, list[str]] = {index: [] for index, name in enumerate(names)
+                                         if name not in written and name not in summary}
+        if missing:
+            self._read_shards([index for index in missing if index in self._unread])
+            keys = list(self._records)
+            for key, index in zip(keys, shard_indices(keys, count), strict=True):
+                if index in missing:
+                    missing[index].append(key)
+            for index, shard in missing.items():
+                with contextlib.suppress(OSError):  # no such file: nothing to summarise
+                    data = (self.folder / names[index]).read_bytes()
+                    written[names[index]] = summarise(data, self._records, sorted(shard))
+        now = {name: written.get(name) or summary[name] for name in names if name in written or name in summary}
+        if now != summary:
+            write_summary(self.folder, now)
 
     def _write_all_shards(self, count: int) -> None:
         """A new layout in a folder of its own, swapped in whole: a crash leaves the old one."""
@@ -310,8 +404,12 @@ class StageRecords:
         building = Path(tempfile.mkdtemp(prefix=f".{self.folder.name}.", suffix=TEMP_SUFFIX, dir=self.folder.parent))
         try:
             building.chmod(DIRECTORY_MODE)
+            summary = {}
             for index, keys in enumerate(groups):
-                atomic_write_text(building / _shard_file(index, count), _records_text(self._records, sorted(keys)))
+                data = _records_text(self._records, sorted(keys)).encode("utf-8")
+                atomic_write_bytes(building / _shard_file(index, count), data)
+                summary[_shard_file(index, count)] = summarise(data, self._records, sorted(keys))
+            write_summary(building, summary)
             replace_directory(building, self.folder)
         finally:
             shutil.rmtree(building, ignore_errors=True)

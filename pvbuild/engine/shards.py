@@ -9,6 +9,7 @@ article moves anywhere else. With one shard the files keep their plain names (``
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from pathlib import PurePosixPath
 
 ARTICLES_PER_SHARD = 2048  # the default: 100,000 articles give 64 shards of ~1,560 articles
@@ -28,7 +29,7 @@ def shard_of(key: str, count: int) -> int:
     return shard_indices([key], count)[0]
 
 
-def shard_indices(keys: list[str], count: int) -> list[int]:
+def shard_indices(keys: Sequence[str], count: int) -> list[int]:
     """``shard_of`` of each key, without a call per key (100,000 keys at every change)."""
     mask, crc32 = count - 1, zlib.crc32
     return [crc32(key.encode("utf-8")) & mask for key in keys]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pvbuild.engine.records import Item
+from pvbuild.engine.summaries import ItemColumns
 
 if TYPE_CHECKING:
     from pvbuild.engine.outcomes import StageResult
@@ -41,6 +42,9 @@ class Fingerprint:
     keys: list[str]  # every key, in order
     columns: list[list[str | None]]  # per column, each key's value (its row's digest, its files' digests)
     count: int  # how many items there are (keys without an input file have none)
+    # The items themselves, where the columns say what they are: what a fresh clone's records summaries are
+    # compared with, without making an item of each article (``staleness._unvouched_items``).
+    items: ItemColumns | None = None
 
 
 class Stage(Protocol):

@@ -76,7 +76,7 @@ def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
         keys = _changed_keys(fingerprint, last, files)
         items = stage.items_for(workspace, keys) if keys else []
     else:
-        items = stage.items(workspace)
+        items = _unvouched_items(workspace, stage, fingerprint)
     compared = _compare(workspace, stage, items)
     found = stage.refine(workspace, items, compared)
     workspace.item_counts[stage.name] = fingerprint.count
@@ -90,6 +90,16 @@ def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
         with contextlib.suppress(OSError, ValueError):
             atomic_write_bytes(memo, marshal.dumps(now))
     return found
+
+
+def _unvouched_items(workspace: Workspace, stage: Stage, fingerprint: Fingerprint) -> list[Item]:
+    """Every item of the stage, but those that its records' summaries vouch for (``StageRecords.vouched``:
+    on a fresh clone, the shards whose items are as recorded are neither parsed nor compared)."""
+    columns = fingerprint.items
+    settled = workspace.records(stage.name).vouched(columns) if columns is not None else set()
+    if columns is None or not settled:
+        return stage.items(workspace)
+    return stage.items_for(workspace, set(columns.keys).difference(settled))
 
 
 def _marked(fingerprint: Fingerprint, unsettled: set[str]) -> list[list[str | None]] | None:

@@ -19,6 +19,7 @@ from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import NOT_ATTEMPTED, Failure, StageResult
 from pvbuild.engine.records import Item, file_output, stale_reason
 from pvbuild.engine.stage import ArticleStage, Fingerprint, StaleItem
+from pvbuild.engine.summaries import ItemColumns
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError
@@ -228,8 +229,17 @@ class ConversationsStage(ArticleStage):
         keys, rows = self.keys_and_rows(workspace)
         markdowns = workspace.hasher.digests([workspace.markdown_file(key) for key in keys])
         conversations = workspace.hasher.digests([workspace.conversation_file(key) for key in keys])
-        return Fingerprint([annotator_identity(workspace)], keys, [rows, markdowns, conversations],
-                           sum(markdown is not None for markdown in markdowns))
+        annotator = annotator_identity(workspace)
+        # The items (article_items), as columns: the articles with a markdown file.
+        present = [position for position, markdown in enumerate(markdowns) if markdown is not None]
+        if len(present) == len(keys):
+            items = ItemColumns(keys, {"markdown": markdowns, "annotator": [annotator] * len(keys), "row": rows},
+                                conversations)
+        else:
+            items = ItemColumns([keys[at] for at in present], {
+                "markdown": [markdowns[at] for at in present], "annotator": [annotator] * len(present),
+                "row": [rows[at] for at in present]}, [conversations[at] for at in present])
+        return Fingerprint([annotator], keys, [rows, markdowns, conversations], len(present), items)
 
     def file(self, workspace: Workspace, key: str) -> str:
         return workspace.conversation_file(key)

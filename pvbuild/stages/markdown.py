@@ -16,6 +16,7 @@ from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult, permanent_failures
 from pvbuild.engine.records import Item
 from pvbuild.engine.stage import ArticleStage, Fingerprint
+from pvbuild.engine.summaries import ItemColumns
 from pvbuild.engine.url_table import UrlRow
 from pvbuild.engine.workspace import Workspace
 
@@ -44,7 +45,10 @@ class MarkdownStage(ArticleStage):
         crawlers = {source.name: crawler_identity(workspace, source) for source in workspace.config.sources}
         keys, rows = self.keys_and_rows(workspace)
         markdowns = workspace.hasher.digests([workspace.markdown_file(key) for key in keys])
-        return Fingerprint([crawlers], keys, [rows, markdowns], len(keys))
+        # The items (article_items), as columns: every article, its markdown file the output.
+        sources = [crawlers[row.source] for row in workspace.rows()]
+        items = ItemColumns(keys, {"row": rows, "crawler": sources}, markdowns)
+        return Fingerprint([crawlers], keys, [rows, markdowns], len(keys), items)
 
     def file(self, workspace: Workspace, key: str) -> str:
         return workspace.markdown_file(key)

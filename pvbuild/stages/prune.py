@@ -15,11 +15,13 @@ reports it (exit 1) and ``pvbuild prune [--dry-run]`` does it on demand.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import re
 import shutil
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +75,10 @@ def _article_leftovers(workspace: Workspace, ids: set[str], gone_sources: dict[s
     found = []
     for stage, suffix in PER_ARTICLE:
         directory = workspace.config.artifacts / stage
-        names = _names(directory)
-        temporary = sorted(name for name in names if name.startswith(".") and _is_temporary(name))
-        orphans = {name for name in names if name.endswith(suffix)} - {key + suffix for key in ids}
+        # Set operations in C: only the names that are not an article's own are looked at one by one.
+        unexpected = set(_names(directory)).difference(map(operator.add, ids, repeat(suffix)))
+        temporary = sorted(name for name in unexpected if name.startswith(".") and _is_temporary(name))
+        orphans = {name for name in unexpected if name.endswith(suffix)}
         for name in temporary:
             found.append(Leftover(Kind.TEMPORARY, stage, name, directory / name,
                                   "temporary file of an interrupted build"))
@@ -83,7 +86,7 @@ def _article_leftovers(workspace: Workspace, ids: set[str], gone_sources: dict[s
             key = name.removesuffix(suffix)
             found.append(Leftover(Kind.ORPHAN, stage, key, directory / name, _why_orphan(key, gone_sources)))
         records = workspace.records(stage)
-        for key in sorted(set(records.records) - ids):
+        for key in sorted(set(records.keys()) - ids):
             found.append(Leftover(Kind.RECORD, stage, key, records.path, f"record of {key}: "
                                   + _why_orphan(key, gone_sources)))
     return found
@@ -137,7 +140,7 @@ def _tree_leftovers(workspace: Workspace) -> list[Leftover]:
                                   f"step, not yet folded into {stage}.json"))
     for stage in workspace.recorded_stages():
         records = workspace.records(stage)
-        wanted = shard_count(len(records.records), records.per_shard)
+        wanted = shard_count(len(records.keys()), records.per_shard)
         if records.files and records.layout != wanted:
             found.append(Leftover(Kind.LAYOUT, stage, stage, records.folder if records.layout > 1 else records.path,
                                   f"records in {records.layout} file(s) where articles_per_shard = "
@@ -211,6 +214,8 @@ def remove_leftovers(workspace: Workspace, leftovers: list[Leftover]) -> None:
             stages.add(leftover.stage)
         elif leftover.kind in (Kind.JOURNAL, Kind.LAYOUT):
             stages.add(leftover.stage)  # loading the records replays a journal; committing folds it in
+            if leftover.kind is Kind.LAYOUT:
+                workspace.records(leftover.stage).read_all()  # every record read: the commit counts them anew
         elif leftover.kind is Kind.SCRATCH:
             empty_scratch(workspace.scratch_dir)
         elif leftover.path.is_dir() and not leftover.path.is_symlink():
