@@ -26,14 +26,17 @@ MIN_FILES = 2_000  # below this, forking costs more than it saves
 Entries = dict[str, list[Any]]
 
 
-class Prehash:
-    """Workers digesting ``paths`` (files under ``folders``, absolute paths ending in a separator) for a
-    hasher rooted at ``prefix``: each worker every ``workers``-th path of the one listing, made before
-    they fork, so that no worker walks and sorts the folders again."""
+Listing = list[tuple[str, list[str]]]  # each folder (an absolute path ending in a separator) and its files' names
 
-    def __init__(self, folders: Sequence[str], paths: list[str], prefix: str, workers: int) -> None:
+
+class Prehash:
+    """Workers digesting the files of ``listing`` (files under ``folders``, absolute paths ending in a
+    separator) for a hasher rooted at ``prefix``: each worker every ``workers``-th file of each folder of
+    the one listing, made before they fork, so that no worker walks and sorts the folders again."""
+
+    def __init__(self, folders: Sequence[str], listing: Listing, prefix: str, workers: int) -> None:
         self.folders = tuple(folders)
-        self.workers = [Forked(functools.partial(_digest_share, paths, prefix, share, workers))
+        self.workers = [Forked(functools.partial(_digest_share, listing, prefix, share, workers))
                         for share in range(workers)]
 
     def collect(self) -> Entries:
@@ -77,40 +80,56 @@ def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES,
     ``min_files`` or more and the machine has cores to spare."""
     if not can_fork():
         return None
-    paths = _listing(folders, len(prefix), skip)
-    return Prehash(folders, paths, prefix, workers=cores()) if len(paths) >= min_files else None
+    listing = _listing(folders, len(prefix), skip)
+    files = sum(len(names) for _, names in listing)
+    return Prehash(folders, listing, prefix, workers=cores()) if files >= min_files else None
 
 
-def _listing(folders: Sequence[str], cut: int, skip: frozenset[str] | set[str]) -> list[str]:
-    """The files under ``folders``, in the order the directories list them, but those whose path less
-    its first ``cut`` characters is in ``skip``. Not sorted: the workers share this one list, and a
-    file added meanwhile is only one the checking process digests itself."""
-    paths: list[str] = []
+def _listing(folders: Sequence[str], cut: int, skip: frozenset[str] | set[str]) -> Listing:
+    """The files under ``folders``, folder by folder, in the order the directories list them, but those
+    whose path less its first ``cut`` characters is in ``skip``. Not sorted: the workers share this one
+    list, and a file added meanwhile is only one the checking process digests itself."""
+    listing: Listing = []
     pending = list(folders)
     while pending:
-        with contextlib.suppress(OSError), os.scandir(pending.pop()) as entries:
+        folder = pending.pop()
+        names = []
+        with contextlib.suppress(OSError), os.scandir(folder) as entries:
             for entry in entries:
                 if entry.is_dir(follow_symlinks=False):
-                    pending.append(entry.path)
+                    pending.append(entry.path + os.sep)
                 else:
-                    paths.append(entry.path)
-    return [path for path in paths if path[cut:] not in skip] if skip else paths
+                    names.append(entry.name)
+        relative = folder[cut:]
+        listing.append((folder, [name for name in names if relative + name not in skip] if skip else names))
+    return listing
 
 
-def _digest_share(paths: list[str], prefix: str, share: int, shares: int) -> Entries:
-    """The stat-cache entries of every ``shares``-th file of ``paths``, from the ``share``-th on."""
+def _digest_share(listing: Listing, prefix: str, share: int, shares: int) -> Entries:
+    """The stat-cache entries of every ``shares``-th file of each folder of ``listing``, from the
+    ``share``-th on. Opened relative to their folder: no walk down the whole path for each file."""
     cut = len(prefix)
     entries: Entries = {}
-    for path in paths[share::shares]:
+    for folder, names in listing:
         try:
-            descriptor = os.open(path, os.O_RDONLY)
+            directory = os.open(folder, os.O_RDONLY)
         except OSError:
-            continue  # gone, or unreadable: the check reports it when it gets there
+            continue  # gone: the check reports what is missing when it gets there
         try:
-            info = os.fstat(descriptor)
-            entries[path[cut:]] = [info.st_mtime_ns, info.st_size, digest_bytes(read_all(descriptor, info.st_size))]
-        except OSError:
-            continue  # e.g. a folder where a file should be
+            key = folder[cut:]
+            for name in names[share::shares]:
+                try:
+                    descriptor = os.open(name, os.O_RDONLY, dir_fd=directory)
+                except OSError:
+                    continue  # gone, or unreadable: the check reports it when it gets there
+                try:
+                    info = os.fstat(descriptor)
+                    entries[key + name] = [info.st_mtime_ns, info.st_size,
+                                           digest_bytes(read_all(descriptor, info.st_size))]
+                except OSError:
+                    continue  # e.g. a folder where a file should be
+                finally:
+                    os.close(descriptor)
         finally:
-            os.close(descriptor)
+            os.close(directory)
     return entries
