@@ -9,6 +9,7 @@ import contextlib
 import marshal
 import os
 from collections.abc import Callable, Sequence
+from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -152,6 +153,9 @@ class FileHasher:
         if remembered is None or self.volatile:
             return [self.digest(name) for name in names]
         found, cached, compute, stat = remembered.get, self.entries.get, self._digest, os.stat
+        seen = list(map(found, names, repeat(_UNSEEN)))
+        if _UNSEEN not in seen:  # every file looked at already in this span (a check's later passes)
+            return seen  # type: ignore[return-value]
         clean, known = self._git_blobs() if self.git is not None or self.clean_blobs else ({}, {})
         prefix, cut = self.prefix, len(self.prefix)
         values: list[str | None] = []
