@@ -40,6 +40,13 @@ def examine_elsewhere(workspace: Workspace, stage: Stage) -> None:
     workspace.elsewhere[stage.name] = Forked(up_to_date)
 
 
+def examine_now(workspace: Workspace, stages: Sequence[Stage]) -> None:
+    """Make the passes of ``stages`` now, kept for ``stale`` to take while nothing is written (a fresh
+    clone's check examines the stages that read no article's file while workers digest the files)."""
+    for stage in stages:
+        workspace.prechecked[stage.name] = stale(workspace, stage)
+
+
 def _up_to_date_elsewhere(workspace: Workspace, stage: Stage) -> bool:
     """Whether a pass started by ``examine_elsewhere`` found the stage up to date."""
     child = workspace.elsewhere.pop(stage.name, None)
