@@ -139,7 +139,7 @@ class StageRecords:
     article at 100,000 reads one shard of each stage's records, not 64. ``records`` (every record)
     reads the rest first. A layout that is not exactly ``n`` files numbered ``0..n-1`` is read whole.
     Beside the shards, their summary (``engine.summaries``) lets a fresh clone's check leave unparsed
-    the shards whose items are as recorded (``unvouched``, ``keys``).
+    the shards whose items are as recorded (``vouched``, ``keys``).
     """
 
     def __init__(self, state_dir: Path, stage: str, cache_dir: Path | None = None,
