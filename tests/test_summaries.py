@@ -70,6 +70,21 @@ def test_the_summary_is_one_line_per_shard_and_what_a_clean_build_writes(tmp_pat
     records.put("3", {"blob": "b3", "inputs": {"row": "r3", "crawler": "c"}, "output": "o3"})  # as it was
     records.commit()
     assert (tmp_path / "upgraded" / "markdown" / SUMMARY).read_bytes() == (folder / SUMMARY).read_bytes()
+    # A shard rewritten by a pvbuild without summaries (its summary line now stale): summarised again.
+    older = StageRecords(tmp_path / "upgraded", "markdown", None, per_shard=2)
+    older.put("5", {"blob": "b5", "inputs": {"row": "changed", "crawler": "c"}, "output": "o5"})
+    older.commit()
+    (tmp_path / "upgraded" / "markdown" / SUMMARY).write_bytes((folder / SUMMARY).read_bytes())  # as before it
+    records = StageRecords(tmp_path / "upgraded", "markdown", None, per_shard=2)
+    other = next(str(index) for index in range(8) if shard_of(str(index), 4) != shard_of("5", 4))
+    records.put(other, records.get(other) or {})
+    records.commit()
+    clean = StageRecords(tmp_path / "clean-again", "markdown", None, per_shard=2)
+    for key, record in StageRecords(tmp_path / "upgraded", "markdown", None, per_shard=2).records.items():
+        clean.put(key, record)
+    clean.commit()
+    assert (tmp_path / "upgraded" / "markdown" / SUMMARY).read_bytes() == (
+        tmp_path / "clean-again" / "markdown" / SUMMARY).read_bytes()
     # A layout written anew (nine records need eight shards) carries its own summary.
     records.put("8", {"inputs": {"row": "r8", "crawler": "c"}, "output": "o8"})
     records.commit()

@@ -376,21 +376,27 @@ class StageRecords:
 
     def _save_summary(self, count: int, written: dict[str, ShardSummary]) -> None:
         """The summary, with the shards just ``written``; a shard it lacks (records written before there were
-        summaries) is read and summarised, so that the summary is the one a clean build writes."""
+        summaries), or whose file is not the one it summarised (written by a pvbuild without summaries), is
+        read and summarised again: the summary is the one a clean build writes."""
         summary = read_summary(self.folder)
         names = [_shard_file(index, count) for index in range(count)]
-        missing: dict[int, list[str]] = {index: [] for index, name in enumerate(names)
-                                         if name not in written and name not in summary}
-        if missing:
-            self._read_shards([index for index in missing if index in self._unread])
+        verified = self._vouched if self._vouched is not None else {}  # this run's pass found those bytes
+        stale: dict[int, list[str]] = {}
+        for index, name in enumerate(names):
+            if name in written or (name in summary and index in verified):
+                continue
+            with contextlib.suppress(OSError):  # no such file: nothing to summarise
+                if name not in summary or sha256((self.folder / name).read_bytes()) != summary[name].file:
+                    stale[index] = []
+        if stale:
+            self._read_shards([index for index in stale if index in self._unread])
             keys = list(self._records)
             for key, index in zip(keys, shard_indices(keys, count), strict=True):
-                if index in missing:
-                    missing[index].append(key)
-            for index, shard in missing.items():
-                with contextlib.suppress(OSError):  # no such file: nothing to summarise
-                    data = (self.folder / names[index]).read_bytes()
-                    written[names[index]] = summarise(data, self._records, sorted(shard))
+                if index in stale:
+                    stale[index].append(key)
+            for index, shard in stale.items():
+                data = (self.folder / names[index]).read_bytes()
+                written[names[index]] = summarise(data, self._records, sorted(shard))
         now = {name: written.get(name) or summary[name] for name in names if name in written or name in summary}
         if now != summary:
             write_summary(self.folder, now)
