@@ -375,31 +375,73 @@ class StageRecords:
             self.journal.unlink()
 
     def _save_summary(self, count: int, written: dict[str, ShardSummary]) -> None:
-        """The summary, with the shards just ``written``; a shard it lacks (records written before there were
-        summaries), or whose file is not the one it summarised (written by a pvbuild without summaries), is
-        read and summarised again: the summary is the one a clean build writes."""
+        """The summary, with the shards just ``written``. A shard it lacks (records older than summaries),
+        or whose file is no longer the one its line describes (rewritten by a pvbuild without summaries, a
+        merge), is read and summarised again, so that the summary is the one a clean build writes; one
+        that cannot be read is left out (check then reads it, and says what is wrong)."""
         summary = read_summary(self.folder)
         names = [_shard_file(index, count) for index in range(count)]
-        verified = self._vouched if self._vouched is not None else {}  # this run's pass found those bytes
-        stale: dict[int, list[str]] = {}
+        checked = self._checked_shards()
+        left_out = set()
         for index, name in enumerate(names):
-            if name in written or (name in summary and index in verified):
-                continue
-            with contextlib.suppress(OSError):  # no such file: nothing to summarise
-                if name not in summary or sha256((self.folder / name).read_bytes()) != summary[name].file:
-                    stale[index] = []
-        if stale:
-            self._read_shards([index for index in stale if index in self._unread])
-            keys = list(self._records)
-            for key, index in zip(keys, shard_indices(keys, count), strict=True):
-                if index in stale:
-                    stale[index].append(key)
-            for index, shard in stale.items():
-                data = (self.folder / names[index]).read_bytes()
-                written[names[index]] = summarise(data, self._records, sorted(shard))
-        now = {name: written.get(name) or summary[name] for name in names if name in written or name in summary}
+            entry = summary.get(name)
+            try:
+                if name in written or (entry is not None and self._as_summarised(name, index, entry, checked)):
+                    continue
+                written[name] = summarise((self.folder / name).read_bytes(), self._records, self._shard_keys(index))
+            except FileNotFoundError:
+                pass  # no such file: nothing to summarise
+            except (OSError, StateError):
+                left_out.add(name)
+        now = {name: written.get(name) or summary[name] for name in names
+               if name not in left_out and (name in written or name in summary)}
         if now != summary:
             write_summary(self.folder, now)
+        self._check_shards(checked, {name: entry.file for name, entry in written.items()})
+
+    def _shard_keys(self, index: int) -> list[str]:
+        """The sorted keys of shard ``index`` (of the present layout), its file read if it is not yet."""
+        if index in self._unread:
+            table = self._read(self._unread[index])  # (unread still, should it fail)
+            del self._unread[index]
+            self._records.update(table)
+            return sorted(table)
+        keys = list(self._records)
+        return sorted(key for key, at in zip(keys, shard_indices(keys, self.layout), strict=True) if at == index)
+
+    def _as_summarised(self, name: str, index: int, entry: ShardSummary, checked: dict[str, list[Any]]) -> bool:
+        """Whether shard ``index``'s file has the bytes its summary line describes: found so by this run's
+        pass, or by this machine before and not changed since (its stat), or else by its SHA-256 now."""
+        if self._vouched is not None and index in self._vouched:
+            return True
+        path = self.folder / name
+        info = path.stat()
+        if checked.get(path.name) == [info.st_mtime_ns, info.st_size, entry.file]:
+            return True
+        if sha256(path.read_bytes()) != entry.file:
+            return False
+        checked[path.name] = [info.st_mtime_ns, info.st_size, entry.file]
+        return True
+
+    def _checked_shards(self) -> dict[str, list[Any]]:
+        """Machine-local: each shard file's mtime, size and SHA-256 when this machine last found it to be
+        what its summary line describes (a commit then need not read the other shards to know it)."""
+        if self.cache_dir is None:
+            return {}
+        with contextlib.suppress(OSError, ValueError, EOFError, TypeError):
+            loaded = marshal.loads((self.cache_dir / "summary-checked.marshal").read_bytes())
+            return loaded if isinstance(loaded, dict) else {}
+        return {}
+
+    def _check_shards(self, checked: dict[str, list[Any]], written: dict[str, str]) -> None:
+        """Remember the files just written (by name, their SHA-256) with the others found as summarised."""
+        for name, file_digest in written.items():
+            with contextlib.suppress(OSError):
+                info = (self.folder / name).stat()
+                checked[name] = [info.st_mtime_ns, info.st_size, file_digest]
+        if self.cache_dir is not None:
+            with contextlib.suppress(OSError):
+                atomic_write_bytes(self.cache_dir / "summary-checked.marshal", marshal.dumps(checked))
 
     def _write_all_shards(self, count: int) -> None:
         """A new layout in a folder of its own, swapped in whole: a crash leaves the old one."""
@@ -419,6 +461,7 @@ class StageRecords:
             replace_directory(building, self.folder)
         finally:
             shutil.rmtree(building, ignore_errors=True)
+        self._check_shards({}, {name: entry.file for name, entry in summary.items()})
         self.path.unlink(missing_ok=True)
         for index, keys in enumerate(groups):  # the files' mtimes are final only once they are in place
             self._keep(self.folder / _shard_file(index, count), None, {key: self._records[key] for key in keys})
