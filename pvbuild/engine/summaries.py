@@ -1,11 +1,11 @@
 """Summaries of sharded records, committed beside them (``.state/<stage>/summary.json``): for each shard
 file, the SHA-256 of its bytes, how many records it holds, and a digest of every record's key, inputs
-and output (``entries_digest``).
+and output (``columns_digest``).
 
 On a fresh clone nothing machine-local is left: ``check`` reads and digests every file, and it parsed
 every records shard too (50 MB of JSON at 100,000 articles, 0.5 s of a 3.5 s check). A shard whose file
 still has the bytes its summary was made from, and whose items now have exactly the keys, inputs and
-output digests that the summary digests, is up to date without being parsed (``StageRecords.unvouched``);
+output digests that the summary digests, is up to date without being parsed (``StageRecords.vouched``);
 its keys are read off the file's lines (``shard_keys``) for ``prune``. Anything else (no summary, a shard
 edited by hand or by a merge, a journal left by a killed run, one item that changed) is compared record
 by record, as without summaries. One line per shard: a merge of two branches that changed different
