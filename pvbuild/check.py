@@ -129,8 +129,8 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
                for path in stage.writes or () if path.endswith(("/", "/*"))]
     # With git, the table is parsed elsewhere (forked before git's reader threads start) while this
     # process reads the records; without, the cores digest the files meanwhile. Either way a large
-    # fresh clone's records are read first (without git, those no summary vouches for), and its passes
-    # are shared (share_passes).
+    # fresh clone's records are read first (those no summary vouches for), and its passes are shared
+    # (share_passes).
     git = git_may_answer(workspace, folders)
     table_elsewhere = git and workspace.read_table_elsewhere()
     git = git and ask_git(workspace, folders)
@@ -142,15 +142,11 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     gc.disable()
     try:
         if large_and_fresh:
-            # With git, every record is wanted for its blob ids (``ask_git``): read while the table is
-            # parsed elsewhere. Without, only the shards that no summary vouches for.
+            # The shards that no summary vouches for (the others need not be parsed; with git, their blob
+            # ids are read off their lines): read while the table is parsed elsewhere or the files digested.
             for stage in stages:
                 if stage.per_article:
-                    records = workspace.records(stage.name)
-                    if git:
-                        records.read_all()
-                    else:
-                        records.read_unsummarised()
+                    workspace.records(stage.name).read_unsummarised()
             share_passes(workspace, stages)
         checker = Checker(workspace)
         excused = frozenset(entry.item.key.partition(":")[2] for entry in allowed_failures(workspace))

@@ -176,3 +176,50 @@ def test_a_fresh_clone_finds_what_changed_and_parses_only_its_shard(tmp_path: Pa
     shard.write_text(json.dumps(table), encoding="utf-8")
     found = fresh_check()
     assert found[f"markdown {file_ids[9]}"] == "input changed: row", found
+
+
+def test_a_vouched_shard_gives_its_blob_ids_without_being_parsed(tmp_path: Path) -> None:
+    """On a git clone, every record's blob id maps git's answer to a digest: read off the lines of the
+    shards a summary vouches for, which then stay unparsed (and their items vouched for)."""
+    state, cache = tmp_path / ".state", tmp_path / "cache"
+    records = StageRecords(state, "conversations", cache, per_shard=2)
+    expected = {}
+    for index in range(8):
+        blob, output = sha256(b"b%d" % index)[:40], digest_bytes(b"o%d" % index)
+        records.put(str(index), {"blob": blob, "inputs": {"row": f"r{index}"}, "output": output, "pairs": 3})
+        expected[blob] = output
+    records.put("8", {"inputs": {"row": "r8"}, "output": digest_bytes(b"o8")})  # older than blob ids
+    records.commit()
+    shutil.rmtree(cache)
+    fresh = StageRecords(state, "conversations", cache, per_shard=2)
+    assert fresh.blob_digests() == expected
+    assert not cache.exists(), "no shard was parsed"
+    shard = state / "conversations" / f"{shard_of('3', 8):05d}-of-00008.json"
+    shard.write_text(shard.read_text(encoding="utf-8") + "\n", encoding="utf-8")  # no longer as summarised
+    assert StageRecords(state, "conversations", None, per_shard=2).blob_digests() == expected
+
+
+def test_a_fresh_git_clone_reads_blob_ids_off_the_summarised_shards(tmp_path: Path) -> None:
+    from tests.test_gitindex import git
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pvbuild.toml").write_text(CONFIG, encoding="utf-8")
+    file_ids = synthesize(project, 20)
+    assert doit(project, "data").returncode == 0
+    (project / ".gitignore").write_text(".pvbuild/\n", encoding="utf-8")
+    git(project, "init", "-q")
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "built")
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(project), str(clone))
+    result = pvbuild(clone, "check", "--until", "data")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not list((clone / ".pvbuild" / "default" / "records").rglob("*-of-*")), "no shard was parsed"
+    conversation = clone / "artifacts" / "default" / "conversations" / f"{file_ids[2]}.csv"
+    conversation.write_bytes(conversation.read_bytes() + b"\n")
+    shutil.rmtree(clone / ".pvbuild")
+    result = pvbuild(clone, "check", "--until", "data", "--json")
+    found = {f"{finding['stage']} {finding['key']}": finding["reason"]
+             for finding in json.loads(result.stdout)["stale"]}
+    assert result.returncode == 1 and found[f"conversations {file_ids[2]}"] == "output edited since it was built"

@@ -27,6 +27,7 @@ from pvbuild.engine.summaries import (
     columns_digest,
     read_summary,
     sha256,
+    shard_blobs,
     shard_keys,
     summarise,
     write_summary,
@@ -197,6 +198,16 @@ class StageRecords:
         self.read_unsummarised()
         vouched = self._summarised() if self._unread else {}
         return [*self._records, *(key for index in self._unread for key in vouched[index][1])]
+
+    def blob_digests(self) -> dict[str, str]:
+        """Git blob id -> output digest of every record that has one (``engine.gitindex``); those of shards a
+        summary vouches for are read off the file's lines, so that those shards stay unparsed."""
+        self.read_unsummarised()
+        known = {record["blob"]: record["output"] for record in self._records.values() if "blob" in record}
+        for index in self._unread:
+            with contextlib.suppress(OSError):  # gone since: its files are then read, not trusted
+                known |= shard_blobs(self._unread[index].read_bytes())
+        return known
 
     def vouched(self, items: ItemColumns) -> set[str]:
         """The keys of ``items`` (every item of the stage) in unread shards whose summary says that their

@@ -26,8 +26,10 @@ from typing import Any, NamedTuple
 from pvbuild.files import atomic_write_text
 
 SUMMARY = "summary.json"
-# A records line starts with its key: ``"<key>": {...}``, one record per line (``records._records_text``).
+# A records line starts with its key: ``"<key>": {...}``, one record per line (``records._records_text``),
+# and a per-article file's record with its blob id, inputs and output digest (canonical JSON: keys sorted).
 _KEY = re.compile(rb'\n"([^"\\\n]*)": \{')
+_BLOB = re.compile(rb'\n"[^"\\\n]*": \{"blob":"([0-9a-f]{40})","inputs":\{[^{}]*\},"output":"([0-9a-f]{32})"')
 
 
 class ShardSummary(NamedTuple):
@@ -93,6 +95,13 @@ def shard_keys(data: bytes) -> list[str]:
     """The keys of a shard file as pvbuild writes it (one record per line), without parsing the records:
     only for bytes that a summary vouches for (pvbuild wrote them)."""
     return [key.decode("utf-8") for key in _KEY.findall(data)]
+
+
+def shard_blobs(data: bytes) -> dict[str, str]:
+    """Blob id -> output digest of each record of a shard file as pvbuild writes it, without parsing it
+    (only for bytes that a summary vouches for). A record whose line is not of that form (no blob id, an
+    output missing) gives nothing: its file is then read, not trusted from git's index."""
+    return {blob.decode(): output.decode() for blob, output in _BLOB.findall(data)}
 
 
 def read_summary(folder: Path) -> dict[str, ShardSummary]:

@@ -107,8 +107,8 @@ class Workspace:
 
     def recorded_blobs(self) -> dict[str, str]:
         """Blob id -> digest of every per-article and dataset file the records know (``engine.gitindex``)."""
-        known = {record["blob"]: record["output"] for stage in ("markdown", "conversations")
-                 for record in self.records(stage).records.values() if "blob" in record}
+        known = {blob: output for stage in ("markdown", "conversations")
+                 for blob, output in self.records(stage).blob_digests().items()}
         for record in self.records("dataset").records.values():
             known |= {file["blob"]: file["output"] for file in (record.get("files") or {}).values()}
         return known
