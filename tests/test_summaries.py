@@ -120,6 +120,11 @@ def test_a_shard_changed_by_hand_or_a_journal_left_by_a_kill_is_not_vouched_for(
     assert settled == {str(index) for index in range(8) if shard_of(str(index), 4) != shard_of("5", 4)}
 
     recorded(state)
+    summary = state / "markdown" / SUMMARY
+    summary.write_text(summary.read_text(encoding="utf-8").replace('"records"', '"count"', 1), encoding="utf-8")
+    assert StageRecords(state, "markdown", None, per_shard=2).vouched(columns()) == set()  # malformed: unused
+
+    recorded(state)
     killed = StageRecords(state, "markdown", None, per_shard=2)
     killed.put("1", {"inputs": {"row": "r1", "crawler": "c"}, "output": "o1"})  # journaled, not committed
     assert StageRecords(state, "markdown", None, per_shard=2).vouched(columns()) == set()

@@ -465,9 +465,10 @@ class StageRecords:
             building.chmod(DIRECTORY_MODE)
             summary = {}
             for index, keys in enumerate(groups):
-                data = _records_text(self._records, sorted(keys)).encode("utf-8")
+                keys.sort()
+                data = _records_text(self._records, keys).encode("utf-8")
                 atomic_write_bytes(building / _shard_file(index, count), data)
-                summary[_shard_file(index, count)] = summarise(data, self._records, sorted(keys))
+                summary[_shard_file(index, count)] = summarise(data, self._records, keys)
             write_summary(building, summary)
             replace_directory(building, self.folder)
         finally:

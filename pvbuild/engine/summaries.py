@@ -107,7 +107,8 @@ def shard_blobs(data: bytes) -> dict[str, str]:
 def read_summary(folder: Path) -> dict[str, ShardSummary]:
     """The summary of the shard files in ``folder``, by file name; empty when there is none or it cannot
     be read (a summary only saves work: without it every shard is parsed)."""
-    with contextlib.suppress(OSError, ValueError, TypeError):
+    # Anything malformed (a merge's conflict markers, a line edited by hand): as if there were none.
+    with contextlib.suppress(OSError, ValueError, TypeError, KeyError, AttributeError):
         loaded = json.loads((folder / SUMMARY).read_text(encoding="utf-8"))
         return {name: ShardSummary(str(value["file"]), int(value["records"]),
                                    None if value["items"] is None else str(value["items"]))
