@@ -168,9 +168,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="pvbuild's runs per --batch (caches warm up)")
     parser.add_argument("--no-warmup", action="store_true", help="no untimed run first (kernel compiles, caches)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--gpus", nargs="+", metavar="G:B",
-                        help="data-parallel runs of pvbuild's trainer, G processes at per-device batch B each "
-                             "(e.g. 1:4 2:4 1:8), instead of --batch; no baseline")
+    parser.add_argument("--gpus", nargs="+", metavar="G:B[xA]",
+                        help="data-parallel runs of pvbuild's trainer, G processes at per-device batch B each, "
+                             "A gradient accumulation steps (e.g. 1:4 2:4 1:8, or 1:64x2 for 2:64's global "
+                             "batch on one GPU), instead of --batch; no baseline")
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -206,11 +207,12 @@ def main() -> None:
         print(f"{name:<38} {batch:>5} {rate:>10,.0f} {steady:>10,.0f} {mfu:>7.1%} {seconds:>8.1f} {loss:>9.3f}",
               flush=True)
 
-    def hyperparameters(batch: int) -> dict[str, str]:
+    def hyperparameters(batch: int, accumulation: int = 1) -> dict[str, str]:
         return {"epoch": "1", "learning_rate": str(args.learning_rate), "lora_r": "8", "lora_alpha": "32",
                 "lora_dropout": "0.05", "per_device_train_batch_size": str(batch), "seed": "42",
                 "max_input_length": str(args.max_length), "instruction_tuned": "True",
-                "chat_dataset": "False", "validation_split_ratio": "0"}
+                "chat_dataset": "False", "validation_split_ratio": "0",
+                "gradient_accumulation_steps": str(accumulation)}
 
     # The baseline first, once a batch: pvbuild's trainer applies Liger's kernels to transformers' Llama classes,
     # which would then speed up the baseline's model too.
@@ -220,16 +222,16 @@ def main() -> None:
             found["validation_loss"])
     if not args.no_warmup:  # kernels compile once per machine (Triton's disk cache), not in the first timed run
         warm_dir = write_channel(work / "warm", train_lines[:64])
-        first_batch = (int(args.gpus[0].split(":")[1]) if args.gpus else args.batch[0])
+        first_batch = parse_run(args.gpus[0])[1] if args.gpus else args.batch[0]
         finetune(model_dir, warm_dir, None, hyperparameters(first_batch), work / "out-warm", lora=False, device=device)
 
     for run in args.gpus or []:
-        gpus, batch = (int(part) for part in run.split(":"))
-        output = work / f"out-{gpus}x{batch}"
+        gpus, batch, accumulation = parse_run(run)
+        output = work / f"out-{gpus}x{batch}x{accumulation}"
         # Every count in fresh processes through the same launcher: one GPU does not inherit the bench
         # process's warm allocator and kernel caches that the processes of two do not have.
-        spec = LaunchSpec(str(model_dir), str(train_dir), str(validation_dir), hyperparameters(batch), str(output),
-                          False, device, "drop", str(work / f"result-{gpus}x{batch}.json"))
+        spec = LaunchSpec(str(model_dir), str(train_dir), str(validation_dir), hyperparameters(batch, accumulation),
+                          str(output), False, device, "drop", str(work / f"result-{gpus}x{batch}x{accumulation}.json"))
         result = launch(spec, gpus, work / "launch.log")
         parameters = _parameters(output)
         row(f"pvbuild, {gpus} GPU(s), global batch {result.global_batch_size}", batch, result.train_seconds,
@@ -241,6 +243,13 @@ def main() -> None:
         parameters = _parameters(output)
         row("pvbuild: TRL SFTTrainer", batch, result.train_seconds, parameters, result.epoch_validation_loss[-1],
             result=result)
+
+
+def parse_run(run: str) -> tuple[int, int, int]:
+    """``G:B`` or ``G:BxA`` as (processes, per-device batch, gradient accumulation steps)."""
+    gpus, _, batch = run.partition(":")
+    batch, _, accumulation = batch.partition("x")
+    return int(gpus), int(batch), int(accumulation or 1)
 
 
 def _parameters(model_dir: Path) -> int:
