@@ -24,7 +24,7 @@ from pvbuild.engine.forked import can_fork
 from pvbuild.engine.prehash import prehash, prehash_rest
 from pvbuild.engine.stage import Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
-from pvbuild.stages.catalog import CATALOG, up_to
+from pvbuild.stages.catalog import CATALOG, up_to, written_folders
 from pvbuild.stages.gate import allowed_failures
 
 UP_TO_DATE, STALE = 0, 1
@@ -125,8 +125,7 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     workspace.checking = True
     workspace.hasher.remember()  # a check writes nothing
     stages = up_to(until, catalog)
-    folders = [workspace.config.artifacts / path.removesuffix("*") for stage in stages
-               for path in stage.writes or () if path.endswith(("/", "/*"))]
+    folders = written_folders(workspace.config, stages)
     # With git, the table is parsed elsewhere (forked before git's reader threads start) while this
     # process reads the records; without, the cores digest the files meanwhile. Either way a large
     # fresh clone's records are read first (those no summary vouches for), and its passes are shared
@@ -134,9 +133,8 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     git = git_may_answer(workspace, folders)
     table_elsewhere = git and workspace.read_table_elsewhere()
     git = git and ask_git(workspace, folders)
-    if not git:
-        prehash(workspace.hasher, folders)
-    large_and_fresh = table_elsewhere or workspace.hasher.pending is not None
+    hashing = not git and prehash(workspace.hasher, folders)
+    large_and_fresh = table_elsewhere or hashing
     # Records, rows and items by the hundred thousand, none of them cyclic: the cycle collector would
     # only cost time (0.2 s of parsing 100,000 articles' records).
     gc.disable()

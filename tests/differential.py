@@ -119,8 +119,10 @@ def parse_table(text: str) -> dict[str, dict[str, str]]:
 
 
 def env() -> dict[str, str]:
+    # PVBUILD_FORK_MIN_FILES: these small trees take the paths of large ones too (engine.prehash's workers
+    # digest a fresh check's files and stat a build's), which must change no finding and no artifact.
     return {**os.environ, "PVBUILD_QUIET": "1", "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "",
-            "PVBUILD_PROFILE": "default"}
+            "PVBUILD_PROFILE": "default", "PVBUILD_FORK_MIN_FILES": "1"}
 
 
 def run(project: Path, *command: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

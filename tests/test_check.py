@@ -198,7 +198,7 @@ def test_a_fresh_clone_checked_with_hashing_workers_finds_an_edited_conversation
     artifacts = workspace.config.artifacts
     prehash(workspace.hasher, [artifacts / "markdown", artifacts / "conversations", artifacts / "dataset"],
             min_files=1)
-    assert workspace.hasher.pending is not None
+    assert workspace.hasher.pending
     findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace)}
     assert findings[("conversations", conversation.stem)] == "output edited since it was built"
     assert all(key == stage for stage, key in findings if stage != "conversations"), findings

@@ -40,11 +40,13 @@ class Forked:
         os.close(write_end)
         self.pid: int | None = pid
         self.read_end = read_end
+        # A process forked from this one later (doit -n N) inherits this object but not the child.
+        self.parent = os.getpid()
         atexit.register(self.stop)
 
     def result(self) -> Any | None:
         """The child's return value (waiting for it), or None when it failed; the child is reaped."""
-        if self.pid is None:
+        if self.pid is None or self.parent != os.getpid():
             return None
         try:
             with os.fdopen(self.read_end, "rb") as stream:
@@ -57,7 +59,7 @@ class Forked:
 
     def stop(self) -> None:
         """End a child whose result is not wanted (the caller failed or was interrupted)."""
-        if self.pid is None:
+        if self.pid is None or self.parent != os.getpid():
             return
         with contextlib.suppress(OSError):
             os.close(self.read_end)

@@ -9,6 +9,7 @@ import contextlib
 import marshal
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,15 +19,34 @@ from pvbuild.errors import StateError
 from pvbuild.files import atomic_write_bytes
 
 
+@dataclass
+class Looked:
+    """What workers found of the files of some folders (``Pending.collect``)."""
+
+    entries: dict[str, list[Any]] = field(default_factory=dict)  # stat-cache entries of the files they read
+    # Absolute path -> digest (None: no such file) of the files they statted, the read ones too.
+    digests: dict[str, str | None] = field(default_factory=dict)
+
+
 class Pending(Protocol):
-    """Digests being computed elsewhere (``engine.prehash``): the folders they cover, as absolute
-    paths ending in a separator, and the stat-cache entries once ready."""
+    """Files being looked at elsewhere (``engine.prehash``): the folders they cover, as absolute
+    paths ending in a separator, and what was found once ready."""
 
     folders: tuple[str, ...]
 
-    def collect(self) -> dict[str, list[Any]]: ...
+    def collect(self) -> Looked: ...
 
     def stop(self) -> None: ...
+
+
+@dataclass
+class _Waiting:
+    """A ``Pending`` and whether its findings still hold in this span (``remember``): they were made
+    while pvbuild wrote nothing, so a write since into its folders, or a ``forget``, spoils them."""
+
+    work: Pending
+    current: bool = True  # no write into its folders and no forget() since it started
+    rewritten: set[str] = field(default_factory=set)  # its files that pvbuild wrote since it started
 
 
 class GitAnswer(Protocol):
@@ -64,7 +84,7 @@ class FileHasher:
         self.dirty = False
         self.remembered: dict[str, str | None] | None = None  # see remember()
         self.volatile: tuple[str, ...] = ()  # see writing()
-        self.pending: Pending | None = None  # digests of some folders, computed elsewhere (engine.prehash)
+        self.pending: list[_Waiting] = []  # files of some folders, looked at elsewhere (engine.prehash)
         # A fresh clone: what git says of the tracked files (engine.gitindex), and the records' blob ids.
         self.git: GitAnswer | None = None
         self.clean_blobs: dict[str, str] = {}  # key -> blob id of a file git vouches for
@@ -98,12 +118,18 @@ class FileHasher:
     def forget(self) -> None:
         """Files may change from now on (a stage is about to write): look again at every digest."""
         self.remembered = None
+        for waiting in self.pending:
+            waiting.current = False
 
     def writing(self, prefixes: tuple[str, ...]) -> None:
         """A stage is about to write these files and folders (absolute paths, folders ending in a
         separator) and nothing else: look again at each of their digests from now on, and keep
         remembering the rest (one edited article at 100,000 need not stat every file again)."""
         self.volatile = prefixes
+        for waiting in self.pending:
+            if any(folder.startswith(prefixes) or prefix.startswith(waiting.work.folders) for prefix in prefixes
+                   for folder in waiting.work.folders):
+                waiting.current = False
         if self.remembered is not None:
             for name in [name for name in self.remembered if name.startswith(prefixes)]:
                 del self.remembered[name]
@@ -112,25 +138,49 @@ class FileHasher:
         """pvbuild just wrote this file: look at it again next time."""
         if self.remembered is not None:
             self.remembered.pop(name, None)
+        for waiting in self.pending:
+            if name.startswith(waiting.work.folders):
+                waiting.rewritten.add(name)
+
+    def wait_for(self, pending: Pending | None) -> None:
+        """Take what ``pending`` finds when one of its files is first asked for."""
+        if pending is not None:
+            self.pending.append(_Waiting(pending))
+
+    def covered(self, names: list[str]) -> list[_Waiting]:
+        """The pending work that covers one of ``names``."""
+        return [waiting for waiting in self.pending if any(name.startswith(waiting.work.folders) for name in names)]
 
     def settle(self) -> None:
-        """Take git's answer and the digests computed elsewhere now: before a fork, since a forked child
+        """Take git's answer and what was looked at elsewhere now: before a fork, since a forked child
         inherits none of git's reader threads and must not read the workers' pipes."""
         if self.git is not None:
             self._git_blobs()
-        self._take_pending()
+        self._take(list(self.pending))
 
-    def _take_pending(self) -> None:
-        pending, self.pending = self.pending, None
-        if pending is None:
+    def _take(self, waiting: list[_Waiting]) -> None:
+        for each in waiting:
+            self.pending.remove(each)
+            self._take_one(each)
+
+    def _take_one(self, waiting: _Waiting) -> None:
+        found = waiting.work.collect()
+        if found.entries:
+            self.entries.update(found.entries)  # new stat-cache entries: true whenever they were made
+            self.dirty = True
+        remembered = self.remembered
+        if remembered is None or not waiting.current:
             return
-        found = pending.collect()
-        self.entries.update(found)  # the entries were empty when the workers started (prehash)
-        self.dirty = True
-        if self.remembered is not None and not self.volatile:
-            # Looked at during this span: as good as a stat now (remember()), and 200,000 fewer stats.
-            prefix = self.prefix
-            self.remembered.update({prefix + key: entry[2] for key, entry in found.items()})
+        # Looked at during this span, while pvbuild wrote nothing there: as good as a stat now (remember()),
+        # and 100,000 fewer stats in this process for each folder.
+        prefix = self.prefix
+        seen = found.digests
+        seen.update({prefix + key: entry[2] for key, entry in found.entries.items()})
+        for name in waiting.rewritten:
+            seen.pop(name, None)
+        if self.volatile:
+            seen = {name: value for name, value in seen.items() if not name.startswith(self.volatile)}
+        remembered.update(seen)
 
     def digest(self, path: Path | str) -> str | None:
         """The file's digest, or None when it does not exist."""
@@ -146,9 +196,8 @@ class FileHasher:
     def digests(self, names: list[str]) -> list[str | None]:
         """``digest`` of each of ``names``: one call per stage pass, not per file (at 100,000 articles
         the calls alone were a tenth of a no-op)."""
-        pending = self.pending
-        if pending is not None and any(name.startswith(pending.folders) for name in names):
-            self._take_pending()
+        if self.pending:
+            self._take(self.covered(names))
         remembered = self.remembered
         if remembered is None or self.volatile:
             return [self.digest(name) for name in names]
@@ -204,8 +253,8 @@ class FileHasher:
         return None if blob is None else known.get(blob)
 
     def _digest(self, name: str) -> str | None:
-        if self.pending is not None and name.startswith(self.pending.folders):
-            self._take_pending()
+        if self.pending:
+            self._take(self.covered([name]))
         # Paths come from the pipeline, under the project root: slicing is ~10x cheaper than relpath.
         key = name[len(self.prefix):] if name.startswith(self.prefix) else os.path.relpath(name, self.root)
         cached = self.entries.get(key)
@@ -238,9 +287,9 @@ class FileHasher:
         return value
 
     def save(self) -> None:
-        if self.pending is not None:  # nothing asked for those files: the workers' time is not waited for
-            self.pending.stop()
-            self.pending = None
+        for waiting in self.pending:  # nothing asked for those files: the workers' time is not waited for
+            waiting.work.stop()
+        self.pending = []
         if self.git is not None:
             self.git.stop()
             self.git = None

@@ -1,12 +1,16 @@
-"""Digest a fresh clone's per-article files in worker processes while the check does its other work.
+"""Look at the per-article files in worker processes while the build or check does its other work.
 
 On a fresh clone there is no stat cache, so ``check`` must read and digest every markdown and
 conversation file: at 100,000 articles, 200,000 files and a third of the check. Hashing is
 independent of everything else the check does first (reading the URL table and the records), so
 forked workers (``engine.forked``) digest the folders' files, one share each, and hand the
-``FileHasher`` entries back; the check takes them when it first needs one of those files. A
-worker that fails or is killed only costs time: whatever it did not hand back is digested in the
-checking process as before.
+``FileHasher`` entries back (``prehash``); the check takes them when it first needs one of those files.
+With a stat cache (a no-op build, one edited article, a warm check), every file is still statted:
+200,000 stats and most of a no-op's time in one process while the machine's other core idled. There
+a worker per folder stats the cached files while this process reads the table, the records and
+the folders before (``prestat``), and hands back which still match the cache; it digests those that
+changed. A worker that fails or is killed only costs time: whatever it did not hand back is looked
+at in this process as before.
 """
 
 from __future__ import annotations
@@ -19,10 +23,17 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.engine.forked import Forked, can_fork, cores
-from pvbuild.engine.hasher import FileHasher, read_all
+from pvbuild.engine.hasher import FileHasher, Looked, read_all
 from pvbuild.engine.records import digest_bytes
 
 MIN_FILES = 2_000  # below this, forking costs more than it saves
+
+
+def fork_min_files() -> int:
+    """``MIN_FILES``, or ``PVBUILD_FORK_MIN_FILES``: the differential test sets 1, so that its small trees
+    take the workers' paths too (they must change no finding and no artifact)."""
+    value = os.environ.get("PVBUILD_FORK_MIN_FILES", "")
+    return int(value) if value.isdigit() else MIN_FILES
 Entries = dict[str, list[Any]]
 
 
@@ -39,7 +50,7 @@ class Prehash:
         self.workers = [Forked(functools.partial(_digest_share, listing, prefix, share, workers))
                         for share in range(workers)]
 
-    def collect(self) -> Entries:
+    def collect(self) -> Looked:
         """Every entry the workers computed (waiting for them), and the workers reaped."""
         entries: Entries = {}
         try:
@@ -49,7 +60,7 @@ class Prehash:
                     entries.update(part)
         finally:
             self.stop()
-        return entries
+        return Looked(entries)
 
     def stop(self) -> None:
         """End workers not collected (the check failed or was interrupted): none is left behind."""
@@ -58,28 +69,32 @@ class Prehash:
         self.workers = []
 
 
-def prehash(hasher: FileHasher, folders: Sequence[Path], min_files: int = MIN_FILES) -> None:
+def prehash(hasher: FileHasher, folders: Sequence[Path], min_files: int | None = None) -> bool:
     """On a fresh clone (``hasher`` has no stat cache yet), start digesting the files of ``folders`` in
-    worker processes; the hasher takes their entries when one of those files is first asked for."""
-    if not hasher.knows_any(folders):
-        prehash_rest(hasher, folders, frozenset(), min_files)
+    worker processes; the hasher takes their entries when one of those files is first asked for.
+    Whether workers started."""
+    if hasher.knows_any(folders):
+        return False
+    prehash_rest(hasher, folders, frozenset(), min_files)
+    return bool(hasher.pending)
 
 
 def prehash_rest(hasher: FileHasher, folders: Sequence[Path], skip: frozenset[str] | set[str],
-                 min_files: int = MIN_FILES) -> None:
+                 min_files: int | None = None) -> None:
     """``prehash`` of the files of ``folders`` but ``skip`` (keys, relative to the hasher's root, whose
     digests are known otherwise: git vouched for them)."""
-    if hasher.pending is None:
-        hasher.pending = start([str(folder).rstrip(os.sep) + os.sep for folder in folders], hasher.prefix, min_files,
-                               skip)
+    if not hasher.pending:
+        hasher.wait_for(start([str(folder).rstrip(os.sep) + os.sep for folder in folders], hasher.prefix, min_files,
+                              skip))
 
 
-def start(folders: Sequence[str], prefix: str, min_files: int = MIN_FILES,
+def start(folders: Sequence[str], prefix: str, min_files: int | None = None,
           skip: frozenset[str] | set[str] = frozenset()) -> Prehash | None:
     """Workers for the files of ``folders`` but ``skip`` (keys relative to ``prefix``), when they are
     ``min_files`` or more and the machine has cores to spare."""
     if not can_fork():
         return None
+    min_files = fork_min_files() if min_files is None else min_files
     listing = _listing(folders, len(prefix), skip)
     files = sum(len(names) for _, names in listing)
     return Prehash(folders, listing, prefix, workers=cores()) if files >= min_files else None
@@ -133,3 +148,91 @@ def _digest_share(listing: Listing, prefix: str, share: int, shares: int) -> Ent
         finally:
             os.close(directory)
     return entries
+
+
+class Prestat:
+    """A worker statting the files under ``folder`` (a key prefix: relative to the root ``root``, ending in
+    a separator) that the stat cache in ``cache_file`` knows. Forked before this process reads the cache:
+    a child forked later shares a heap of 200,000 cache entries, and the copies on write that its and
+    this process's reference counts then cause cost more system time than the stats it saves."""
+
+    def __init__(self, cache_file: Path, root: str, folder: str) -> None:
+        self.folders: tuple[str, ...] = (root + folder,)
+        self.worker = Forked(functools.partial(_stat_cached, cache_file, root, folder))
+
+    def collect(self) -> Looked:
+        """What the worker found (waiting for it; nothing if it failed), and the worker reaped."""
+        found = self.worker.result()
+        if not (isinstance(found, tuple) and len(found) == 2):
+            return Looked()
+        changed, digests = found
+        return Looked(changed, digests)
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+
+def prestat(cache_file: Path, root: Path, folders: Sequence[Path], min_files: int | None = None) -> list[Prestat]:
+    """Workers statting the files of each of ``folders`` that the stat cache ``cache_file`` (of a hasher
+    rooted at ``root``) knows, when it is large enough to hold ``min_files`` entries; for
+    ``FileHasher.wait_for``. Call it before the hasher reads the cache (see ``Prestat``)."""
+    min_files = fork_min_files() if min_files is None else min_files
+    try:
+        large = cache_file.stat().st_size >= min_files * _ENTRY_BYTES
+    except OSError:
+        return []
+    if not large or not can_fork():
+        return []
+    prefix = str(root).rstrip(os.sep) + os.sep
+    return [Prestat(cache_file, prefix, str(folder)[len(prefix):].rstrip(os.sep) + os.sep) for folder in folders
+            if str(folder).startswith(prefix) and folder.is_dir()]
+
+
+_ENTRY_BYTES = 100  # at least, marshalled: a path, an mtime, a size and a 64-digit digest
+
+
+def _stat_cached(cache_file: Path, root: str, folder: str) -> tuple[Entries, dict[str, str | None]]:
+    """``_stat_share`` of the entries of the stat cache in ``cache_file``."""
+    import marshal
+
+    entries = marshal.loads(cache_file.read_bytes())
+    return _stat_share(root, folder, entries if isinstance(entries, dict) else {})
+
+
+def _stat_share(root: str, folder: str, entries: Entries) -> tuple[Entries, dict[str, str | None]]:
+    """The files of ``folder`` that ``entries`` knows, statted relative to the folder: (new entries of
+    those that changed, read and digested; path -> digest of each, None for those gone). A file that
+    cannot be statted or read is in neither: the asking process looks at it and reports what is wrong."""
+    changed: Entries = {}
+    digests: dict[str, str | None] = {}
+    cut = len(folder)
+    try:
+        directory = os.open(root + folder, os.O_RDONLY)
+    except OSError:
+        return changed, digests
+    stat = os.stat
+    try:
+        for key, entry in entries.items():
+            if not key.startswith(folder):
+                continue
+            try:
+                info = stat(key[cut:], dir_fd=directory)
+            except FileNotFoundError:
+                digests[root + key] = None
+                continue
+            except OSError:
+                continue
+            if entry[0] == info.st_mtime_ns and entry[1] == info.st_size:
+                digests[root + key] = entry[2]
+                continue
+            with contextlib.suppress(OSError):
+                descriptor = os.open(key[cut:], os.O_RDONLY, dir_fd=directory)
+                try:
+                    info = os.fstat(descriptor)
+                    changed[key] = [info.st_mtime_ns, info.st_size, digest_bytes(read_all(descriptor, info.st_size))]
+                    digests[root + key] = changed[key][2]
+                finally:
+                    os.close(descriptor)
+    finally:
+        os.close(directory)
+    return changed, digests

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from pvbuild.services.stores import ObjectStore
     from pvbuild.services.training import TrainingBackend
 
+STAT_CACHE = "stat-cache.marshal"  # the FileHasher's machine-local stat cache, in the cache folder
 LARGE_TABLE = 1_000_000  # bytes of URL table (about 8,000 rows) worth parsing in another process
 # Fields of the JSON records that differ between two builds of the same inputs (timings, process
 # ids, ports, service timestamps). The files keep them; every digest, and so every record under
@@ -74,7 +75,7 @@ class Workspace:
         self.model_record = config.artifacts / "model.json"
         self.endpoint_record = config.artifacts / "endpoint.json"
         self.report_dir = config.artifacts / "report"
-        self.hasher = FileHasher(config.cache_dir / "stat-cache.marshal", config.project_dir)
+        self.hasher = FileHasher(config.cache_dir / STAT_CACHE, config.project_dir)
         self._records: dict[str, StageRecords] = {}
         self._rows: list[UrlRow] | None = None
         self._table: list[tuple[UrlRow, str]] | None = None

@@ -3,6 +3,9 @@ Adding a stage is one module in this package and one line here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from pvbuild.config import Config
 from pvbuild.engine.stage import Stage
 from pvbuild.stages import (
     conversations,
@@ -45,3 +48,9 @@ def up_to(name: str | None, catalog: tuple[Stage, ...] = CATALOG) -> tuple[Stage
         return catalog
     names = [stage.name for stage in catalog]
     return catalog[:names.index(name) + 1]
+
+
+def written_folders(config: Config, stages: tuple[Stage, ...]) -> list[Path]:
+    """The folders that ``stages`` write into (markdown/, conversations/, dataset/), in the stages' order."""
+    return [config.artifacts / path.removesuffix("*") for stage in stages for path in stage.writes or ()
+            if path.endswith(("/", "/*"))]
