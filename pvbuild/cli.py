@@ -117,8 +117,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     from pvbuild.check import STALE, UP_TO_DATE, as_json, check, stale_ones, summary
+    from pvbuild.config import load_config
+    from pvbuild.stages.catalog import open_workspace, up_to
 
-    workspace = _workspace(args, live=args.remote)
+    # Its per-article folders' files statted by workers while the check reads the table and records.
+    workspace = open_workspace(load_config(args.project, args.profile), up_to(args.until), live=args.remote)
     findings = check(workspace, args.until)
     _held.append(workspace)  # freed by the process's end, not on the way out of this function (see _held)
     profile = workspace.config.profile

@@ -19,14 +19,13 @@ from typing import Any
 from pvbuild.config import load_config
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import save_failures
-from pvbuild.engine.prehash import prestat
 from pvbuild.engine.stage import Stage
-from pvbuild.engine.workspace import STAT_CACHE, Workspace
+from pvbuild.engine.workspace import Workspace
 from pvbuild.errors import PvbuildError, missing_extra
 from pvbuild.progress import say
 from pvbuild.reporter import AT_END, SELECTED, TimedReporter
 from pvbuild.stages import prune
-from pvbuild.stages.catalog import CATALOG, written_folders
+from pvbuild.stages.catalog import CATALOG, open_workspace
 from pvbuild.stages.prune import empty_scratch
 
 DOIT_CONFIG = {"default_tasks": [CATALOG[-1].name], "dep_file": ".pvbuild/doit.db", "backend": "json",
@@ -52,13 +51,8 @@ def workspace() -> Workspace:
     what it read when a stage action wrote since (in this process or, with ``doit -n N``, another)."""
     key = (str(Path.cwd()), _profile() or "default")
     if key not in _workspaces:
-        config = load_config(Path.cwd(), _profile())
-        # The files of the per-article folders statted in worker processes while this one reads the
-        # cache, the URL table and the records (engine.prehash): forked before the workspace exists.
-        looking = prestat(config.cache_dir / STAT_CACHE, config.project_dir, written_folders(config, CATALOG))
-        _workspaces[key] = created = Workspace(config)
-        for worker in looking:
-            created.hasher.wait_for(worker)
+        # The per-article folders' files are statted by workers meanwhile (engine.prehash.prestat).
+        _workspaces[key] = open_workspace(load_config(Path.cwd(), _profile()))
     else:
         _workspaces[key].refresh()
     return _workspaces[key]

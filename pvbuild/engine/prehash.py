@@ -76,14 +76,14 @@ def prehash(hasher: FileHasher, folders: Sequence[Path], min_files: int | None =
     if hasher.knows_any(folders):
         return False
     prehash_rest(hasher, folders, frozenset(), min_files)
-    return bool(hasher.pending)
+    return any(isinstance(waiting.work, Prehash) for waiting in hasher.pending)
 
 
 def prehash_rest(hasher: FileHasher, folders: Sequence[Path], skip: frozenset[str] | set[str],
                  min_files: int | None = None) -> None:
     """``prehash`` of the files of ``folders`` but ``skip`` (keys, relative to the hasher's root, whose
     digests are known otherwise: git vouched for them)."""
-    if not hasher.pending:
+    if not any(isinstance(waiting.work, Prehash) for waiting in hasher.pending):
         hasher.wait_for(start([str(folder).rstrip(os.sep) + os.sep for folder in folders], hasher.prefix, min_files,
                               skip))
 

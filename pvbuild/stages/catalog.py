@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pvbuild.config import Config
+from pvbuild.engine.prehash import prestat
 from pvbuild.engine.stage import Stage
+from pvbuild.engine.workspace import STAT_CACHE, Workspace
 from pvbuild.stages import (
     conversations,
     dataset,
@@ -54,3 +56,13 @@ def written_folders(config: Config, stages: tuple[Stage, ...]) -> list[Path]:
     """The folders that ``stages`` write into (markdown/, conversations/, dataset/), in the stages' order."""
     return [config.artifacts / path.removesuffix("*") for stage in stages for path in stage.writes or ()
             if path.endswith(("/", "/*"))]
+
+
+def open_workspace(config: Config, stages: tuple[Stage, ...] = CATALOG, live: bool = True) -> Workspace:
+    """A workspace for the passes over ``stages``, with the files of their per-article folders statted by
+    worker processes meanwhile (``engine.prehash.prestat``: forked before the workspace reads its stat cache)."""
+    looking = prestat(config.cache_dir / STAT_CACHE, config.project_dir, written_folders(config, stages))
+    workspace = Workspace(config, live=live)
+    for worker in looking:
+        workspace.hasher.wait_for(worker)
+    return workspace
