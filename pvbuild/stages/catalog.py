@@ -62,7 +62,12 @@ def open_workspace(config: Config, stages: tuple[Stage, ...] = CATALOG, live: bo
     """A workspace for the passes over ``stages``, with the files of their per-article folders statted by
     worker processes meanwhile (``engine.prehash.prestat``: forked before the workspace reads its stat cache)."""
     looking = prestat(config.cache_dir / STAT_CACHE, config.project_dir, written_folders(config, stages))
-    workspace = Workspace(config, live=live)
+    try:
+        workspace = Workspace(config, live=live)
+    except BaseException:
+        for worker in looking:  # no workspace to take their answers: none is left running
+            worker.stop()
+        raise
     for worker in looking:
         workspace.hasher.wait_for(worker)
     return workspace
