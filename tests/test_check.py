@@ -205,6 +205,26 @@ def test_a_fresh_clone_checked_with_hashing_workers_finds_an_edited_conversation
     assert not workspace.elsewhere, "no pass is left running elsewhere"
 
 
+def test_a_cached_tree_checked_with_stat_workers_finds_an_edited_conversation(clone: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvbuild.engine.prehash import Prestat
+    from pvbuild.stages.catalog import open_workspace, up_to
+    from tests.test_prehash import children
+
+    assert check(clone).returncode == 0, "the first check leaves a stat cache"
+    conversation = sorted((clone / "artifacts/test/conversations").iterdir())[1]
+    conversation.write_bytes(conversation.read_bytes() + b"\n")
+    before = children()
+    monkeypatch.setenv("PVBUILD_FORK_MIN_FILES", "1")
+    workspace = open_workspace(load_config(clone, "test"), up_to("data"))
+    assert [type(waiting.work) for waiting in workspace.hasher.pending] == [Prestat, Prestat], \
+        "a worker for markdown/ and one for conversations/, none for dataset/"
+    findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace, "data")}
+    assert findings[("conversations", conversation.stem)] == "output edited since it was built"
+    assert all(key == stage for stage, key in findings if stage != "conversations"), findings
+    assert not workspace.hasher.pending and children() == before, "taken, and the workers reaped"
+
+
 def test_a_fresh_clone_with_the_url_table_parsed_elsewhere_finds_a_changed_row(clone: Path) -> None:
     from tests.test_prehash import children
 

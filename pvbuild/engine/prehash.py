@@ -27,6 +27,7 @@ from pvbuild.engine.hasher import FileHasher, Looked, read_all
 from pvbuild.engine.records import digest_bytes
 
 MIN_FILES = 2_000  # below this, forking costs more than it saves
+Entries = dict[str, list[Any]]
 
 
 def fork_min_files() -> int:
@@ -34,7 +35,6 @@ def fork_min_files() -> int:
     take the workers' paths too (they must change no finding and no artifact)."""
     value = os.environ.get("PVBUILD_FORK_MIN_FILES", "")
     return int(value) if value.isdigit() else MIN_FILES
-Entries = dict[str, list[Any]]
 
 
 Listing = list[tuple[str, list[str]]]  # each folder (an absolute path ending in a separator) and its files' names

@@ -52,16 +52,18 @@ def up_to(name: str | None, catalog: tuple[Stage, ...] = CATALOG) -> tuple[Stage
     return catalog[:names.index(name) + 1]
 
 
-def written_folders(config: Config, stages: tuple[Stage, ...]) -> list[Path]:
-    """The folders that ``stages`` write into (markdown/, conversations/, dataset/), in the stages' order."""
+def written_folders(config: Config, stages: tuple[Stage, ...], per_file: bool = False) -> list[Path]:
+    """The folders that ``stages`` write into (markdown/, conversations/, dataset/), in the stages' order;
+    ``per_file``: only those written one file per item (markdown/, conversations/)."""
     return [config.artifacts / path.removesuffix("*") for stage in stages for path in stage.writes or ()
-            if path.endswith(("/", "/*"))]
+            if path.endswith("/*" if per_file else ("/", "/*"))]
 
 
 def open_workspace(config: Config, stages: tuple[Stage, ...] = CATALOG, live: bool = True) -> Workspace:
     """A workspace for the passes over ``stages``, with the files of their per-article folders statted by
     worker processes meanwhile (``engine.prehash.prestat``: forked before the workspace reads its stat cache)."""
-    looking = prestat(config.cache_dir / STAT_CACHE, config.project_dir, written_folders(config, stages))
+    # The folders of one file per article: a dataset's hundred files are not worth a process.
+    looking = prestat(config.cache_dir / STAT_CACHE, config.project_dir, written_folders(config, stages, True))
     try:
         workspace = Workspace(config, live=live)
     except BaseException:
