@@ -116,8 +116,8 @@ def test_prestat_workers_find_what_the_hasher_finds_and_digest_only_the_changed_
     files, cache = cached_tree(tmp_path)
     change(files)
     before = children()
-    workers = prehash.prestat(cache, tmp_path, [tmp_path / "artifacts" / "markdown", tmp_path / "artifacts" / "dataset"],
-                              min_files=1)
+    folders = [tmp_path / "artifacts" / "markdown", tmp_path / "artifacts" / "dataset"]
+    workers = prehash.prestat(cache, tmp_path, folders, min_files=1)
     assert len(workers) == 2, "one worker per folder"
     found = workers[0].collect()
     assert set(found.entries) == {os.path.relpath(files[1], tmp_path)}, "only the changed file is read"
