@@ -228,11 +228,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from pvbuild.stages.prune import describe, find_leftovers, remove_leftovers
+    from pvbuild.stages.catalog import name_identities
+    from pvbuild.stages.prune import Kind, describe, find_leftovers, remove_leftovers
 
     workspace = _workspace(args, live=False)
     leftovers = find_leftovers(workspace)
     if not args.dry_run:
+        name_identities(workspace, {leftover.stage for leftover in leftovers if leftover.kind is Kind.JOURNAL})
         remove_leftovers(workspace, leftovers)
     verb = "would remove" if args.dry_run else "removed"
     _print("\n".join(f"{verb} {describe(workspace, leftover)}" for leftover in leftovers)

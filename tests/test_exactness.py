@@ -216,6 +216,30 @@ def test_a_journal_left_by_a_kill_is_folded_in(offline: Path) -> None:
     assert (state / "markdown.json").read_bytes() == before and not (state / "markdown.journal").exists()
 
 
+@pytest.mark.parametrize("folds", ["doit", "pvbuild prune"])
+def test_a_folded_journal_keeps_the_identities_its_records_name(offline: Path, folds: str) -> None:
+    """Found by the soak (seed 16102): a run killed while a changed crawler re-crawled left a journal whose
+    records name the crawler's new identity, which identities.json did not have yet (identities are saved
+    as the step finishes). The next run's prune step folded the journal in and settled identities.json
+    before the markdown step had computed that identity, so the file lost it for good."""
+    state = artifacts(offline) / ".state"
+    records = json.loads((state / "markdown.json").read_text(encoding="utf-8"))
+    identities = (state / "identities.json").read_bytes()
+    crawler = next(iter(records.values()))["inputs"]["crawler"]
+    known = json.loads(identities)
+    del known[crawler]
+    (state / "identities.json").write_text(json.dumps(known), encoding="utf-8")
+    (state / "markdown.json").unlink()
+    (state / "markdown.journal").write_text("".join(json.dumps({"key": key, "record": record}) + "\n"
+                                                    for key, record in records.items()), encoding="utf-8")
+    if folds == "doit":
+        assert doit(offline, "data").returncode == 0
+    else:
+        assert pvbuild(offline, "prune").returncode == 0
+    assert json.loads((state / "identities.json").read_bytes()) == json.loads(identities)
+    assert not (state / "markdown.journal").exists()
+
+
 def test_a_zero_byte_doit_database_is_started_afresh(offline: Path) -> None:
     (offline / ".pvbuild" / "doit.db").write_bytes(b"")
     result = doit(offline, "data")

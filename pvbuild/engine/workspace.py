@@ -82,6 +82,9 @@ class Workspace:
         self._table_elsewhere: Forked | None = None  # see read_table_elsewhere
         self._row_digests: dict[str, str] = {}
         self.identities: dict[str, Any] = {}
+        # A journal was folded in outside its step (``prune``): settle identities.json at the end of the run
+        # too, once the steps' items have named what its records refer to (never reset: rare, and cheap).
+        self.settle_at_end = False
         self.item_counts: dict[str, int] = {}  # per stage, how many items its last staleness pass saw
         # Per stage, its last staleness pass and the number of writes seen when it ran: an action takes
         # the pass its up-to-date check made just before, when nothing was written since.
@@ -293,9 +296,10 @@ class Workspace:
         """identities.json as a clean build would write it, after records changed outside a stage's finish
         (``prune`` drops records of gone articles) or a killed run's journal was replayed (its records may
         name identities the file lacks, computed again by this run). Reads every stage's records, so only
-        then; ``replayed`` stays set, so the end of such a run settles again what its stages computed."""
+        then; ``replayed`` (and ``settle_at_end``) stay set, so the end of such a run settles again what its
+        stages computed."""
         loaded = list(self._records.values())
-        if any(records.replayed or records.released for records in loaded):
+        if self.settle_at_end or any(records.replayed or records.released for records in loaded):
             self.identity_store.reconcile(self.identities, self._referenced())
             for records in loaded:
                 records.released, records.added = set(), set()

@@ -3,12 +3,14 @@ Adding a stage is one module in this package and one line here."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from pvbuild.config import Config
 from pvbuild.engine.prehash import prestat
 from pvbuild.engine.stage import Stage
 from pvbuild.engine.workspace import STAT_CACHE, Workspace
+from pvbuild.errors import PvbuildError
 from pvbuild.stages import (
     conversations,
     dataset,
@@ -73,3 +75,12 @@ def open_workspace(config: Config, stages: tuple[Stage, ...] = CATALOG, live: bo
     for worker in looking:
         workspace.hasher.wait_for(worker)
     return workspace
+
+
+def name_identities(workspace: Workspace, stages: set[str]) -> None:
+    """Compute the items of ``stages`` (their journals are about to be folded in outside a build, by
+    ``pvbuild prune``), so that the workspace knows the identities they name (``Workspace.identity``)
+    when identities.json is settled: a killed run's records may name identities it had not saved yet."""
+    for name in sorted(stages):
+        with contextlib.suppress(PvbuildError, StopIteration):  # items that cannot be computed now name none
+            stage_named(name).items(workspace)
