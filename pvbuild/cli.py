@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import functools
 import json
 import os
 import sys
@@ -229,12 +230,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     from pvbuild.stages.catalog import name_identities
-    from pvbuild.stages.prune import Kind, describe, find_leftovers, remove_leftovers
+    from pvbuild.stages.prune import describe, find_leftovers, remove_leftovers
 
     workspace = _workspace(args, live=False)
+    workspace.name_identities = functools.partial(name_identities, workspace)  # (catalog.open_workspace's)
     leftovers = find_leftovers(workspace)
     if not args.dry_run:
-        name_identities(workspace, {leftover.stage for leftover in leftovers if leftover.kind is Kind.JOURNAL})
         remove_leftovers(workspace, leftovers)
     verb = "would remove" if args.dry_run else "removed"
     _print("\n".join(f"{verb} {describe(workspace, leftover)}" for leftover in leftovers)

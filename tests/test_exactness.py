@@ -216,7 +216,7 @@ def test_a_journal_left_by_a_kill_is_folded_in(offline: Path) -> None:
     assert (state / "markdown.json").read_bytes() == before and not (state / "markdown.journal").exists()
 
 
-@pytest.mark.parametrize("folds", ["doit", "pvbuild prune"])
+@pytest.mark.parametrize("folds", ["doit", "doit -n 2", "pvbuild prune"])
 def test_a_folded_journal_keeps_the_identities_its_records_name(offline: Path, folds: str) -> None:
     """Found by the soak (seed 16102): a run killed while a changed crawler re-crawled left a journal whose
     records name the crawler's new identity, which identities.json did not have yet (identities are saved
@@ -232,8 +232,8 @@ def test_a_folded_journal_keeps_the_identities_its_records_name(offline: Path, f
     (state / "markdown.json").unlink()
     (state / "markdown.journal").write_text("".join(json.dumps({"key": key, "record": record}) + "\n"
                                                     for key, record in records.items()), encoding="utf-8")
-    if folds == "doit":
-        assert doit(offline, "data").returncode == 0
+    if folds.startswith("doit"):
+        assert doit(offline, *folds.split()[1:], "data").returncode == 0
     else:
         assert pvbuild(offline, "prune").returncode == 0
     assert json.loads((state / "identities.json").read_bytes()) == json.loads(identities)

@@ -82,9 +82,10 @@ class Workspace:
         self._table_elsewhere: Forked | None = None  # see read_table_elsewhere
         self._row_digests: dict[str, str] = {}
         self.identities: dict[str, Any] = {}
-        # A journal was folded in outside its step (``prune``): settle identities.json at the end of the run
-        # too, once the steps' items have named what its records refer to (never reset: rare, and cheap).
-        self.settle_at_end = False
+        # Computes the items of the named steps, so that the identities they name are known (set by
+        # ``catalog.open_workspace``: the engine knows no step): ``prune`` folds a killed run's journal,
+        # whose records may name identities it had not saved yet, before those steps have run.
+        self.name_identities: Callable[[set[str]], None] | None = None
         self.item_counts: dict[str, int] = {}  # per stage, how many items its last staleness pass saw
         # Per stage, its last staleness pass and the number of writes seen when it ran: an action takes
         # the pass its up-to-date check made just before, when nothing was written since.
@@ -296,10 +297,9 @@ class Workspace:
         """identities.json as a clean build would write it, after records changed outside a stage's finish
         (``prune`` drops records of gone articles) or a killed run's journal was replayed (its records may
         name identities the file lacks, computed again by this run). Reads every stage's records, so only
-        then; ``replayed`` (and ``settle_at_end``) stay set, so the end of such a run settles again what its
-        stages computed."""
+        then; ``replayed`` stays set, so the end of such a run settles again what its stages computed."""
         loaded = list(self._records.values())
-        if self.settle_at_end or any(records.replayed or records.released for records in loaded):
+        if any(records.replayed or records.released for records in loaded):
             self.identity_store.reconcile(self.identities, self._referenced())
             for records in loaded:
                 records.released, records.added = set(), set()

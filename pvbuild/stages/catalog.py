@@ -4,6 +4,7 @@ Adding a stage is one module in this package and one line here."""
 from __future__ import annotations
 
 import contextlib
+import functools
 from pathlib import Path
 
 from pvbuild.config import Config
@@ -74,13 +75,14 @@ def open_workspace(config: Config, stages: tuple[Stage, ...] = CATALOG, live: bo
         raise
     for worker in looking:
         workspace.hasher.wait_for(worker)
+    workspace.name_identities = functools.partial(name_identities, workspace)
     return workspace
 
 
 def name_identities(workspace: Workspace, stages: set[str]) -> None:
-    """Compute the items of ``stages`` (their journals are about to be folded in outside a build, by
-    ``pvbuild prune``), so that the workspace knows the identities they name (``Workspace.identity``)
-    when identities.json is settled: a killed run's records may name identities it had not saved yet."""
+    """Compute the items of ``stages`` (``prune`` is folding their journals in), so that the workspace knows
+    the identities they name (``Workspace.identity``) when identities.json is settled: a killed run's
+    records may name identities it had not saved yet (``Workspace.name_identities``)."""
     for name in sorted(stages):
         with contextlib.suppress(PvbuildError, StopIteration):  # items that cannot be computed now name none
             stage_named(name).items(workspace)

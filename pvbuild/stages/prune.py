@@ -224,12 +224,13 @@ def remove_leftovers(workspace: Workspace, leftovers: list[Leftover]) -> None:
             leftover.path.unlink(missing_ok=True)
     for stage in sorted(stages):
         workspace.records(stage).commit()
-    if any(leftover.kind is Kind.JOURNAL for leftover in leftovers):
+    folded = {leftover.stage for leftover in leftovers if leftover.kind is Kind.JOURNAL}
+    if folded and workspace.name_identities is not None:
         # A killed run's records may name identities it had not saved yet (they are saved as a step
-        # finishes), which this settling cannot know before the step's items are computed: settle again
-        # at the end of the run (soak seed 16102: the prune step folded the journal, then the markdown
-        # step computed the identity, and nothing settled it: identities.json lost it for good).
-        workspace.settle_at_end = True
+        # finishes): the steps' items name them before the settling (soak seed 16102: the prune step
+        # folded the journal, settled, then the markdown step computed the identity and nothing settled
+        # it again: identities.json lost it for good).
+        workspace.name_identities(folded)
     workspace.settle_identities()  # the identities only the dropped records held go with them
 
 
