@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
-import functools
 import json
 import os
 import sys
@@ -229,11 +228,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from pvbuild.stages.catalog import name_identities
+    from pvbuild.config import load_config
+    from pvbuild.stages.catalog import open_workspace, up_to
     from pvbuild.stages.prune import describe, find_leftovers, remove_leftovers
 
-    workspace = _workspace(args, live=False)
-    workspace.name_identities = functools.partial(name_identities, workspace)  # (catalog.open_workspace's)
+    # open_workspace: a journal it folds has its step's items name their identities first
+    workspace = open_workspace(load_config(args.project, args.profile), up_to("prune"), live=False)
     leftovers = find_leftovers(workspace)
     if not args.dry_run:
         remove_leftovers(workspace, leftovers)

@@ -120,6 +120,22 @@ def _listing(folders: Sequence[str], cut: int, skip: frozenset[str] | set[str]) 
     return listing
 
 
+def _entry(name: str, directory: int) -> list[Any] | None:
+    """The stat-cache entry (mtime, size, digest) of file ``name`` of the folder open as ``directory``, or
+    None when it cannot be read (gone, unreadable, a folder where a file should be)."""
+    try:
+        descriptor = os.open(name, os.O_RDONLY, dir_fd=directory)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(descriptor)
+        return [info.st_mtime_ns, info.st_size, digest_bytes(read_all(descriptor, info.st_size))]
+    except OSError:
+        return None
+    finally:
+        os.close(descriptor)
+
+
 def _digest_share(listing: Listing, prefix: str, share: int, shares: int) -> Entries:
     """The stat-cache entries of every ``shares``-th file of each folder of ``listing``, from the
     ``share``-th on. Opened relative to their folder: no walk down the whole path for each file."""
@@ -133,18 +149,9 @@ def _digest_share(listing: Listing, prefix: str, share: int, shares: int) -> Ent
         try:
             key = folder[cut:]
             for name in names[share::shares]:
-                try:
-                    descriptor = os.open(name, os.O_RDONLY, dir_fd=directory)
-                except OSError:
-                    continue  # gone, or unreadable: the check reports it when it gets there
-                try:
-                    info = os.fstat(descriptor)
-                    entries[key + name] = [info.st_mtime_ns, info.st_size,
-                                           digest_bytes(read_all(descriptor, info.st_size))]
-                except OSError:
-                    continue  # e.g. a folder where a file should be
-                finally:
-                    os.close(descriptor)
+                entry = _entry(name, directory)
+                if entry is not None:  # else gone or unreadable: the check reports it when it gets there
+                    entries[key + name] = entry
         finally:
             os.close(directory)
     return entries
@@ -225,14 +232,10 @@ def _stat_share(root: str, folder: str, entries: Entries) -> tuple[Entries, dict
             if entry[0] == info.st_mtime_ns and entry[1] == info.st_size:
                 digests[root + key] = entry[2]
                 continue
-            with contextlib.suppress(OSError):
-                descriptor = os.open(key[cut:], os.O_RDONLY, dir_fd=directory)
-                try:
-                    info = os.fstat(descriptor)
-                    changed[key] = [info.st_mtime_ns, info.st_size, digest_bytes(read_all(descriptor, info.st_size))]
-                    digests[root + key] = changed[key][2]
-                finally:
-                    os.close(descriptor)
+            found = _entry(key[cut:], directory)
+            if found is not None:
+                changed[key] = found
+                digests[root + key] = found[2]
     finally:
         os.close(directory)
     return changed, digests

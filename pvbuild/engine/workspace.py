@@ -112,8 +112,7 @@ class Workspace:
 
     def recorded_blobs(self) -> dict[str, str]:
         """Blob id -> digest of every per-article and dataset file the records know (``engine.gitindex``)."""
-        known = {blob: output for stage in ("markdown", "conversations")
-                 for blob, output in self.records(stage).blob_digests().items()}
+        known = self.records("markdown").blob_digests() | self.records("conversations").blob_digests()
         for record in self.records("dataset").records.values():
             known |= {file["blob"]: file["output"] for file in (record.get("files") or {}).values()}
         return known
