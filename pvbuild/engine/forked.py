@@ -18,6 +18,8 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+from pvbuild.files import marshalled
+
 
 def cores() -> int:
     """The cores this process may run on."""
@@ -83,7 +85,7 @@ def _child(work: Callable[[], Any], read_end: int, write_end: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.close(read_end)
-        data = marshal.dumps(work())
+        data = marshalled(work())
         with os.fdopen(write_end, "wb") as stream:
             stream.write(data)
         status = 0

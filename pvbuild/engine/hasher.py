@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from pvbuild.engine.records import digest_bytes
 from pvbuild.errors import StateError
-from pvbuild.files import atomic_write_bytes
+from pvbuild.files import atomic_write_bytes, marshalled
 
 
 @dataclass
@@ -294,5 +294,5 @@ class FileHasher:
             self.git.stop()
             self.git = None
         if self.cache_file is not None and self.dirty:
-            atomic_write_bytes(self.cache_file, marshal.dumps(self.entries))
+            atomic_write_bytes(self.cache_file, marshalled(self.entries))
             self.dirty = False

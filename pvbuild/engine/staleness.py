@@ -15,7 +15,7 @@ from pvbuild.engine.forked import Forked
 from pvbuild.engine.records import EDITED, Item, digest, keys_in_files, records_files, stale_items
 from pvbuild.engine.stage import Fingerprint, Stage, StaleItem
 from pvbuild.engine.workspace import Workspace
-from pvbuild.files import atomic_write_bytes
+from pvbuild.files import atomic_write_bytes, marshalled
 from pvbuild.progress import say
 
 
@@ -95,7 +95,7 @@ def _stale(workspace: Workspace, stage: Stage) -> list[StaleItem]:
     now = {"context": context, "keys": fingerprint.keys, "columns": columns, "files": files}
     if columns is not None and now != last:
         with contextlib.suppress(OSError, ValueError):
-            atomic_write_bytes(memo, marshal.dumps(now))
+            atomic_write_bytes(memo, marshalled(now))
     return found
 
 

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 
 from pvbuild.engine.records import digest_bytes
 from pvbuild.errors import PvbuildError
-from pvbuild.files import atomic_write_bytes, atomic_write_text
+from pvbuild.files import atomic_write_bytes, atomic_write_text, marshalled
 
 COLUMNS = ("title", "link", "date", "file_id", "source")
 _UNSAFE = re.compile(r"[^0-9A-Za-z_.-]+")
@@ -161,7 +161,7 @@ def read_digested_urls(path: Path, table_digest: str | None, cache_file: Path,
     else:
         rows = _digested(read_urls(path, path.read_bytes().decode("utf-8")))
     with contextlib.suppress(OSError):  # a cache: not being able to write it costs time, not correctness
-        atomic_write_bytes(cache_file, marshal.dumps((table_digest, _plain(rows))))
+        atomic_write_bytes(cache_file, marshalled((table_digest, _plain(rows))))
     return rows
 
 
