@@ -92,17 +92,17 @@ def git_may_answer(workspace: Workspace, folders: list[Path]) -> bool:
         and gitindex.in_repository(workspace.config.project_dir)
 
 
-def ask_git(workspace: Workspace, folders: list[Path]) -> bool:
+def ask_git(workspace: Workspace, folders: list[Path], digested: list[Path]) -> bool:
     """On a fresh clone in a git repository (``git_may_answer``), ask git which of the folders' files are
     as checked out (it answers while the check reads the table and the records); their digests then
-    come from the records. Where git vouches for none the records know, the files are digested by
-    workers (``prehash``). Whether git was asked."""
+    come from the records. Where git vouches for none the records know, the files of ``digested`` are
+    digested by workers (``prehash``). Whether git was asked."""
     hasher, root = workspace.hasher, workspace.config.project_dir
     hasher.git = gitindex.start(root, [str(folder.relative_to(root)) for folder in folders])
     if hasher.git is None:
         return False
     hasher.known_blobs = workspace.recorded_blobs
-    hasher.read_rest = lambda trusted: prehash_rest(hasher, folders, trusted)
+    hasher.read_rest = lambda trusted: prehash_rest(hasher, digested, trusted)
     return True
 
 
@@ -126,14 +126,16 @@ def check(workspace: Workspace, until: str | None = None, catalog: tuple[Stage, 
     workspace.hasher.remember()  # a check writes nothing
     stages = up_to(until, catalog)
     folders = written_folders(workspace.config, stages)
+    # The folders whose files workers digest: not those of a stage that reads its own by cheaper digests.
+    digested = written_folders(workspace.config, tuple(stage for stage in stages if not stage.self_checked(workspace)))
     # With git, the table is parsed elsewhere (forked before git's reader threads start) while this
     # process reads the records; without, the cores digest the files meanwhile. Either way a large
     # fresh clone's records are read first (those no summary vouches for), and its passes are shared
     # (share_passes).
     git = git_may_answer(workspace, folders)
     table_elsewhere = git and workspace.read_table_elsewhere()
-    git = git and ask_git(workspace, folders)
-    hashing = not git and prehash(workspace.hasher, folders)
+    git = git and ask_git(workspace, folders, digested)
+    hashing = not git and prehash(workspace.hasher, digested)
     large_and_fresh = table_elsewhere or hashing
     # Records, rows and items by the hundred thousand, none of them cyclic: the cycle collector would
     # only cost time (0.2 s of parsing 100,000 articles' records).

@@ -291,3 +291,31 @@ def test_a_malformed_url_table_parsed_elsewhere_is_named_by_this_process(clone: 
     assert workspace.read_table_elsewhere(min_bytes=1)
     with pytest.raises(PvbuildError, match=r"urls\.csv:4: empty source"):
         workspace.rows()
+
+
+def test_a_tree_without_git_or_cache_reads_the_dataset_by_its_check_digests(clone: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Neither git nor a stat cache vouches for the dataset's files: the check reads them by the check
+    digests their record keeps (xxh3), not by SHA-256 in the digesting workers, and finds a changed byte."""
+    from pvbuild.engine.hasher import CHECKED
+    from pvbuild.stages import dataset
+    from pvbuild.stages.catalog import open_workspace, up_to
+
+    shutil.rmtree(clone / ".git")
+    files = json.loads((clone / "artifacts/test/.state/dataset.json").read_text(encoding="utf-8"))["dataset"]["files"]
+    assert files and all(len(entry["check"]) == 32 for entry in files.values()), files
+    assert check(clone).returncode == 0, "up to date by the check digests"
+    shutil.rmtree(clone / ".pvbuild")  # no stat cache again
+    name = next(name for name in sorted(files) if name.endswith(".jsonl"))
+    shard = clone / "artifacts/test/dataset" / name
+    edited = bytearray(shard.read_bytes())
+    edited[-2:-1] = b" "  # the last line's closing brace: the same size
+    shard.write_bytes(bytes(edited))
+    monkeypatch.setenv("PVBUILD_FORK_MIN_FILES", "1")
+    workspace = open_workspace(load_config(clone, "test"), up_to("data"))
+    assert dataset.STAGE.self_checked(workspace)
+    findings = {(finding.stage, finding.key): finding.reason for finding in check_stale(workspace, "data")}
+    assert f"dataset file {name} missing or edited" in findings[("dataset", "dataset")], findings
+    read = {key for key in workspace.hasher.entries if "/dataset/" in key}
+    assert read and all(key.startswith(CHECKED) or key.endswith("/manifest.json") for key in read), \
+        "the dataset's files read by check digests only (its manifest is the stage's output)"

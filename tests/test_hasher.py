@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from pvbuild.engine.hasher import FileHasher
+from pvbuild.engine.records import check_bytes
 
 
 def sha(data: bytes) -> str:
@@ -55,3 +56,20 @@ def test_a_read_only_run_looks_at_each_file_once(tmp_path: Path) -> None:
     assert hasher.digest(page) == sha(b"before")
     hasher.remembered = None
     assert hasher.digest(page) == sha(b"after!")
+
+
+def test_a_check_digest_is_cached_like_a_digest_and_is_not_one(tmp_path: Path) -> None:
+    """``check_digest`` (xxh3, for the dataset's files) is kept in the stat cache under its own key,
+    trusted while mtime and size hold; ``known`` answers only what costs no reading."""
+    cache, shard = tmp_path / ".pvbuild" / "stat-cache.marshal", tmp_path / "train-00000-of-00002.jsonl"
+    shard.write_bytes(b"x" * 1000)
+    first = FileHasher(cache, tmp_path)
+    assert first.check_digest(shard) == check_bytes(b"x" * 1000)
+    assert first.known(shard) is None, "a check digest says nothing of the SHA-256 digest"
+    first.save()
+    shard.write_bytes(b"y" * 1000)  # the same size
+    os.utime(shard, ns=(1, 1))  # and another mtime: looked at again
+    again = FileHasher(cache, tmp_path)
+    assert again.check_digest(shard) == check_bytes(b"y" * 1000) != check_bytes(b"x" * 1000)
+    assert again.check_digest(tmp_path / "gone.jsonl") is None
+    assert again.digest(shard) == sha(b"y" * 1000) and again.known(shard) == sha(b"y" * 1000)

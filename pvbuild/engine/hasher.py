@@ -14,7 +14,7 @@ from itertools import repeat
 from pathlib import Path
 from typing import Any, Protocol
 
-from pvbuild.engine.records import digest_bytes
+from pvbuild.engine.records import check_bytes, digest_bytes
 from pvbuild.errors import StateError
 from pvbuild.files import atomic_write_bytes, marshalled
 
@@ -58,6 +58,7 @@ class GitAnswer(Protocol):
 
 
 GIT_TRUSTED = "\0git"  # a stat-cache key no path has
+CHECKED = "\0check:"  # before a file's key: the stat-cache entry of its check digest (check_digest)
 _UNSEEN = object()  # not looked at yet (a remembered None means: no such file)
 
 
@@ -229,6 +230,56 @@ class FileHasher:
             values.append(value)  # type: ignore[arg-type]
         return values
 
+    def known(self, path: Path | str) -> str | None:
+        """The file's digest where it costs no reading: looked at in this span, a stat-cache entry its
+        stat still matches, or one git vouches for. None: it would have to be read (or it is gone)."""
+        name = path if isinstance(path, str) else str(path)
+        if self.pending:
+            self._take(self.covered([name]))
+        remembered = self.remembered
+        if remembered is not None and not (self.volatile and name.startswith(self.volatile)):
+            value = remembered.get(name, _UNSEEN)
+            if value is not _UNSEEN:
+                return value  # type: ignore[return-value]
+        key = self._key(name)
+        cached = self.entries.get(key)
+        if cached is not None:
+            with contextlib.suppress(OSError):
+                info = os.stat(name)
+                if cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
+                    return str(cached[2])
+            return None
+        return self._blob_digest(key) if self.git is not None or self.clean_blobs else None
+
+    def check_digest(self, path: Path | str) -> str | None:
+        """The file's ``check_bytes`` digest (None: no such file), kept in the stat cache like a digest:
+        for files whose records keep one, where ``known`` has nothing (see ``check_bytes``)."""
+        name = path if isinstance(path, str) else str(path)
+        key = CHECKED + self._key(name)
+        cached = self.entries.get(key)
+        try:
+            descriptor = os.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise StateError(f"{name}: cannot read it ({error.strerror}); fix its permissions or remove it") from error
+        try:
+            info = os.fstat(descriptor)
+            if cached is not None and cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
+                return str(cached[2])
+            value = check_bytes(read_all(descriptor, info.st_size))
+        except OSError as error:  # e.g. a directory where a file should be
+            raise StateError(f"{name}: cannot read it ({error.strerror}); it should be a file") from error
+        finally:
+            os.close(descriptor)
+        self.entries[key] = [info.st_mtime_ns, info.st_size, value]
+        self.dirty = True
+        return value
+
+    def _key(self, name: str) -> str:
+        # Paths come from the pipeline, under the project root: slicing is ~10x cheaper than relpath.
+        return name[len(self.prefix):] if name.startswith(self.prefix) else os.path.relpath(name, self.root)
+
     def _git_blobs(self) -> tuple[dict[str, str], dict[str, str]]:
         """Key -> blob id of each file git vouches for and whose blob a record names, and blob id -> digest
         from the records (asked of git and the records once)."""
@@ -255,8 +306,7 @@ class FileHasher:
     def _digest(self, name: str) -> str | None:
         if self.pending:
             self._take(self.covered([name]))
-        # Paths come from the pipeline, under the project root: slicing is ~10x cheaper than relpath.
-        key = name[len(self.prefix):] if name.startswith(self.prefix) else os.path.relpath(name, self.root)
+        key = self._key(name)
         cached = self.entries.get(key)
         if cached is not None:
             try:

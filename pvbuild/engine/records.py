@@ -20,6 +20,8 @@ from json.encoder import encode_basestring
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import xxhash
+
 from pvbuild.engine.shards import ARTICLES_PER_SHARD, shard_count, shard_indices
 from pvbuild.engine.summaries import (
     ItemColumns,
@@ -56,6 +58,14 @@ def blob_id(data: bytes) -> str:
     per-article files keep it beside their digest, so that on a fresh clone a file that git finds
     unchanged since checkout has a known digest without being read (``engine.gitindex``)."""
     return hashlib.sha1(b"blob %d\0" % len(data) + data, usedforsecurity=False).hexdigest()
+
+
+def check_bytes(data: bytes) -> str:
+    """A digest that is only compared, never an identity: xxh3-128 (about 17 times SHA-256's speed
+    on this machine). The dataset's record keeps it beside each file's SHA-256, so that a check that
+    must read the dataset's files (no stat cache, no git) reads 900 MB at 100,000 articles in a
+    tenth of the time (``FileHasher.check_digest``)."""
+    return str(xxhash.xxh3_128_hexdigest(data))
 
 
 def file_output(data: bytes) -> dict[str, str]:

@@ -81,6 +81,11 @@ class Stage(Protocol):
 
     def run(self, workspace: Workspace) -> StageResult: ...
 
+    def self_checked(self, workspace: Workspace) -> bool:
+        """Whether ``refine`` reads the files the stage writes by digests cheaper than SHA-256 that its
+        records keep (the dataset's), so that a check's digesting workers need not read them."""
+        ...
+
 
 class StageBase:
     """Defaults for a stage of one item whose staleness is its records' alone."""
@@ -111,6 +116,9 @@ class StageBase:
 
     def file(self, workspace: Workspace, key: str) -> str:
         return next(item.file for item in self.items(workspace) if item.key == key)
+
+    def self_checked(self, workspace: Workspace) -> bool:
+        return False
 
 
 class ArticleStage(StageBase):

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from pvbuild.engine import staleness
 from pvbuild.engine.outcomes import StageResult, common_reason, load_failures
-from pvbuild.engine.records import Item, digest, digest_bytes, file_output
+from pvbuild.engine.records import Item, check_bytes, digest, digest_bytes, file_output
 from pvbuild.engine.shards import shard_count, shard_indices, shard_name
 from pvbuild.engine.stage import StageBase, StaleItem
 from pvbuild.engine.url_table import UrlRow
@@ -135,13 +135,39 @@ class DatasetStage(StageBase):
         if found:
             return found
         manifest = json.loads(workspace.manifest.read_text(encoding="utf-8"))
+        recorded = _recorded_files(workspace)
         name = next((name for name, expected in manifest.get("files", {}).items()
-                     if workspace.hasher.digest(workspace.dataset_dir / name) != expected), None)
+                     if not _matches(workspace, name, expected, recorded)), None)
         return [] if name is None else [StaleItem(items[0], f"dataset file {name} missing or edited since it was "
                                                   "built", False)]
 
     def run(self, workspace: Workspace) -> StageResult:
         return run_dataset_stage(workspace, staleness.stale(workspace, self))
+
+    def self_checked(self, workspace: Workspace) -> bool:
+        """Whether its record keeps a check digest of every file (``check_bytes``): a check then reads
+        them itself, and its digesting workers leave the dataset's folder out."""
+        files = _recorded_files(workspace)
+        return bool(files) and all(isinstance(entry, dict) and entry.get("check") for entry in files.values())
+
+
+def _recorded_files(workspace: Workspace) -> dict[str, Any]:
+    """What the dataset's record says of each of its files: digest, git blob id and check digest."""
+    files = (workspace.records("dataset").get("dataset") or {}).get("files")
+    return files if isinstance(files, dict) else {}
+
+
+def _matches(workspace: Workspace, name: str, expected: str, recorded: Mapping[str, Any]) -> bool:
+    """Whether dataset file ``name`` holds what the manifest says it does (SHA-256 ``expected``): by its
+    digest where that costs no reading, else by the check digest its record keeps (``check_bytes``),
+    else by reading its digest (records older than check digests)."""
+    path = workspace.dataset_dir / name
+    entry = recorded.get(name)
+    check = entry.get("check") if isinstance(entry, dict) and entry.get("output") == expected else None
+    if check is None:
+        return workspace.hasher.digest(path) == expected
+    known = workspace.hasher.known(path)
+    return known == expected if known is not None else workspace.hasher.check_digest(path) == check
 
 
 def _read_conversations(workspace: Workspace, members: list[Member]) -> list[Conversation]:
@@ -158,15 +184,21 @@ def _read_conversations(workspace: Workspace, members: list[Member]) -> list[Con
 
 
 def _file_record(workspace: Workspace, name: str, recorded: Any, expected: str) -> dict[str, str]:
-    """A dataset file kept from an earlier build: its digest and git blob id, as recorded when it was
-    built, or read once from the file (records older than blob ids)."""
+    """A dataset file kept from an earlier build: its digest, git blob id and check digest, as recorded
+    when it was built, or read once from the file (records older than blob ids or check digests)."""
     if isinstance(recorded, dict) and recorded.get("output") == expected and recorded.get("blob"):
-        return {"output": expected, "blob": str(recorded["blob"])}
-    return file_output((workspace.dataset_dir / name).read_bytes())
+        check = recorded.get("check") or check_bytes((workspace.dataset_dir / name).read_bytes())
+        return {"output": expected, "blob": str(recorded["blob"]), "check": str(check)}
+    return _built_record((workspace.dataset_dir / name).read_bytes())
 
 
-def _intact(workspace: Workspace, files: Mapping[str, str]) -> bool:
-    return all(workspace.hasher.digest(workspace.dataset_dir / name) == expected for name, expected in files.items())
+def _built_record(data: bytes) -> dict[str, str]:
+    """What the dataset's record says of a file it built: digest, git blob id, check digest."""
+    return {**file_output(data), "check": check_bytes(data)}
+
+
+def _intact(workspace: Workspace, files: Mapping[str, str], recorded: Mapping[str, Any]) -> bool:
+    return all(_matches(workspace, name, expected, recorded) for name, expected in files.items())
 
 
 def _write(directory: Path, files: Mapping[str, bytes]) -> dict[str, str]:
@@ -221,18 +253,18 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
     entries: dict[str, dict[str, Any]] = {}
     recorded = ((workspace.records("dataset").get(stale[0].item.key) or {}).get("files") or {}) \
         if not workspace.forced else {}
-    written: dict[str, dict[str, str]] = {}  # each file built now: its digest and git blob id
+    written: dict[str, dict[str, str]] = {}  # each file built now: its digest, git blob id, check digest
     progress = Progress("dataset shards", count) if count > 1 else None
     for index, shard in enumerate(shards):
         key, inputs, group = f"{index:05d}", shard_inputs(shard, identity, count), shard.members
         old = previous.get(key)
-        if old is not None and old.get("inputs") == inputs and _intact(workspace, old["files"]):
+        if old is not None and old.get("inputs") == inputs and _intact(workspace, old["files"], recorded):
             entries[key] = old
             result.skipped += 1
         elif group:
             built = shard_files(_read_conversations(workspace, group), options, formats, index, count)
             entries[key] = _shard_entry(built, inputs, _write(directory, built.files))
-            written |= {name: file_output(data) for name, data in built.files.items()}
+            written |= {name: _built_record(data) for name, data in built.files.items()}
             result.built += 1
         if progress is not None:
             progress.advance(True)
