@@ -256,25 +256,7 @@ class FileHasher:
         for files whose records keep one, where ``known`` has nothing (see ``check_bytes``)."""
         name = path if isinstance(path, str) else str(path)
         key = CHECKED + self._key(name)
-        cached = self.entries.get(key)
-        try:
-            descriptor = os.open(name, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        except OSError as error:
-            raise StateError(f"{name}: cannot read it ({error.strerror}); fix its permissions or remove it") from error
-        try:
-            info = os.fstat(descriptor)
-            if cached is not None and cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
-                return str(cached[2])
-            value = check_bytes(read_all(descriptor, info.st_size))
-        except OSError as error:  # e.g. a directory where a file should be
-            raise StateError(f"{name}: cannot read it ({error.strerror}); it should be a file") from error
-        finally:
-            os.close(descriptor)
-        self.entries[key] = [info.st_mtime_ns, info.st_size, value]
-        self.dirty = True
-        return value
+        return self._read(name, key, check_bytes, self.entries.get(key))
 
     def _key(self, name: str) -> str:
         # Paths come from the pipeline, under the project root: slicing is ~10x cheaper than relpath.
@@ -319,6 +301,12 @@ class FileHasher:
             trusted = self._blob_digest(key)
             if trusted is not None:
                 return trusted
+        return self._read(name, key, digest_bytes)
+
+    def _read(self, name: str, key: str, digest_of: Callable[[bytes], str], cached: list[Any] | None = None) \
+            -> str | None:
+        """``digest_of`` the file's bytes, kept in the stat cache under ``key`` (``cached``: its entry, taken
+        while the file's stat still matches it). None: no such file."""
         try:  # open, then fstat: on a fresh clone every file is read, and this saves a path lookup
             descriptor = os.open(name, os.O_RDONLY)
         except FileNotFoundError:
@@ -327,7 +315,9 @@ class FileHasher:
             raise StateError(f"{name}: cannot read it ({error.strerror}); fix its permissions or remove it") from error
         try:
             info = os.fstat(descriptor)
-            value = digest_bytes(read_all(descriptor, info.st_size))
+            if cached is not None and cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
+                return str(cached[2])
+            value = digest_of(read_all(descriptor, info.st_size))
         except OSError as error:  # e.g. a directory where a file should be
             raise StateError(f"{name}: cannot read it ({error.strerror}); it should be a file") from error
         finally:
