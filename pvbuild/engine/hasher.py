@@ -1,6 +1,7 @@
 """Digests of files: a machine-local (mtime, size) stat cache, so that unchanged files are not read
 again; on a fresh clone, digests that git vouches for (``engine.gitindex``) or that forked workers
 computed (``engine.prehash``); and, within a span in which pvbuild writes nothing, each file looked at once.
+Files whose records keep a check digest (the dataset's) can be read by that instead (``check_digest``).
 """
 
 from __future__ import annotations
