@@ -242,15 +242,8 @@ class FileHasher:
             value = remembered.get(name, _UNSEEN)
             if value is not _UNSEEN:
                 return value  # type: ignore[return-value]
-        key = self._key(name)
-        cached = self.entries.get(key)
-        if cached is not None:
-            with contextlib.suppress(OSError):
-                info = os.stat(name)
-                if cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
-                    return str(cached[2])
-            return None
-        return self._blob_digest(key) if self.git is not None or self.clean_blobs else None
+        value = self._without_reading(name, self._key(name))
+        return None if value is _UNSEEN else value  # type: ignore[return-value]
 
     def check_digest(self, path: Path | str) -> str | None:
         """The file's ``check_bytes`` digest (None: no such file), kept in the stat cache like a digest:
@@ -290,19 +283,24 @@ class FileHasher:
         if self.pending:
             self._take(self.covered([name]))
         key = self._key(name)
+        value = self._without_reading(name, key)
+        return self._read(name, key, digest_bytes) if value is _UNSEEN else value  # type: ignore[return-value]
+
+    def _without_reading(self, name: str, key: str) -> str | None | object:
+        """The file's digest from a stat-cache entry its stat still matches, or from git (None: it is
+        gone); ``_UNSEEN`` when only reading it would tell."""
         cached = self.entries.get(key)
         if cached is not None:
             try:
                 info = os.stat(name)
             except FileNotFoundError:
                 return None
-            if cached[0] == info.st_mtime_ns and cached[1] == info.st_size:
-                return str(cached[2])
-        elif self.git is not None or self.clean_blobs:
+            return str(cached[2]) if cached[0] == info.st_mtime_ns and cached[1] == info.st_size else _UNSEEN
+        if self.git is not None or self.clean_blobs:
             trusted = self._blob_digest(key)
             if trusted is not None:
                 return trusted
-        return self._read(name, key, digest_bytes)
+        return _UNSEEN
 
     def _read(self, name: str, key: str, digest_of: Callable[[bytes], str], cached: list[Any] | None = None) \
             -> str | None:

@@ -251,8 +251,7 @@ def run_dataset_stage(workspace: Workspace, stale: list[StaleItem]) -> StageResu
     directory = workspace.dataset_dir
     directory.mkdir(parents=True, exist_ok=True)
     entries: dict[str, dict[str, Any]] = {}
-    recorded = ((workspace.records("dataset").get(stale[0].item.key) or {}).get("files") or {}) \
-        if not workspace.forced else {}
+    recorded = _recorded_files(workspace) if not workspace.forced else {}
     written: dict[str, dict[str, str]] = {}  # each file built now: its digest, git blob id, check digest
     progress = Progress("dataset shards", count) if count > 1 else None
     for index, shard in enumerate(shards):
