@@ -74,6 +74,7 @@ TRAINING_OPTIONS: dict[str, Any] = {
     "accept_eula": False, "lora": True, "model_path": "", "device": "auto", "poll_seconds": 30.0,
     "max_runtime_seconds": 86400, "long_prompts": "drop", "gpus": "auto", "spot": False, "max_wait_seconds": 0,
     "instance_count": 1,  # sagemaker: instances of the training job
+    "compile": "auto",  # local trainer: the backbone in CUDA graphs (true, false, or "auto": long runs on one GPU)
     # Several fine-tunes of one dataset, each its own job: [{name, base_model?, hyperparameters?, instance_type?}].
     # None: one job of the section's own base_model and hyperparameters. ``select``: which one deploy serves.
     "candidates": [], "select": "validation_loss",
@@ -103,8 +104,8 @@ def without_later_defaults(options: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in options.items()
             if not (key in LATER_OPTIONS and value == LATER_OPTIONS[key])}
 # Options that change how a step runs, not what it produces.
-RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "gpus", "host", "port", "poll_seconds", "idle_hours",
-                                   "max_runtime_seconds", "spot", "max_wait_seconds"})
+RUNTIME_MODEL_OPTIONS = frozenset({"startup_timeout", "device", "gpus", "compile", "host", "port", "poll_seconds",
+                                   "idle_hours", "max_runtime_seconds", "spot", "max_wait_seconds"})
 
 
 @dataclass(frozen=True)
@@ -245,6 +246,8 @@ class _Validator:
             ok = isinstance(value, bool)
         elif key.endswith(".gpus"):  # "auto", or how many
             ok = isinstance(value, str | int) and not isinstance(value, bool)
+        elif key.endswith(".compile"):  # "auto", or a bool: checked with its own message (validate)
+            ok = True
         elif key.endswith(".max_failed"):  # a count, or a ratio
             ok = isinstance(value, int | float) and not isinstance(value, bool)
         elif isinstance(default, float):
@@ -373,6 +376,9 @@ def _model_half(check: _Validator, raw: Mapping[str, Any], registry: Registry) -
         raise check.fail("training.gpus", f"must be \"auto\" (every visible GPU) or a whole number of at least 1, "
                          f"not {gpus!r}")
     training = tables["training"]
+    if training["compile"] != "auto" and not isinstance(training["compile"], bool):
+        raise check.fail("training.compile", f"must be true, false or \"auto\" (compile on one GPU for long runs), "
+                         f"not {training['compile']!r}")
     if training["spot"] and training["max_wait_seconds"] and training["max_wait_seconds"] < training[
             "max_runtime_seconds"]:
         raise check.fail("training.max_wait_seconds", "must be at least max_runtime_seconds (SageMaker's rule for "

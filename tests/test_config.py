@@ -45,6 +45,7 @@ def test_profile_from_environment(project: Project, monkeypatch: pytest.MonkeyPa
     ("[profile.default\n", "pvbuild.toml: invalid TOML"),
     ('[profile.default.training]\ngpus = 0', 'training.gpus: must be "auto" (every visible GPU) or a whole number'),
     ('[profile.default.training]\ngpus = "two"', "training.gpus: must be"),
+    ('[profile.default.training]\ncompile = "yes"', 'training.compile: must be true, false or "auto"'),
     ('[profile.default.training]\nspot = true\nmax_runtime_seconds = 3600\nmax_wait_seconds = 600',
      "training.max_wait_seconds: must be at least max_runtime_seconds"),
     ('[profile.default.sources.sample]\nexclude = ["http://a.example/1.html", 3]',

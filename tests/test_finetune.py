@@ -45,6 +45,50 @@ def test_liger_kernels_only_on_cuda() -> None:
     assert sft_config(hyperparameters(chat=False), Path("unused"), "cpu", 10, False).use_liger_kernel is False
 
 
+def test_compile_auto_picks_long_runs_on_one_gpu_and_true_is_refused_where_it_cannot_run() -> None:
+    """``training.compile``: "auto" compiles only where the measured break-even holds (one CUDA GPU, SDPA,
+    COMPILE_FROM_STEPS optimizer steps or more); true where no CUDA graph can run is an error naming the fix."""
+    from pvbuild.services.finetune import COMPILE_FROM_STEPS, CompileRefused, compiles
+
+    assert compiles("auto", "cuda", 1, COMPILE_FROM_STEPS)
+    assert not compiles("auto", "cuda", 1, COMPILE_FROM_STEPS - 1)  # a short run would lose more than it gains
+    assert not compiles("auto", "cuda", 2, 10 * COMPILE_FROM_STEPS)  # several processes: not measured
+    assert not compiles("auto", "cpu", 1, 10 * COMPILE_FROM_STEPS)
+    assert not compiles("false", "cuda", 1, 10 * COMPILE_FROM_STEPS)
+    assert compiles("true", "cuda:0", 1, 1)
+    for device, processes in (("cpu", 1), ("cuda", 2)):
+        with pytest.raises(CompileRefused, match='training.compile = true needs one CUDA GPU .*set it to "auto"'):
+            compiles("true", device, processes, 1)
+
+
+def test_a_compiled_backbone_pads_to_fewer_lengths_and_leaves_liger_out() -> None:
+    from pvbuild.services.finetune import COMPILED_PAD, liger_kernels, sft_config
+
+    config = sft_config(hyperparameters(chat=False), Path("unused"), "cuda", 10, False, compiled=True)
+    assert config.pad_to_multiple_of == COMPILED_PAD and config.use_liger_kernel is False
+    assert sft_config(hyperparameters(chat=False), Path("unused"), "cuda", 10, False).pad_to_multiple_of == 64
+    assert not liger_kernels("cuda", compiled=True)
+
+
+def test_compile_backbone_compiles_the_decoder_stack_in_place_keeping_the_weight_names(tiny_base: Path) -> None:
+    """The saved model must not gain torch.compile's ``_orig_mod.`` prefix, with LoRA adapters too. (Running the
+    compiled graphs needs a CUDA GPU: bench_train.py --compile true measures that.)"""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from pvbuild.services.finetune import compile_backbone, lora_config
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_base))
+    names = list(model.state_dict())
+    compile_backbone(model, strict=True)
+    assert model.model._compiled_call_impl is not None and model.lm_head._compiled_call_impl is None
+    assert list(model.state_dict()) == names
+    adapted = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_base)), lora_config(hyperparameters(
+        chat=False)))
+    compile_backbone(adapted, strict=True)
+    assert adapted.get_base_model().model._compiled_call_impl is not None
+
+
 def test_lora_is_merged_into_a_plain_model(tiny_base: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

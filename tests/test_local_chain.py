@@ -170,6 +170,29 @@ def test_a_failed_job_stops_the_chain_and_the_rerun_starts_a_new_one(project: Pr
         main(["--project", str(project.path), "teardown", "--profile", "test"])
 
 
+def test_compile_true_without_a_gpu_fails_the_job_with_the_fix_and_is_no_input_of_it(project: Project) -> None:
+    """``training.compile`` says how the job runs, not what it makes: true on the CPU fails the job naming the
+    fix, and once trained, switching it on or off leaves the job as it is."""
+    with_compile = CONFIG.format(model="tiny").replace("[profile.test.training]\n",
+                                                       '[profile.test.training]\ndevice = "cpu"\ncompile = {}\n')
+    project.config(with_compile.format("true"))
+    try:
+        assert project.build_all() != 0
+        failed = record(project, "training.json")
+        assert failed["status"] == "Failed"
+        assert 'training.compile = true needs one CUDA GPU' in failed["failure_reason"]
+        assert 'set it to "auto" or false' in failed["failure_reason"]
+        assert not (project.artifacts() / "model.json").exists()
+
+        project.config(with_compile.format('"auto"'))
+        assert project.build_all() == 0
+        assert record(project, "training.json")["status"] == "Completed" and len(jobs(project)) == 2
+        project.config(with_compile.format("false"))
+        assert not stale(pipeline(project), "train")
+    finally:
+        main(["--project", str(project.path), "teardown", "--profile", "test"])
+
+
 def test_any_local_hugging_face_directory_trains_with_lora(project: Project, tiny_base: Path) -> None:
     project.config(f"""
 [profile.test]

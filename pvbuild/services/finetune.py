@@ -138,13 +138,58 @@ def precision(device: str) -> str:
     return "bf16" if device.startswith("cuda") and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def liger_kernels(device: str) -> bool:
+# training.compile = "auto" compiles from this many optimizer steps on: measured on lent H100s (README,
+# Benchmarks, session 18), SmolLM2's shape first compiled in 200-220 s with an empty cache, and a step at
+# batch 4 then took about 49 ms instead of 134-207 ms: a shorter run would lose more than it gained.
+COMPILE_FROM_STEPS = 2000
+COMPILED_PAD = 128  # batches of a compiled backbone are padded to a multiple of this: one CUDA graph a length
+
+
+class CompileRefused(PvbuildError):
+    """``training.compile = true`` where the compiled backbone cannot run (no CUDA GPU, several processes)."""
+
+
+def compiles(setting: Any, device: str, processes: int, steps: int) -> bool:
+    """``training.compile``: ``true`` compiles the backbone (``compile_backbone``), ``false`` never does, and
+    ``"auto"`` compiles on one CUDA GPU with SDPA attention when the run has ``COMPILE_FROM_STEPS`` optimizer
+    steps or more. Several processes are not compiled: DDP's gradient hooks would run after a replayed
+    backward graph, an arrangement that has not been measured."""
+    import torch
+
+    wanted = str(setting).lower()
+    if wanted == "false":
+        return False
+    usable = device.startswith("cuda") and processes == 1 and hasattr(torch.compiler, "set_stance")
+    if wanted == "true":
+        if not usable:
+            raise CompileRefused(f"training.compile = true needs one CUDA GPU and torch 2.6 or later (here: {device}, "
+                                 f"{processes} process(es), torch {torch.__version__}); set it to \"auto\" or false")
+        return True
+    return usable and _attention(device) == "sdpa" and steps >= COMPILE_FROM_STEPS
+
+
+def compile_backbone(model: Any, strict: bool) -> None:
+    """Compile ``model``'s backbone (its decoder stack) in place into CUDA graphs (torch.compile's
+    ``reduce-overhead``): a small model's step is bound by the host launching its ~2,000 kernels one by
+    one, while a replayed graph launches them in one call (and inductor fuses the element-wise ones).
+    Shapes turn dynamic after the first, one graph is recorded a padded length, and the weights keep
+    their names (``Module.compile``). TRL's LM head and loss, which select the labelled tokens (a shape
+    known only on the GPU), stay outside. Unless ``strict`` (``training.compile = true``), a part that
+    fails to compile runs eagerly instead: "auto" must not fail a job that would train without it."""
+    import torch
+
+    torch._dynamo.config.suppress_errors = not strict
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner.base_model.compile(mode="reduce-overhead")
+
+
+def liger_kernels(device: str, compiled: bool = False) -> bool:
     """Liger's fused layer kernels (RMSNorm, SwiGLU, RoPE) where its package is installed on a CUDA machine:
     fewer kernel launches, and a 135M model's step is bound by launches (``bench_train.py``). TRL keeps its own
-    fused LM head and loss."""
+    fused LM head and loss. Not with a compiled backbone, whose graphs fuse those layers themselves."""
     import importlib.util
 
-    return device.startswith("cuda") and importlib.util.find_spec("liger_kernel") is not None
+    return device.startswith("cuda") and importlib.util.find_spec("liger_kernel") is not None and not compiled
 
 
 def _attention(device: str) -> str:
@@ -180,7 +225,7 @@ def quantization(hyperparameters: Mapping[str, Any], device: str) -> Any:
 
 
 def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str, steps: int,
-               has_validation: bool) -> Any:
+               has_validation: bool, compiled: bool = False) -> Any:
     """JumpStart's names as an ``SFTConfig`` (the rest stays at TRL's defaults)."""
     from trl import SFTConfig
 
@@ -196,8 +241,9 @@ def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str
         **_checkpointing(_flag(hyperparameters, "gradient_checkpointing")),
         max_length=int(hyperparameters["max_input_length"]), seed=int(hyperparameters.get("seed", 42)),
         bf16=dtype == "bf16", use_cpu=device == "cpu", padding_free=padding_free,
-        use_liger_kernel=liger_kernels(device),
-        pad_to_multiple_of=64 if device.startswith("cuda") and not padding_free else None,
+        use_liger_kernel=liger_kernels(device, compiled),
+        pad_to_multiple_of=(COMPILED_PAD if compiled else 64) if device.startswith("cuda") and not padding_free
+        else None,
         train_sampling_strategy="random" if padding_free else "group_by_length",
         optim="adamw_torch_fused" if device.startswith("cuda") else "adamw_torch",
         # On a GPU, batches are collated by two worker processes and copied from pinned memory without
@@ -353,8 +399,9 @@ def _load_model(model_source: Path | str, device: str, hyperparameters: Mapping[
 
 def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | None,
              hyperparameters: Mapping[str, Any], output_dir: Path, lora: bool, device: str = "auto",
-             long_prompts: LongPrompts | str = LongPrompts.DROP) -> FinetuneResult:
-    """Train the model at ``model_source`` on the channel directories; save it to ``output_dir``."""
+             long_prompts: LongPrompts | str = LongPrompts.DROP, compile_setting: Any = "auto") -> FinetuneResult:
+    """Train the model at ``model_source`` on the channel directories; save it to ``output_dir``.
+    ``compile_setting`` is ``training.compile`` (``compiles``)."""
     from transformers import AutoTokenizer
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -376,6 +423,7 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
                             train_tokens=train.tokens * epochs, dropped=train.dropped + validation.dropped,
                             truncated=train.truncated + validation.truncated, processes=processes,
                             global_batch_size=batch, steps=steps)
+    compiled = compiles(compile_setting, device, processes, steps)
     model = _load_model(model_source, device, hyperparameters)
     if device == "cpu":
         use_cpu_threads(model)
@@ -386,10 +434,13 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
         warnings.filterwarnings("ignore", message=".*use_liger_kernel.*", category=FutureWarning)
         trainer = PvbuildSFTTrainer(
             model=model, args=sft_config(hyperparameters, output_dir.with_name(output_dir.name + ".trainer"), device,
-                                         steps, bool(validation.examples)),
+                                         steps, bool(validation.examples), compiled),
             train_dataset=_dataset(train), eval_dataset=_dataset(validation) if validation.examples else None,
             processing_class=tokenizer, peft_config=lora_config(hyperparameters) if lora else None,
             callbacks=_callbacks(progress, epochs, timing))
+    if compiled:
+        compile_backbone(trainer.model, strict=str(compile_setting).lower() == "true")
+        trainer.evaluates_eagerly = True
     if os.environ.get("PVBUILD_TORCH_PROFILE") and device.startswith("cuda"):
         trainer.add_callback(_profiler_callback())
     for printer in (PrinterCallback, ProgressCallback):  # pvbuild's own progress line says it all

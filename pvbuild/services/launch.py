@@ -41,6 +41,7 @@ class LaunchSpec:
     device: str
     long_prompts: str
     result_file: str
+    compile_setting: str = "auto"  # training.compile
 
 
 def processes_for(requested: Any, device: str) -> int:
@@ -110,7 +111,7 @@ def main(argv: list[str]) -> int:
     first = int(os.environ.get("RANK", "0")) == 0
     result = finetune(spec.model_source, Path(spec.train_dir), Path(spec.validation_dir) if spec.validation_dir
                       else None, spec.hyperparameters, Path(spec.output_dir), spec.lora, spec.device,
-                      spec.long_prompts)
+                      spec.long_prompts, spec.compile_setting)
     if first:
         atomic_write_text(Path(spec.result_file), json.dumps(asdict(result)))
     import torch.distributed

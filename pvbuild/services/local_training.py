@@ -101,12 +101,13 @@ class LocalTraining:
         device = pick_device(str(request.options["device"]))
         lora, long_prompts = bool(request.options.get("lora")), str(request.options.get("long_prompts", "drop"))
         processes = processes_for(request.options.get("gpus", "auto"), device)
+        compile_setting = str(request.options.get("compile", "auto")).lower()
         if processes == 1:
             return finetune(source, train_dir, validation_dir, request.hyperparameters, work / "model", lora=lora,
-                            device=device, long_prompts=long_prompts)
+                            device=device, long_prompts=long_prompts, compile_setting=compile_setting)
         spec = LaunchSpec(str(source), str(train_dir), str(validation_dir) if validation_dir else None,
                           dict(request.hyperparameters), str(work / "model"), lora, device, long_prompts,
-                          str(work / "result.json"))
+                          str(work / "result.json"), compile_setting)
         return launch(spec, processes, self.cache_dir / "training.log")
 
     def wait(self, request: TrainingRequest, on_update: Callable[[JobState], None]) -> JobState:

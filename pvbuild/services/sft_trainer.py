@@ -1,6 +1,6 @@
 """TRL's ``SFTTrainer`` with less per-step bookkeeping, and batches dealt evenly over GPUs.
 
-Two changes, both kept by measurement (README, "Several GPUs", session 11):
+Three changes, each kept by measurement (README, "Several GPUs", session 11; "The local trainer"):
 
 - **The training loss without TRL's per-step metrics.** TRL computes its loss from its fused LM
   head (as here), then, every step, entropy, token accuracy and a token count: four all-gathers and
@@ -12,6 +12,8 @@ Two changes, both kept by measurement (README, "Several GPUs", session 11):
   turn, so process 0 always got the longest of each pair (4-8 % more padded tokens a step, and the
   others waited for it at every all-reduce). ``deal`` hands the examples of each step's batches out
   round-robin instead: every process gets batches of the same lengths.
+- **Evaluation without compiling.** Where the backbone runs compiled (``training.compile``), evaluation
+  runs it eagerly: without gradients it would be compiled, and its graphs recorded, a second time.
 """
 
 from __future__ import annotations
@@ -58,6 +60,16 @@ class PvbuildSFTTrainer(SFTTrainer):
         if inner is None or self.args.world_size <= 1 or self.args.train_sampling_strategy != "group_by_length":
             return inner
         return DealtSampler(inner, self.args.per_device_train_batch_size, self.args.world_size)
+
+    evaluates_eagerly = False  # set where the backbone was compiled (finetune.compile_backbone)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.evaluates_eagerly:
+            return super().evaluate(*args, **kwargs)
+        # Without gradients a compiled backbone would compile, and record CUDA graphs, all over again (about
+        # two minutes on an H100 with an empty cache) for a few batches: evaluation runs it eagerly.
+        with torch.compiler.set_stance("force_eager"):
+            return super().evaluate(*args, **kwargs)
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
