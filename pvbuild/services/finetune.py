@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import gc
 import io
+import logging
 import math
 import os
 import shutil
@@ -179,8 +180,21 @@ def compile_backbone(model: Any, strict: bool) -> None:
     import torch
 
     torch._dynamo.config.suppress_errors = not strict
+    dynamo_log = logging.getLogger("torch._dynamo")
+    if not any(isinstance(existing, _UnanalysedTritonKernels) for existing in dynamo_log.filters):
+        dynamo_log.addFilter(_UnanalysedTritonKernels())
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     inner.base_model.compile(mode="reduce-overhead")
+
+
+class _UnanalysedTritonKernels(logging.Filter):
+    """Where an earlier run in the process applied Liger's kernels (they patch transformers' classes), torch
+    compiles their Triton code into the graph and warns, with a traceback, for each kernel whose writes it
+    cannot analyse (7,000 lines in one run on an H100): it then assumes every input written, which is
+    correct, so those warnings are left out; Dynamo's others stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Encountered an exception in identify_")
 
 
 def liger_kernels(device: str, compiled: bool = False) -> bool:
@@ -460,17 +474,21 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
         shutil.rmtree(str(trainer.args.output_dir), ignore_errors=True)  # the trainer's own folder: nothing kept there
     result.seconds = time.monotonic() - started
     del trainer, model
-    release_gpu_memory(device)
+    release_gpu_memory(device, compiled)
     return result
 
 
-def release_gpu_memory(device: str) -> None:
+def release_gpu_memory(device: str, compiled: bool = False) -> None:
     """Hand the GPU's cached blocks back once the model is saved: with one GPU, training runs inside the doit
     process, whose allocator would otherwise keep the model's and optimizer's memory (tens of GB for a 1B model)
-    from every other process on that GPU until it exits."""
+    from every other process on that GPU until it exits. A compiled backbone's CUDA graphs hold their own
+    memory pool and the model: torch's compile state is reset (the next compile in the process traces again,
+    its kernels still come from the disk cache)."""
     if device.startswith("cuda"):
         import torch
 
+        if compiled:
+            torch._dynamo.reset()
         gc.collect()  # the Trainer's reference cycles hold the model
         torch.cuda.empty_cache()
 
