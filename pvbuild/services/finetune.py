@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from pvbuild.errors import PvbuildError
-from pvbuild.progress import Progress
+from pvbuild.progress import Progress, say
 from pvbuild.services.sft_data import (
     Encoded,
     LongPrompts,
@@ -140,8 +140,9 @@ def precision(device: str) -> str:
 
 
 # training.compile = "auto" compiles from this many optimizer steps on: measured on lent H100s (README,
-# Benchmarks, session 18), SmolLM2's shape first compiled in 200-220 s with an empty cache, and a step at
-# batch 4 then took about 49 ms instead of 134-207 ms: a shorter run would lose more than it gained.
+# Benchmarks, session 18), SmolLM2's shape first compiled in 190-220 s with an empty cache, and a step at
+# batch 4 then took about 49 ms instead of 134-207 ms: a shorter run on a machine whose cache is empty would
+# lose more than it gained.
 COMPILE_FROM_STEPS = 2000
 COMPILED_PAD = 128  # batches of a compiled backbone are padded to a multiple of this: one CUDA graph a length
 
@@ -455,6 +456,8 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
     if compiled:
         compile_backbone(trainer.model, strict=str(compile_setting).lower() == "true")
         trainer.evaluates_eagerly = True
+        say(f"train: compiling the model's layers into CUDA graphs (training.compile = {compile_setting}, {steps} "
+            "steps): the first two steps take minutes where torch's cache is empty, seconds after")
     if os.environ.get("PVBUILD_TORCH_PROFILE") and device.startswith("cuda"):
         trainer.add_callback(_profiler_callback())
     for printer in (PrinterCallback, ProgressCallback):  # pvbuild's own progress line says it all
