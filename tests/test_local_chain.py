@@ -187,8 +187,9 @@ def test_compile_true_without_a_gpu_fails_the_job_with_the_fix_and_is_no_input_o
         project.config(with_compile.format('"auto"'))
         assert project.build_all() == 0
         assert record(project, "training.json")["status"] == "Completed" and len(jobs(project)) == 2
-        project.config(with_compile.format("false"))
-        assert not stale(pipeline(project), "train")
+        for setting in ("false", "true"):
+            project.config(with_compile.format(setting))
+            assert not stale(pipeline(project), "train")
     finally:
         main(["--project", str(project.path), "teardown", "--profile", "test"])
 
