@@ -95,6 +95,15 @@ def test_compile_backbone_compiles_the_decoder_stack_in_place_keeping_the_weight
     assert dynamo_log.filter(logging.makeLogRecord({"msg": "torch._dynamo hit config.recompile_limit (8)"}))
 
 
+def test_the_profiled_steps_are_ten_early_ones_or_those_named() -> None:
+    from pvbuild.services.finetune import PROFILED_STEPS, profiled_steps
+
+    assert profiled_steps("1") == PROFILED_STEPS and profiled_steps("200:210") == (200, 210)
+    for wrong in ("210:200", "a:b", "0:5"):
+        with pytest.raises(ValueError, match=f"PVBUILD_TORCH_PROFILE={wrong}: expected 1 or FIRST:LAST"):
+            profiled_steps(wrong)
+
+
 def test_lora_is_merged_into_a_plain_model(tiny_base: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 

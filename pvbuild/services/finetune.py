@@ -326,11 +326,26 @@ def _callbacks(progress: Progress, epochs: int, timing: dict[str, float]) -> lis
     return [Watch()]
 
 
-PROFILED_STEPS = (6, 16)  # PVBUILD_TORCH_PROFILE: after the first shapes and kernel compiles
+PROFILED_STEPS = (6, 16)  # PVBUILD_TORCH_PROFILE=1: after the first shapes and kernel compiles
 
 
-def _profiler_callback() -> Any:
-    """For developers (``PVBUILD_TORCH_PROFILE=1``, CUDA): torch.profiler over ten optimizer steps, its
+def profiled_steps(setting: str) -> tuple[int, int]:
+    """``PVBUILD_TORCH_PROFILE``: ``1`` profiles ``PROFILED_STEPS``; ``FIRST:LAST`` those optimizer steps (a
+    compiled backbone records its graphs for a while: its steady state shows only later)."""
+    first, colon, last = setting.partition(":")
+    if not colon:
+        return PROFILED_STEPS
+    try:
+        steps = int(first), int(last)
+    except ValueError:
+        steps = (0, 0)
+    if not 0 < steps[0] < steps[1]:
+        raise ValueError(f"PVBUILD_TORCH_PROFILE={setting}: expected 1 or FIRST:LAST optimizer steps, e.g. 200:210")
+    return steps
+
+
+def _profiler_callback(steps: tuple[int, int]) -> Any:
+    """For developers (``PVBUILD_TORCH_PROFILE=1`` or ``=FIRST:LAST``, CUDA): torch.profiler over ``steps``, its
     host and GPU tables printed by each process to its output (the training log when launched)."""
     import torch
     from transformers import TrainerCallback
@@ -341,7 +356,7 @@ def _profiler_callback() -> Any:
             self.started = 0.0
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step == PROFILED_STEPS[0]:
+            if state.global_step == steps[0]:
                 torch.cuda.synchronize()
                 self.started = time.perf_counter()
                 activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -349,12 +364,12 @@ def _profiler_callback() -> Any:
                 self.profiler.__enter__()
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            if state.global_step == PROFILED_STEPS[1] and self.profiler is not None:
+            if state.global_step == steps[1] and self.profiler is not None:
                 torch.cuda.synchronize()
                 seconds = time.perf_counter() - self.started
                 self.profiler.__exit__(None, None, None)
                 found = self.profiler.key_averages()
-                print(f"PROFILE rank {os.environ.get('RANK', '0')}: {seconds:.3f} s for steps {PROFILED_STEPS}\n"
+                print(f"PROFILE rank {os.environ.get('RANK', '0')}: {seconds:.3f} s for steps {steps}\n"
                       f"{found.table(sort_by='self_cpu_time_total', row_limit=25)}\n"
                       f"{found.table(sort_by='self_cuda_time_total', row_limit=12)}", file=sys.stderr, flush=True)
                 self.profiler = None
@@ -459,7 +474,7 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
         say(f"train: compiling the model's layers into CUDA graphs (training.compile = {compile_setting}, {steps} "
             "steps): the first two steps take minutes where torch's cache is empty, seconds after")
     if os.environ.get("PVBUILD_TORCH_PROFILE") and device.startswith("cuda"):
-        trainer.add_callback(_profiler_callback())
+        trainer.add_callback(_profiler_callback(profiled_steps(os.environ["PVBUILD_TORCH_PROFILE"])))
     for printer in (PrinterCallback, ProgressCallback):  # pvbuild's own progress line says it all
         trainer.remove_callback(printer)
     try:
