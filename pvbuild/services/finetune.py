@@ -332,16 +332,12 @@ PROFILED_STEPS = (6, 16)  # PVBUILD_TORCH_PROFILE=1: after the first shapes and 
 def profiled_steps(setting: str) -> tuple[int, int]:
     """``PVBUILD_TORCH_PROFILE``: ``1`` profiles ``PROFILED_STEPS``; ``FIRST:LAST`` those optimizer steps (a
     compiled backbone records its graphs for a while: its steady state shows only later)."""
-    first, colon, last = setting.partition(":")
-    if not colon:
+    if ":" not in setting:
         return PROFILED_STEPS
-    try:
-        steps = int(first), int(last)
-    except ValueError:
-        steps = (0, 0)
-    if not 0 < steps[0] < steps[1]:
+    first, _, last = setting.partition(":")
+    if not (first.isdigit() and last.isdigit() and 0 < int(first) < int(last)):
         raise ValueError(f"PVBUILD_TORCH_PROFILE={setting}: expected 1 or FIRST:LAST optimizer steps, e.g. 200:210")
-    return steps
+    return int(first), int(last)
 
 
 def _profiler_callback(steps: tuple[int, int]) -> Any:

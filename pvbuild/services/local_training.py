@@ -101,7 +101,7 @@ class LocalTraining:
         device = pick_device(str(request.options["device"]))
         lora, long_prompts = bool(request.options.get("lora")), str(request.options.get("long_prompts", "drop"))
         processes = processes_for(request.options.get("gpus", "auto"), device)
-        compile_setting = str(request.options.get("compile", "auto")).lower()
+        compile_setting = str(request.options.get("compile", "auto"))  # finetune.compiles reads it
         if processes == 1:
             return finetune(source, train_dir, validation_dir, request.hyperparameters, work / "model", lora=lora,
                             device=device, long_prompts=long_prompts, compile_setting=compile_setting)
