@@ -4,7 +4,9 @@ batches are dealt so that every process gets batches of the same lengths."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from accelerate.data_loader import BatchSamplerShard
 from torch.utils.data import BatchSampler
 from trl import SFTTrainer
 
-from pvbuild.services.finetune import _dataset, sft_config
+from pvbuild.services.finetune import _dataset, lora_config, sft_config
 from pvbuild.services.sft_data import Line, encode
 from pvbuild.services.sft_trainer import PvbuildSFTTrainer, deal
 from tests.models import TEMPLATE, hyperparameters, instruction_lines
@@ -42,14 +44,20 @@ def test_dealt_batches_give_every_process_the_same_lengths() -> None:
 
 @pytest.fixture(scope="module")
 def trainer(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> PvbuildSFTTrainer:
+    return _new_trainer(tiny_base, tmp_path_factory.mktemp("trainer"))
+
+
+def _new_trainer(base: Path, directory: Path, bf16: bool = False, **options: Any) -> PvbuildSFTTrainer:
+    """A trainer of the tiny model on 16 instruction lines, as ``finetune`` configures it on the CPU (``bf16``:
+    under bf16 autocast, as on a GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
-    lines = [Line(str(i), line) for i, line in enumerate(instruction_lines())]
-    examples = encode(tokenizer, lines, TEMPLATE, False, 256)
-    config = sft_config(hyperparameters(chat=False), tmp_path_factory.mktemp("trainer"), "cpu", 8, False)
-    return PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_base)), args=config,
-                             train_dataset=_dataset(examples), processing_class=tokenizer)
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(instruction_lines())], TEMPLATE, False,
+                      256)
+    config = replace(sft_config(hyperparameters(chat=False), directory, "cpu", 8, False), bf16=bf16)
+    return PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(base)), args=config,
+                             train_dataset=_dataset(examples), processing_class=tokenizer, **options)
 
 
 def _trls(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -86,17 +94,8 @@ def test_batches_say_where_their_labelled_tokens_are(trainer: PvbuildSFTTrainer)
 
 def test_the_loss_at_host_found_positions_trains_lora_like_trls_head(
         tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from pvbuild.services.finetune import lora_config
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
-    examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(instruction_lines())], TEMPLATE, False,
-                      256)
-    config = sft_config(hyperparameters(chat=False), tmp_path_factory.mktemp("lora"), "cpu", 8, False)
-    lora = PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_base)), args=config,
-                             train_dataset=_dataset(examples), processing_class=tokenizer,
-                             peft_config=lora_config(hyperparameters(chat=False)))
+    adapters = lora_config(hyperparameters(chat=False))
+    lora = _new_trainer(tiny_base, tmp_path_factory.mktemp("lora"), peft_config=adapters)
     assert lora.scores_on_host_positions
     model = lora.model
     assert model is not None
@@ -118,18 +117,8 @@ def test_the_loss_at_host_found_positions_trains_lora_like_trls_head(
 def test_the_loss_at_host_found_positions_computes_in_the_trainers_precision(
         tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Called part by part, the model would leave the bf16 autocast that accelerate wraps its forward in (a first
-    try trained an H100 in fp32, at a third of the speed)."""
-    from dataclasses import replace
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tiny_base))
-    examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(instruction_lines())], TEMPLATE, False,
-                      256)
-    config = replace(sft_config(hyperparameters(chat=False), tmp_path_factory.mktemp("bf16"), "cpu", 8, False),
-                     bf16=True)
-    bf16 = PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_base)), args=config,
-                             train_dataset=_dataset(examples), processing_class=tokenizer)
+    try trained an H100 in fp32: six times the GPU's time a step)."""
+    bf16 = _new_trainer(tiny_base, tmp_path_factory.mktemp("bf16"), bf16=True)
     model = bf16.model
     assert model is not None
     computed: list[torch.dtype] = []
