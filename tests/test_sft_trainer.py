@@ -16,7 +16,7 @@ from trl import SFTTrainer
 
 from pvbuild.services.finetune import _dataset, lora_config, sft_config
 from pvbuild.services.sft_data import Line, encode
-from pvbuild.services.sft_trainer import PvbuildSFTTrainer, deal
+from pvbuild.services.sft_trainer import PvbuildSFTTrainer, deal, labelled_positions
 from tests.models import TEMPLATE, hyperparameters, instruction_lines
 
 
@@ -127,3 +127,16 @@ def test_the_loss_at_host_found_positions_computes_in_the_trainers_precision(
     model.train()
     loss = bf16.compute_loss(model, dict(next(iter(bf16.get_train_dataloader()))))
     assert torch.isfinite(loss) and computed and set(computed) == {torch.bfloat16}
+
+
+def test_padding_free_batches_score_no_token_across_two_examples() -> None:
+    """Packed into one row (padding-free, with flash attention), an example's last token must not be scored on
+    predicting the next example's first: TRL's collator labels that first token -100, and the positions follow."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    examples = [{"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]},
+                {"input_ids": [9, 10, 11], "labels": [-100, 10, 11]}]
+    packed = DataCollatorForLanguageModeling(pad_token_id=0, padding_free=True)(examples)
+    found = labelled_positions(packed)
+    assert found["label_positions"].tolist() == [1, 2, 4, 5]  # not 3, the first example's last token
+    assert found["label_targets"].tolist() == [7, 8, 10, 11]
