@@ -183,12 +183,13 @@ def compile_backbone(model: Any, strict: bool) -> None:
     a job that would train without it."""
     import torch
 
+    from pvbuild.services.sft_trainer import causal_model
+
     torch._dynamo.config.suppress_errors = not strict
     dynamo_log = logging.getLogger("torch._dynamo")
     if not any(isinstance(existing, _UnanalysedTritonKernels) for existing in dynamo_log.filters):
         dynamo_log.addFilter(_UnanalysedTritonKernels())
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner.base_model.compile(mode="reduce-overhead")
+    causal_model(model).base_model.compile(mode="reduce-overhead")
 
 
 class _UnanalysedTritonKernels(logging.Filter):

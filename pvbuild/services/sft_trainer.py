@@ -86,6 +86,12 @@ class LabelledPositions:
         return {**batch, **labelled_positions(batch)}
 
 
+def causal_model(model: Any) -> Any:
+    """The transformers model inside ``model``: itself, or the model a peft wrapper holds (LoRA's adapters are
+    in its layers)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 class PvbuildSFTTrainer(SFTTrainer):
     """``SFTTrainer`` whose training step computes the loss alone (with one process, at labelled positions found
     on the host), and whose length-grouped batches are dealt evenly over data-parallel processes."""
@@ -94,13 +100,14 @@ class PvbuildSFTTrainer(SFTTrainer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.data_collator = LabelledPositions(self.data_collator)
         model: Any = self.model
         config = model.config.get_text_config() if model is not None else None
         # One process: a wrapper (DDP) must see the whole forward to reduce the gradients.
         self.scores_on_host_positions = self.finds_labels_on_host and self.args.world_size == 1 \
             and config is not None and not any(getattr(config, setting, None) is not None
                                                for setting in SCALED_HEAD_SETTINGS)
+        if self.scores_on_host_positions:  # else nothing reads the positions
+            self.data_collator = LabelledPositions(self.data_collator)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         inner = super()._get_train_sampler(train_dataset)
@@ -143,7 +150,7 @@ class PvbuildSFTTrainer(SFTTrainer):
         ``positions`` found on the host: the backbone, then TRL's chunked log-probabilities of ``targets``."""
         from trl.kernels import ChunkedLogProbFunction
 
-        causal = model.get_base_model() if hasattr(model, "get_base_model") else model  # LoRA: in the layers
+        causal = causal_model(model)
         backbone_inputs = {name: value for name, value in inputs.items() if name not in ("labels", "shift_labels")}
         # The model's own forward runs under bf16 autocast (accelerate wraps it); its parts, called here, would not.
         with self.accelerator.autocast():
