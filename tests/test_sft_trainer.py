@@ -1,5 +1,6 @@
-"""pvbuild's SFTTrainer: its training loss is TRL's without the per-step metrics, and length-grouped
-batches are dealt so that every process gets batches of the same lengths."""
+"""pvbuild's SFTTrainer: its training loss is TRL's without the per-step metrics (at host-found positions,
+without the padding mask of right-padded batches), and length-grouped batches are dealt so that every
+process gets batches of the same lengths."""
 
 from __future__ import annotations
 
@@ -16,7 +17,14 @@ from trl import SFTTrainer
 
 from pvbuild.services.finetune import _dataset, lora_config, sft_config
 from pvbuild.services.sft_data import Line, encode
-from pvbuild.services.sft_trainer import PvbuildSFTTrainer, deal, labelled_positions
+from pvbuild.services.sft_trainer import (
+    PvbuildSFTTrainer,
+    UnmaskedRightPadding,
+    deal,
+    labelled_nll,
+    labelled_positions,
+    right_padded,
+)
 from tests.models import TEMPLATE, hyperparameters, instruction_lines
 
 
@@ -48,37 +56,82 @@ def trainer(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pvbuil
 
 
 def _new_trainer(base: Path, directory: Path, bf16: bool = False, **options: Any) -> PvbuildSFTTrainer:
-    """A trainer of the tiny model on 16 instruction lines, as ``finetune`` configures it on the CPU (``bf16``:
-    under bf16 autocast, as on a GPU)."""
+    """A trainer of the tiny model on 16 instruction lines of four lengths, as ``finetune`` configures it on the
+    CPU (``bf16``: under bf16 autocast, as on a GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))
-    examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(instruction_lines())], TEMPLATE, False,
-                      256)
+    lines = [{**line, "answer": line["answer"] + "先备案。" * (i % 4)} for i, line in enumerate(instruction_lines())]
+    examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(lines)], TEMPLATE, False, 256)
     config = replace(sft_config(hyperparameters(chat=False), directory, "cpu", 8, False), bf16=bf16)
     return PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(base)), args=config,
                              train_dataset=_dataset(examples), processing_class=tokenizer, **options)
 
 
-def _trls(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``batch`` as TRL's own collator gives it."""
-    return {name: value for name, value in batch.items() if name not in ("label_positions", "label_targets")}
+def _batches(trainer: PvbuildSFTTrainer) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Four training examples of different lengths as the trainer collates them, and as TRL's own collator (the
+    innermost of the trainer's) does: with the padding mask, without the labelled positions."""
+    assert trainer.train_dataset is not None
+    examples = [trainer.train_dataset[index] for index in range(4)]
+    assert len({len(example["input_ids"]) for example in examples}) > 1  # padded
+    trls: Any = trainer.data_collator
+    while hasattr(trls, "inner"):
+        trls = trls.inner
+    return trainer.data_collator(examples), trls(examples)
 
 
 def test_the_training_loss_is_trls_without_its_metrics(trainer: PvbuildSFTTrainer) -> None:
-    batch = next(iter(trainer.get_train_dataloader()))
+    batch, trls_batch = _batches(trainer)
+    assert "attention_mask" not in batch and int(trls_batch["attention_mask"].min()) == 0
     model = trainer.model
     assert model is not None
     model.train()
     ours = trainer.compute_loss(model, dict(batch))
     assert not trainer._metrics["train"]["entropy"]  # no gathers, no host syncs
-    trls = SFTTrainer.compute_loss(trainer, model, _trls(batch))
+    trls = SFTTrainer.compute_loss(trainer, model, dict(trls_batch))
     assert trainer._metrics["train"]["entropy"]
     assert torch.isfinite(ours) and torch.allclose(ours, trls)
-    assert torch.allclose(trainer.compute_loss(model, _trls(batch)), trls)  # without positions: TRL's head
+    assert torch.allclose(trainer.compute_loss(model, dict(trls_batch)), trls)  # without positions: TRL's head
     labelled = torch.tensor(int((batch["labels"][:, 1:] != -100).sum()))  # the Trainer's count over every process
     assert torch.allclose(trainer.compute_loss(model, dict(batch), num_items_in_batch=labelled),
-                          SFTTrainer.compute_loss(trainer, model, _trls(batch), num_items_in_batch=labelled))
+                          SFTTrainer.compute_loss(trainer, model, dict(trls_batch), num_items_in_batch=labelled))
+
+
+def test_right_padded_batches_give_the_same_outputs_without_their_mask(trainer: PvbuildSFTTrainer) -> None:
+    batch, trls_batch = _batches(trainer)
+    model = trainer.model
+    assert model is not None
+    model.eval()
+    with torch.no_grad():
+        unmasked = model(input_ids=batch["input_ids"]).logits
+        masked = model(input_ids=trls_batch["input_ids"], attention_mask=trls_batch["attention_mask"]).logits
+    real = trls_batch["attention_mask"].bool()
+    assert not real.all() and torch.allclose(unmasked[real], masked[real], atol=1e-5)
+
+
+def test_only_right_padding_loses_its_mask() -> None:
+    right, left = torch.tensor([[1, 1, 1], [1, 1, 0]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
+    assert right_padded(right) and not right_padded(left) and not right_padded(torch.tensor([[1, 0, 1]]))
+    kept = UnmaskedRightPadding(lambda examples: {"input_ids": torch.ones(2, 3), "attention_mask": left})([])
+    assert torch.equal(kept["attention_mask"], left)
+
+
+def test_small_logits_give_the_chunked_kernels_loss_and_gradients() -> None:
+    """Where a batch's labelled logits are small, one matrix product and a cross-entropy; else TRL's chunked
+    log-probabilities: the same sums and gradients."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(16, 300, bias=False)
+    hidden, targets = torch.randn(12, 16, requires_grad=True), torch.randint(0, 300, (12,))
+    sums, gradients = [], []
+    for plain_up_to in (12 * 300, 0):
+        total = labelled_nll(hidden, head, targets, plain_up_to)
+        total.backward()
+        assert hidden.grad is not None and head.weight.grad is not None
+        sums.append(total.detach())
+        gradients.append((hidden.grad.clone(), head.weight.grad.clone()))
+        hidden.grad, head.weight.grad = None, None
+    assert torch.allclose(sums[0], sums[1]) and sums[0] > 0
+    assert all(torch.allclose(ours, chunked, atol=1e-6) for ours, chunked in zip(*gradients, strict=True))
 
 
 def test_batches_say_where_their_labelled_tokens_are(trainer: PvbuildSFTTrainer) -> None:
@@ -100,14 +153,14 @@ def test_the_loss_at_host_found_positions_trains_lora_like_trls_head(
     model = lora.model
     assert model is not None
     model.train()
-    batch = next(iter(lora.get_train_dataloader()))
+    batch, trls_batch = _batches(lora)
     torch.manual_seed(0)  # the same LoRA dropout in both
     lora.compute_loss(model, dict(batch)).backward()
     our_gradients = {name: parameter.grad.clone() for name, parameter in model.named_parameters()
                      if parameter.grad is not None}
     model.zero_grad()
     torch.manual_seed(0)
-    SFTTrainer.compute_loss(lora, model, _trls(batch)).backward()
+    SFTTrainer.compute_loss(lora, model, dict(trls_batch)).backward()
     assert our_gradients and all(name.count("lora_") for name in our_gradients)  # the adapters alone
     for name, parameter in model.named_parameters():
         if parameter.grad is not None:

@@ -46,7 +46,10 @@ LORA_TARGETS = ["q_proj", "v_proj"]  # JumpStart's Llama LoRA targets
 # models accept these.
 LOCAL_HYPERPARAMETERS = ("per_device_eval_batch_size", "gradient_accumulation_steps", "gradient_checkpointing",
                          "int8_quantization", "int4_quantization", "max_train_samples", "max_val_samples")
-LOSS_POINTS = 200  # at most this many logged losses per run: each log is a host sync on a GPU
+LOSS_POINTS = 200  # at most this many logged losses per run on the CPU
+# On a GPU each log waits for the GPU (a host sync), and the host must then get ahead of it again: the later
+# half of a compiled run at batch 4 went 15 % faster with 25 logs than with 200 (README, Benchmarks, session 20).
+GPU_LOSS_POINTS = 25
 
 
 class NonFiniteLoss(PvbuildError):
@@ -68,6 +71,7 @@ class FinetuneResult:
     seconds: float = 0.0
     train_seconds: float = 0.0
     first_step_seconds: float = 0.0  # of train_seconds: set-up (DDP, kernels' first compiles) shows here
+    second_half_seconds: float = 0.0  # of train_seconds: the later half of the steps (after set-up and warm-up)
     steps: int = 0  # optimizer steps
     processes: int = 1  # data-parallel processes (one per GPU)
     global_batch_size: int = 0  # examples per optimizer step, over every process
@@ -141,9 +145,9 @@ def precision(device: str) -> str:
 
 
 # training.compile = "auto" compiles from this many optimizer steps on: measured on lent H100s (README,
-# Benchmarks, session 18), SmolLM2's shape first compiled in 190-220 s with an empty cache, and a step at
-# batch 4 then took about 49 ms instead of 134-207 ms: a shorter run on a machine whose cache is empty would
-# lose more than it gained.
+# Benchmarks, sessions 18 and 20), SmolLM2's shape first compiled in 147-220 s with an empty cache, and a step
+# at batch 4 then took about 30 ms instead of 134-207 ms: a shorter run on a machine whose cache is empty
+# would lose more than it gained.
 COMPILE_FROM_STEPS = 2000
 COMPILED_PAD = 128  # batches of a compiled backbone are padded to a multiple of this: one CUDA graph a length
 
@@ -175,9 +179,10 @@ def compile_backbone(model: Any, strict: bool) -> None:
     """Compile ``model``'s backbone (its decoder stack) in place into CUDA graphs (torch.compile's
     ``reduce-overhead``): a small model's step is bound by the host launching its ~2,000 kernels one by
     one, while a replayed graph launches them in one call (and inductor fuses the element-wise ones).
-    Shapes turn dynamic after the first (``dynamic=True`` from the start compiled for longer with an empty
-    cache, 248 s against 190-220 s on an H100), one graph is recorded a padded length, and the weights keep
-    their names (``Module.compile``). The LM head and loss stay outside: they score only the labelled
+    The trainer marks the batches' length dynamic (``PvbuildSFTTrainer._loss_at``), so the backbone compiles
+    once for every length (147 s with an empty cache on an H100, against 190-220 s for a first length and then
+    the rest; ``dynamic=True`` took 248 s), one graph is recorded a padded length, and the weights keep their
+    names (``Module.compile``). The LM head and loss stay outside: they score only the labelled
     tokens, whose count changes with every batch (``services.sft_trainer``). Unless ``strict``
     (``training.compile = true``), a part that fails to compile runs eagerly instead: "auto" must not fail
     a job that would train without it."""
@@ -272,7 +277,8 @@ def sft_config(hyperparameters: Mapping[str, Any], output_dir: Path, device: str
         dataloader_num_workers=2 if device.startswith("cuda") else 0, dataloader_pin_memory=device.startswith("cuda"),
         accelerator_config={"non_blocking": device.startswith("cuda")},
         lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
-        logging_steps=log_every(steps), logging_nan_inf_filter=False, eval_strategy="epoch" if has_validation else "no",
+        logging_steps=log_every(steps, device), logging_nan_inf_filter=False,
+        eval_strategy="epoch" if has_validation else "no",
         save_strategy="no", report_to="none", disable_tqdm=True,
         ddp_find_unused_parameters=False,  # every trainable parameter gets a gradient: no search a step
         dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False)
@@ -293,8 +299,9 @@ def _checkpointing(enabled: bool) -> dict[str, Any]:
     return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": enabled}
 
 
-def log_every(steps: int) -> int:
-    return max(1, math.ceil(steps / LOSS_POINTS))
+def log_every(steps: int, device: str = "cpu") -> int:
+    """Optimizer steps between two logged losses: at most ``LOSS_POINTS`` a run, ``GPU_LOSS_POINTS`` on a GPU."""
+    return max(1, math.ceil(steps / (GPU_LOSS_POINTS if device.startswith("cuda") else LOSS_POINTS)))
 
 
 def _dataset(encoded: Encoded) -> Any:
@@ -313,6 +320,10 @@ def _callbacks(progress: Progress, epochs: int, timing: dict[str, float]) -> lis
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.global_step == 1:
                 timing["first_step"] = time.monotonic()
+            if state.global_step == state.max_steps // 2:
+                timing["halfway"] = time.monotonic()
+            if state.global_step == state.max_steps:
+                timing["last_step"] = time.monotonic()  # before the epoch's evaluation
             progress.note = f"epoch {min(epochs, math.floor(state.epoch or 0) + 1)}/{epochs}"
             progress.advance()
 
@@ -470,9 +481,9 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
             callbacks=_callbacks(progress, epochs, timing))
     if compiled:
         compile_backbone(trainer.model, strict=str(compile_setting).lower() == "true")
-        trainer.evaluates_eagerly = True
+        trainer.backbone_compiled = True
         say(f"train: compiling the model's layers into CUDA graphs (training.compile = {compile_setting}, {steps} "
-            "steps): the first two steps take minutes where torch's cache is empty, seconds after")
+            "steps): the first step takes minutes where torch's cache is empty, seconds after")
     if os.environ.get("PVBUILD_TORCH_PROFILE") and device.startswith("cuda"):
         trainer.add_callback(_profiler_callback(profiled_steps(os.environ["PVBUILD_TORCH_PROFILE"])))
     for printer in (PrinterCallback, ProgressCallback):  # pvbuild's own progress line says it all
@@ -481,6 +492,7 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
         training_started = time.monotonic()
         trainer.train()
         result.first_step_seconds = timing.get("first_step", training_started) - training_started
+        result.second_half_seconds = timing.get("last_step", 0.0) - timing.get("halfway", 0.0)
         evaluating = sum(float(entry.get("eval_runtime", 0.0)) for entry in trainer.state.log_history)
         result.train_seconds = time.monotonic() - training_started - evaluating  # training alone, for tokens/s
     finally:
