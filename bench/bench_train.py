@@ -8,7 +8,9 @@ contexts are cut from the bundled sample site's text to prompts of 250-900 token
 Model: ``--shape smollm2`` is a SmolLM2-135M-shaped Llama (30 layers, 576 wide, SmolLM2's
 49,152-token tokenizer), randomly initialised; ``--shape llama1b`` Llama 3.2 1B's layers (16, 2,048 wide)
 on the same tokenizer, 1.07 B parameters; ``--shape tiny`` is pvbuild's two-layer tiny model.
-MFU = 6 x parameters x tokens/s / ``--peak`` (790 TFLOP/s: an H100's dense bf16).
+MFU = 6 x parameters x tokens/s / ``--peak`` (790 TFLOP/s: an H100's dense bf16). Each row gives the whole
+run's tokens/s, ``steady`` (after the first optimizer step: set-up, the first compile) and ``late`` (the later
+half of the steps, once a compiled backbone's graphs are recorded).
 
 Run (GPU): python bench/bench_train.py --shape smollm2 --lines 1000 --batch 4 16
 Run (CPU): python bench/bench_train.py --shape tiny --lines 200 --max-length 256 --short --batch 8
