@@ -55,7 +55,8 @@ def trainer(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Pvbuil
     return _new_trainer(tiny_base, tmp_path_factory.mktemp("trainer"))
 
 
-def _new_trainer(base: Path, directory: Path, bf16: bool = False, **options: Any) -> PvbuildSFTTrainer:
+def _new_trainer(base: Path, directory: Path, bf16: bool = False, loss_type: str = "nll",
+                 **options: Any) -> PvbuildSFTTrainer:
     """A trainer of the tiny model on 16 instruction lines of four lengths, as ``finetune`` configures it on the
     CPU (``bf16``: under bf16 autocast, as on a GPU)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,7 +64,8 @@ def _new_trainer(base: Path, directory: Path, bf16: bool = False, **options: Any
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     lines = [{**line, "answer": line["answer"] + "先备案。" * (i % 4)} for i, line in enumerate(instruction_lines())]
     examples = encode(tokenizer, [Line(str(i), line) for i, line in enumerate(lines)], TEMPLATE, False, 256)
-    config = replace(sft_config(hyperparameters(chat=False), directory, "cpu", 8, False), bf16=bf16)
+    config = replace(sft_config(hyperparameters(chat=False), directory, "cpu", 8, False), bf16=bf16,
+                     loss_type=loss_type)
     return PvbuildSFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(base)), args=config,
                              train_dataset=_dataset(examples), processing_class=tokenizer, **options)
 
@@ -114,6 +116,19 @@ def test_only_right_padding_loses_its_mask() -> None:
     assert right_padded(right) and not right_padded(left) and not right_padded(torch.tensor([[1, 0, 1]]))
     kept = UnmaskedRightPadding(lambda examples: {"input_ids": torch.ones(2, 3), "attention_mask": left})([])
     assert torch.equal(kept["attention_mask"], left)
+
+
+def test_trls_own_training_loss_keeps_the_padding_mask(tiny_base: Path,
+                                                       tmp_path_factory: pytest.TempPathFactory) -> None:
+    """TRL's training loss for another ``loss_type`` counts a batch's tokens from its padding mask."""
+    dft = _new_trainer(tiny_base, tmp_path_factory.mktemp("dft"), loss_type="dft")
+    assert not dft.own_training_loss
+    batch, _ = _batches(dft)
+    model = dft.model
+    assert model is not None
+    model.train()
+    assert torch.isfinite(dft.compute_loss(model, dict(batch)))  # without the mask, TRL raises a ValueError
+    assert int(batch["attention_mask"].min()) == 0
 
 
 def test_small_logits_give_the_chunked_kernels_loss_and_gradients() -> None:

@@ -18,7 +18,8 @@ Five changes, each kept by measurement (README, "Several GPUs", session 11; "The
   model no real token attends to a later position: its output is the same with the mask and without
   it, and the padding's outputs are never scored. Without a mask the model builds none and attends
   causally with grouped keys and values, not repeated ones (``UnmaskedRightPadding``): a compiled
-  forward took 4 % less GPU time; the attention kernels themselves cost the same.
+  forward took 4 % less GPU time; the attention kernels themselves cost the same. Where TRL's own
+  training loss runs (another ``loss_type``, an auxiliary loss), the mask stays: TRL counts tokens by it.
 - **Length-grouped batches dealt evenly over the processes.** transformers' length-grouped sampler
   sorts each megabatch by length and the launcher hands consecutive batches to the processes in
   turn, so process 0 always got the longest of each pair (4-8 % more padded tokens a step, and the
@@ -137,7 +138,12 @@ class PvbuildSFTTrainer(SFTTrainer):
         self.scores_on_host_positions = self.finds_labels_on_host and self.args.world_size == 1 \
             and config is not None and not any(getattr(config, setting, None) is not None
                                                for setting in SCALED_HEAD_SETTINGS)
-        if self.drops_padding_mask:
+        # TRL's own training loss (an auxiliary loss, label smoothing, another loss_type) counts the tokens of a
+        # batch from its padding mask: such a trainer keeps the mask.
+        self.own_training_loss = not (self.aux_loss_enabled or self.compute_loss_func is not None
+                                      or self.label_smoother is not None
+                                      or getattr(self.args, "loss_type", "nll") != "nll")
+        if self.drops_padding_mask and self.own_training_loss:
             self.data_collator = UnmaskedRightPadding(self.data_collator)
         if self.scores_on_host_positions:  # else nothing reads the positions
             self.data_collator = LabelledPositions(self.data_collator)
@@ -159,9 +165,7 @@ class PvbuildSFTTrainer(SFTTrainer):
     def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         positions, targets = inputs.pop("label_positions", None), inputs.pop("label_targets", None)
-        if return_outputs or not model.training or self.aux_loss_enabled \
-                or self.compute_loss_func is not None or self.label_smoother is not None \
-                or getattr(self.args, "loss_type", "nll") != "nll":
+        if return_outputs or not model.training or not self.own_training_loss:
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if positions is not None and targets is not None and self.scores_on_host_positions:
             return self._loss_at(model, inputs, positions, targets, num_items_in_batch)
