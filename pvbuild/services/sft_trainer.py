@@ -46,7 +46,8 @@ SCALED_HEAD_SETTINGS = ("final_logit_softcapping", "logit_scale", "output_multip
                         "logits_scaling")
 VOCABULARY_CHUNK = 32768  # TRL's own vocabulary tile for its chunked log-probabilities
 # Up to this many logits (labelled tokens x vocabulary) the loss takes one matrix product and a cross-entropy:
-# about 400 MB at this size in bf16 and fp32, against the chunked kernel's many launches a step.
+# at most about 0.7 GB (bf16 logits, their fp32 copy and log-softmax), against the chunked kernel's many
+# launches a step.
 PLAIN_HEAD_LOGITS = 2**26
 
 
