@@ -48,7 +48,7 @@ LOCAL_HYPERPARAMETERS = ("per_device_eval_batch_size", "gradient_accumulation_st
                          "int8_quantization", "int4_quantization", "max_train_samples", "max_val_samples")
 LOSS_POINTS = 200  # at most this many logged losses per run on the CPU
 # On a GPU each log waits for the GPU (a host sync), and the host must then get ahead of it again: the later
-# half of a compiled run at batch 4 went 15 % faster with 25 logs than with 200 (README, Benchmarks, session 20).
+# half of a compiled run at batch 4 went 15-30 % faster with 25 logs than with 200 (README, Benchmarks, session 20).
 GPU_LOSS_POINTS = 25
 
 
