@@ -19,11 +19,11 @@ from pvbuild.services.finetune import _dataset, lora_config, sft_config
 from pvbuild.services.sft_data import Line, encode
 from pvbuild.services.sft_trainer import (
     PvbuildSFTTrainer,
-    UnmaskedRightPadding,
     deal,
     labelled_nll,
     labelled_positions,
     right_padded,
+    without_right_padding_mask,
 )
 from tests.models import TEMPLATE, hyperparameters, instruction_lines
 
@@ -114,7 +114,7 @@ def test_right_padded_batches_give_the_same_outputs_without_their_mask(trainer: 
 def test_only_right_padding_loses_its_mask() -> None:
     right, left = torch.tensor([[1, 1, 1], [1, 1, 0]]), torch.tensor([[1, 1, 1], [0, 1, 1]])
     assert right_padded(right) and not right_padded(left) and not right_padded(torch.tensor([[1, 0, 1]]))
-    kept = UnmaskedRightPadding(lambda examples: {"input_ids": torch.ones(2, 3), "attention_mask": left})([])
+    kept = without_right_padding_mask({"input_ids": torch.ones(2, 3), "attention_mask": left})
     assert torch.equal(kept["attention_mask"], left)
 
 

@@ -8,8 +8,8 @@ assistant turns), handed to TRL pre-tokenised with their labels. On a GPU: bf16 
 it, batches grouped by length (or padding-free where flash attention is installed), fused AdamW,
 QLoRA through bitsandbytes when asked, batches collated by worker processes and copied without
 blocking; the training step leaves out TRL's per-step metrics, scores the labelled tokens at positions
-found on the host (one GPU) and deals length-grouped batches evenly over several GPUs
-(``services.sft_trainer``). On the CPU: fp32, threads by model size
+found on the host (one GPU), drops right-padded batches' padding mask and deals length-grouped batches evenly
+over several GPUs (``services.sft_trainer``). On the CPU: fp32, threads by model size
 (``use_cpu_threads``). A NaN or infinite loss stops the job with the step it happened at. LoRA is
 merged into the weights before saving, so the output directory is a plain Hugging Face model.
 """
@@ -492,7 +492,8 @@ def finetune(model_source: Path | str, train_dir: Path, validation_dir: Path | N
         training_started = time.monotonic()
         trainer.train()
         result.first_step_seconds = timing.get("first_step", training_started) - training_started
-        result.second_half_seconds = timing.get("last_step", 0.0) - timing.get("halfway", 0.0)
+        if "halfway" in timing and "last_step" in timing:  # a run of one step has no later half
+            result.second_half_seconds = timing["last_step"] - timing["halfway"]
         evaluating = sum(float(entry.get("eval_runtime", 0.0)) for entry in trainer.state.log_history)
         result.train_seconds = time.monotonic() - training_started - evaluating  # training alone, for tokens/s
     finally:

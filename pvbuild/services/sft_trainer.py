@@ -9,7 +9,7 @@ Five changes, each kept by measurement (README, "Several GPUs", session 11; "The
   neither metric, so the training step skips them; evaluation is TRL's, unchanged.
 - **Labelled tokens found on the host.** TRL's fused head selects the labelled positions with a
   boolean mask of the GPU's labels: the host waits for the GPU in the middle of every step. The
-  collator knows those positions already (its labels are on the host), so ``LabelledPositions``
+  collator knows those positions already (its labels are on the host), so ``with_labelled_positions``
   adds them to each batch, and on one process the loss scores the backbone's output at them with
   TRL's own chunked log-probability kernel (or, where the labelled tokens' logits are small, one
   matrix product and a cross-entropy, a few kernels where TRL's tiles launch dozens): the same loss,
@@ -17,7 +17,7 @@ Five changes, each kept by measurement (README, "Several GPUs", session 11; "The
 - **No padding mask for right-padded batches.** TRL's collator pads on the right, and in a causal
   model no real token attends to a later position: its output is the same with the mask and without
   it, and the padding's outputs are never scored. Without a mask the model builds none and attends
-  causally with grouped keys and values, not repeated ones (``UnmaskedRightPadding``): a compiled
+  causally with grouped keys and values, not repeated ones (``without_right_padding_mask``): a compiled
   forward took 4 % less GPU time; the attention kernels themselves cost the same. Where TRL's own
   training loss runs (another ``loss_type``, an auxiliary loss), the mask stays: TRL counts tokens by it.
 - **Length-grouped batches dealt evenly over the processes.** transformers' length-grouped sampler
@@ -31,7 +31,7 @@ Five changes, each kept by measurement (README, "Several GPUs", session 11; "The
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterator, Mapping, Sequence, Sized
 from typing import Any
 
 import torch
@@ -86,34 +86,36 @@ def labelled_positions(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
     return {"label_positions": rows * labels.shape[-1] + columns, "label_targets": following[rows, columns]}
 
 
-class LabelledPositions:
-    """``inner``'s batches with ``labelled_positions``, counted where the batch is collated (on the host, in
-    the data loader's workers)."""
-
-    def __init__(self, inner: Callable[[list[Any]], Mapping[str, torch.Tensor]]) -> None:
-        self.inner = inner
-
-    def __call__(self, examples: list[Any]) -> dict[str, torch.Tensor]:
-        batch = dict(self.inner(examples))
-        return {**batch, **labelled_positions(batch)}
-
-
 def right_padded(mask: torch.Tensor) -> bool:
     """Whether each row of the ``[batch x length]`` padding ``mask`` is its tokens, then only padding."""
     return bool((mask.cummin(dim=-1).values == mask).all()) if mask.dim() == 2 else False
 
 
-class UnmaskedRightPadding:
-    """``inner``'s batches without their padding mask where the padding is on the right of every row (checked on
-    the host): the model then attends causally alone."""
+def without_right_padding_mask(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` without its padding mask where the padding is on the right of every row: the model then attends
+    causally alone."""
+    if "attention_mask" in batch and right_padded(batch["attention_mask"]):
+        return {name: value for name, value in batch.items() if name != "attention_mask"}
+    return dict(batch)
 
-    def __init__(self, inner: Callable[[list[Any]], Mapping[str, torch.Tensor]]) -> None:
-        self.inner = inner
+
+def with_labelled_positions(batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``batch`` and its ``labelled_positions``."""
+    return {**batch, **labelled_positions(batch)}
+
+
+class CollatedOnHost:
+    """``inner``'s batches, changed by each of ``changes`` in turn where the batch is collated (on the host, in the
+    data loader's workers)."""
+
+    def __init__(self, inner: Callable[[list[Any]], Mapping[str, torch.Tensor]],
+                 changes: Sequence[Callable[[Mapping[str, torch.Tensor]], dict[str, torch.Tensor]]]) -> None:
+        self.inner, self.changes = inner, changes
 
     def __call__(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         batch = dict(self.inner(examples))
-        if "attention_mask" in batch and right_padded(batch["attention_mask"]):
-            del batch["attention_mask"]
+        for change in self.changes:
+            batch = change(batch)
         return batch
 
 
@@ -144,10 +146,11 @@ class PvbuildSFTTrainer(SFTTrainer):
         self.own_training_loss = not (self.aux_loss_enabled or self.compute_loss_func is not None
                                       or self.label_smoother is not None
                                       or getattr(self.args, "loss_type", "nll") != "nll")
-        if self.drops_padding_mask and self.own_training_loss:
-            self.data_collator = UnmaskedRightPadding(self.data_collator)
+        changes = [without_right_padding_mask] if self.drops_padding_mask and self.own_training_loss else []
         if self.scores_on_host_positions:  # else nothing reads the positions
-            self.data_collator = LabelledPositions(self.data_collator)
+            changes.append(with_labelled_positions)
+        if changes:
+            self.data_collator = CollatedOnHost(self.data_collator, changes)
 
     def _get_train_sampler(self, train_dataset: Any = None) -> Any:
         inner = super()._get_train_sampler(train_dataset)
